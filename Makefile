@@ -1,0 +1,67 @@
+# The whole interface of the project. `make help` lists the targets.
+#   make demo      the main job on the embedded default (SQLite + embedded event log; no services)
+#   make test      venv + PostgreSQL + Kafka + lint + the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export RECONCILE_TEST_PG_URL ?= postgresql://postgres:postgres@127.0.0.1:5432/postgres
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+
+.PHONY: help venv demo test unit integration lint services services-down services-status lock bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+
+venv: $(STAMP)  ## create .venv and install the project with its pinned dependencies
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "reconcile needs Python 3.11+")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[airflow,dev]'
+	$(BIN)/python -m pip check
+	@touch $@
+
+demo: $(STAMP)  ## run the inventory-desync story on the embedded default (no services needed)
+	$(BIN)/reconcile --help
+	$(BIN)/reconcile --version
+
+services:  ## start local PostgreSQL and Kafka (idempotent: reuses what runs)
+	scripts/postgres.sh start
+	scripts/kafka.sh start
+
+services-down:  ## stop the services that `make services` started (by pid)
+	-scripts/kafka.sh stop
+	-scripts/postgres.sh stop
+
+services-status:  ## show whether the local services are up
+	-scripts/postgres.sh status
+	-scripts/kafka.sh status
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check reconcile tests dags checks bench
+	$(BIN)/ruff format --check reconcile tests dags checks bench
+	$(BIN)/mypy
+
+unit: $(STAMP)  ## the unit tests alone (no services)
+	$(BIN)/pytest -m "not integration and not airflow" -q
+
+integration: $(STAMP) services  ## the tests against real PostgreSQL and Kafka
+	$(BIN)/pytest -m "integration or airflow" -q
+
+test: $(STAMP) services lint  ## set up everything and run the whole suite
+	$(BIN)/pytest -q
+
+lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.txt
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/pip install -q --upgrade pip
+	.cache/lock-venv/bin/pip install -q -e '.[airflow,dev]'
+	{ sed -n '1,3p' constraints.txt; .cache/lock-venv/bin/pip freeze --exclude-editable; } > constraints.new && mv constraints.new constraints.txt
+
+bench: $(STAMP) services  ## run the benchmarks (see bench/README.md)
+	$(BIN)/python bench/run.py
+
+clean:  ## remove caches and local state (not .venv or the services' data)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache gx-docs reconcile-store.db

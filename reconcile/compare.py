@@ -1,0 +1,202 @@
+"""Comparing values by meaning, not by representation.
+
+Two databases rarely hand back the same Python value for the same fact: PostgreSQL gives a
+``Decimal('9.50')`` where SQLite gives ``9.5``, a ``timestamptz`` comes back aware where a
+``timestamp`` comes back naive, SQLite keeps booleans as 0/1 and datetimes as text. The rules
+here decide when two values are the same fact:
+
+* NULL equals NULL; NULL differs from every value.
+* Numbers (int, float, Decimal, numeric strings facing a number) compare as Decimals, within
+  the column's absolute ``tolerance``.
+* Datetimes compare in UTC; a naive datetime is taken to be UTC; ISO text facing a datetime is
+  parsed first.
+* Text goes through the column's normalisers on both sides, then compares exactly.
+
+Keys are canonicalised (:func:`key_part`) so that ``10`` and ``'10'`` are one entity and the
+merge in :mod:`reconcile.diff` orders both sides the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+__all__ = [
+    "ColumnRule",
+    "normalize_text",
+    "values_equal",
+    "to_utc",
+    "key_part",
+    "jsonable",
+]
+
+_NORMALIZE: dict[str, Callable[[str], str]] = {
+    "strip": str.strip,
+    "casefold": str.casefold,
+    "lower": str.lower,
+    "upper": str.upper,
+    "collapse_spaces": lambda s: " ".join(s.split()),
+}
+
+
+def normalize_text(value: str, normalizers: Sequence[str]) -> str:
+    """Apply the named normalisers in order."""
+    for name in normalizers:
+        value = _NORMALIZE[name](value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """How one compared column is judged: its tolerance and normalisers."""
+
+    name: str
+    tolerance: float | None = None
+    normalize: tuple[str, ...] = ()
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; naive datetimes are taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _as_decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return Decimal(int(value))
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return Decimal(repr(value))  # repr is the shortest text that round-trips: 0.1 -> 0.1
+    if isinstance(value, str):
+        try:
+            d = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return d if d.is_finite() else None
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return to_utc(value)
+    if isinstance(value, date):
+        return datetime.combine(value, time(), tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            return to_utc(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def values_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
+    """True when the two sides hold the same fact for this column."""
+    if truth is None or projection is None:
+        return truth is None and projection is None
+    if isinstance(truth, str) and isinstance(projection, str):
+        if rule.normalize:
+            return normalize_text(truth, rule.normalize) == normalize_text(projection, rule.normalize)
+        return truth == projection
+    if _is_number(truth) or _is_number(projection) or isinstance(truth, bool) or isinstance(projection, bool):
+        a, b = _as_decimal(truth), _as_decimal(projection)
+        if a is None or b is None:
+            if isinstance(truth, float) and isinstance(projection, float):
+                return (math.isnan(truth) and math.isnan(projection)) or truth == projection
+            return False
+        if rule.tolerance:
+            return abs(a - b) <= Decimal(repr(rule.tolerance))
+        return a == b
+    if isinstance(truth, datetime | date) or isinstance(projection, datetime | date):
+        if type(truth) is date and type(projection) is date:
+            return truth == projection
+        a_dt, b_dt = _as_datetime(truth), _as_datetime(projection)
+        return a_dt is not None and a_dt == b_dt
+    if isinstance(truth, uuid.UUID) or isinstance(projection, uuid.UUID):
+        return str(truth).lower() == str(projection).lower()
+    if isinstance(truth, dict | list) or isinstance(projection, dict | list):
+        return _as_json(truth) == _as_json(projection)
+    if isinstance(truth, bytes | memoryview) and isinstance(projection, bytes | memoryview):
+        return bytes(truth) == bytes(projection)
+    if isinstance(truth, str) or isinstance(projection, str):
+        a_s, b_s = str(truth), str(projection)
+        if rule.normalize:
+            a_s, b_s = normalize_text(a_s, rule.normalize), normalize_text(b_s, rule.normalize)
+        return a_s == b_s
+    return bool(truth == projection)
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def key_part(value: Any, kind: str) -> Any:
+    """Canonical form of one key value, so both sides name an entity the same way.
+
+    ``kind`` is decided per key column from both sides' SQL types (see
+    :func:`reconcile.sources.sql.key_kind`): ``int`` (integers, or integers facing numeric
+    text), ``number``, ``datetime`` or ``text``.
+    """
+    if value is None:
+        return None
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        d = _as_decimal(value)
+        if d is None or d != d.to_integral_value():
+            raise ValueError(f"key value {value!r} is not an integer")
+        return int(d)
+    if kind == "number":
+        d = _as_decimal(value)
+        if d is None:
+            raise ValueError(f"key value {value!r} is not a number")
+        return d.normalize() if d != 0 else Decimal(0)
+    if kind == "datetime":
+        dt = _as_datetime(value)
+        if dt is None:
+            raise ValueError(f"key value {value!r} is not a timestamp")
+        return dt
+    return value if isinstance(value, str) else str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly form of a database value (for findings, events and the store)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+    if isinstance(value, datetime):
+        return to_utc(value).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)

@@ -1,0 +1,157 @@
+"""Findings and run results: plain values, no I/O.
+
+A **finding** is one drifted entity; its ``kind`` says how it drifted and ``truth`` /
+``projection`` hold both sides' compared values, so a user can always see why. A
+:class:`RunResult` is what one audit returns and what ``--format json`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .compare import jsonable
+
+__all__ = ["FindingKind", "FindingStatus", "Finding", "Summary", "RunResult", "key_id"]
+
+
+class FindingKind(StrEnum):
+    """How an entity drifted."""
+
+    MISSING = "missing"  # in truth, not in the projection
+    ORPHAN = "orphan"  # in the projection, not in truth
+    MISMATCH = "mismatch"  # in both, compared columns differ
+    DUPLICATE = "duplicate"  # the key appears more than once in the projection
+
+
+class FindingStatus(StrEnum):
+    """Where a finding is in its lifecycle."""
+
+    OPEN = "open"
+    CORRECTING = "correcting"
+    RESOLVED = "resolved"
+    ACKNOWLEDGED = "acknowledged"
+
+
+def key_id(key: dict[str, Any]) -> str:
+    """The stable text identity of an entity key (JSON, truth column names, canonical values)."""
+    return json.dumps(jsonable(key), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One drifted entity, with both sides' compared values."""
+
+    kind: FindingKind
+    key: dict[str, Any]
+    columns: tuple[str, ...] = ()
+    truth: dict[str, Any] | None = None
+    projection: dict[str, Any] | None = None
+    copies: int = 1  # rows with this key in the projection (> 1 for duplicates)
+    status: FindingStatus = FindingStatus.OPEN
+    confirmed: bool = True
+    times_seen: int = 1
+    first_seen: datetime | None = None
+    note: str | None = None
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.key)
+
+    def with_lifecycle(self, **changes: Any) -> Finding:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind.value,
+            "key": jsonable(self.key),
+            "columns": list(self.columns),
+            "truth": jsonable(self.truth),
+            "projection": jsonable(self.projection),
+            "status": self.status.value,
+            "times_seen": self.times_seen,
+        }
+        if self.kind is FindingKind.DUPLICATE:
+            out["copies"] = self.copies
+        if self.first_seen is not None:
+            out["first_seen"] = jsonable(self.first_seen)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counts of one run. Kind counts are confirmed findings; pending entities are never findings."""
+
+    compared: int = 0
+    pending: int = 0
+    missing: int = 0
+    orphan: int = 0
+    mismatch: int = 0
+    duplicate: int = 0
+    unconfirmed: int = 0
+    acknowledged: int = 0
+    truth_rows: int = 0
+    projection_rows: int = 0
+
+    @property
+    def drift(self) -> int:
+        return self.missing + self.orphan + self.mismatch + self.duplicate
+
+    def count(self, kind: FindingKind) -> None:
+        setattr(self, kind.value, getattr(self, kind.value) + 1)
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "compared": self.compared,
+            "pending": self.pending,
+            "missing": self.missing,
+            "orphan": self.orphan,
+            "mismatch": self.mismatch,
+            "duplicate": self.duplicate,
+            "unconfirmed": self.unconfirmed,
+            "acknowledged": self.acknowledged,
+            "truth_rows": self.truth_rows,
+            "projection_rows": self.projection_rows,
+        }
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What one audit found. ``exit_code`` follows diff(1): 0 clean, 1 drift."""
+
+    run_id: str
+    spec: str
+    started_at: datetime
+    finished_at: datetime
+    summary: Summary
+    findings: list[Finding] = field(default_factory=list)  # confirmed findings
+    unconfirmed: list[Finding] = field(default_factory=list)
+    scope: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "stream"
+
+    @property
+    def actionable(self) -> list[Finding]:
+        """Confirmed findings a correction may act on (not acknowledged by a human)."""
+        return [f for f in self.findings if f.status is not FindingStatus.ACKNOWLEDGED]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.actionable else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "spec": self.spec,
+            "started_at": jsonable(self.started_at),
+            "finished_at": jsonable(self.finished_at),
+            "strategy": self.strategy,
+            "scope": self.scope,
+            "summary": self.summary.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "unconfirmed": [f.to_dict() for f in self.unconfirmed],
+        }

@@ -1,0 +1,273 @@
+"""The spec: one YAML file per truth/projection pair, loaded into frozen, validated models.
+
+A spec says how to read each side, which key identifies an entity, which columns are compared
+(with their projection names, tolerances and normalisers), the freshness rules that keep
+in-flight entities out of the findings, and how to correct drift. ``${VAR}`` (and
+``${VAR:-default}``) in any string expands from the environment when the file is loaded.
+
+Every problem is raised as one :class:`~reconcile.errors.SpecError` line naming the file and
+the field, e.g. ``spec inventory.yaml: columns.price.tolerance: must be >= 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError, mask_url
+
+__all__ = [
+    "Spec",
+    "Side",
+    "KeyColumn",
+    "Column",
+    "Freshness",
+    "Correction",
+    "load_spec",
+    "parse_duration",
+    "NORMALIZERS",
+]
+
+NORMALIZERS = ("strip", "casefold", "lower", "upper", "collapse_spaces")
+Normalizer = Literal["strip", "casefold", "lower", "upper", "collapse_spaces"]
+
+_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``30s``, ``5m``, ``1h``, ``2d``, ``250ms`` or a number of seconds into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r} (use 30s, 5m, 1h ...)")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use 30s, 5m, 1h ...)")
+    return timedelta(seconds=float(m["n"]) * _UNIT_SECONDS[m["unit"]])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Side(_Model):
+    """How to read one side: a SQLAlchemy URL (or an Airflow connection id) and a table or query."""
+
+    url: str | None = None
+    conn_id: str | None = None
+    table: str | None = None
+    query: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    where: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Side:
+        if not self.url and not self.conn_id:
+            raise ValueError("needs `url:` (a SQLAlchemy URL) or `conn_id:` (an Airflow connection)")
+        if bool(self.table) == bool(self.query):
+            raise ValueError("needs exactly one of `table:` or `query:`")
+        return self
+
+    @property
+    def display(self) -> str:
+        """Where this side lives, with any password masked."""
+        what = f"table {self.schema_ + '.' if self.schema_ else ''}{self.table}" if self.table else "query"
+        return f"{what} at {mask_url(self.url or 'conn_id ' + str(self.conn_id))}"
+
+
+class KeyColumn(_Model):
+    """One key column: its truth name and its projection name (the same unless renamed)."""
+
+    truth: str
+    projection: str
+
+
+class Column(_Model):
+    """One compared column (keyed by its truth name in ``Spec.columns``)."""
+
+    projection: str | None = None
+    tolerance: float | None = Field(default=None, ge=0)
+    normalize: tuple[Normalizer, ...] = ()
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class Freshness(_Model):
+    """Which entities are still in flight (pending) rather than drifted."""
+
+    truth_column: str | None = None
+    projection_column: str | None = None
+    grace: timedelta = timedelta(minutes=5)
+    confirm_runs: int = Field(default=1, ge=1)
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+class Correction(_Model):
+    """Where and how corrective events go, and the blast-radius guard."""
+
+    topic: str
+    event_type: str
+    consumer_group: str | None = None
+    max_ratio: float = Field(default=0.01, ge=0)
+    max_count: int = Field(default=1000, ge=0)
+    payload: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    transport: Literal["kafka", "embedded"] = "kafka"
+
+
+class Spec(_Model):
+    """One truth/projection pair. Frozen: narrow it by copy (``model_copy(update=...)``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str | None = None
+    truth: Side
+    projection: Side
+    key: tuple[KeyColumn, ...]
+    columns: dict[str, Column] = Field(default_factory=dict)
+    freshness: Freshness = Freshness()
+    correction: Correction | None = None
+    schedule: str | None = "@hourly"
+    alerts: dict[str, Any] = Field(default_factory=dict)
+    checks: dict[str, Any] = Field(default_factory=dict)
+    source_path: str | None = Field(default=None, exclude=True)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _keys(cls, v: Any) -> Any:
+        if isinstance(v, str | dict):
+            v = [v]
+        if not isinstance(v, list | tuple) or not v:
+            raise ValueError("must be a non-empty list of column names or {truth: projection} maps")
+        out = []
+        for item in v:
+            if isinstance(item, str):
+                out.append({"truth": item, "projection": item})
+            elif isinstance(item, dict) and len(item) == 1:
+                ((t, p),) = item.items()
+                out.append({"truth": str(t), "projection": str(p)})
+            elif isinstance(item, dict) and set(item) == {"truth", "projection"}:
+                out.append(item)
+            else:
+                raise ValueError(f"entry {item!r} must be a name or a one-entry {{truth: projection}} map")
+        return out
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, v: Any) -> Any:
+        if isinstance(v, list):  # a bare list of names: same name on both sides, exact compare
+            return {str(name): {} for name in v}
+        if isinstance(v, dict):
+            return {k: ({} if c is None else c) for k, c in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _no_key_in_columns(self) -> Spec:
+        keys = {k.truth for k in self.key}
+        both = keys & set(self.columns)
+        if both:
+            raise ValueError(f"key column(s) {sorted(both)} cannot also be compared columns")
+        return self
+
+    # -- derived names ---------------------------------------------------------------------
+    @property
+    def key_truth(self) -> list[str]:
+        return [k.truth for k in self.key]
+
+    @property
+    def key_projection(self) -> list[str]:
+        return [k.projection for k in self.key]
+
+    def projection_name(self, truth_column: str) -> str:
+        """The projection's name of a compared column (given by its truth name)."""
+        col = self.columns[truth_column]
+        return col.projection or truth_column
+
+    @property
+    def label(self) -> str:
+        return self.source_path or self.name
+
+
+def _expand_env(value: Any, path: str, where: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            got = os.environ.get(m["name"])
+            if got is None or (got == "" and m["default"] is not None):
+                if m["default"] is not None:
+                    return m["default"]
+                raise SpecError(f"spec {where}: {path}: environment variable {m['name']} is not set")
+            return got
+
+        return _ENV_VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]", where) for i, v in enumerate(value)]
+    return value
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        else:
+            parts.append("schema" if p == "schema_" else str(p))
+    return ".".join(parts)
+
+
+def spec_from_dict(data: Any, where: str = "<dict>") -> Spec:
+    """Validate a mapping (already parsed YAML) into a Spec, or raise a one-line SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(f"spec {where}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _expand_env(data, "", where)
+    try:
+        return Spec.model_validate({**data, "source_path": where})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = _field_path(tuple(err["loc"])) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise SpecError(f"spec {where}: {field}: {msg}{more}") from None
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read, expand and validate one spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec {p}: file not found") from None
+    except OSError as e:
+        raise SpecError(f"spec {p}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise SpecError(f"spec {p}: YAML error{at}: {problem}") from None
+    return spec_from_dict(data, str(p))

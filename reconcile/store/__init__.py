@@ -1,0 +1,467 @@
+"""The audit store (state): runs, findings with their lifecycle, and the outbox.
+
+Any SQLAlchemy database works: a SQLite file by default (``reconcile-store.db`` in the working
+folder), PostgreSQL in production (``--store`` / ``RECONCILE_STORE_URL``). The store creates and
+migrates its own tables on first use. Every method that changes state does so in one
+transaction, so a crash leaves runs, findings and outbox consistent with each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, overload
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from ..errors import StoreError, mask_url
+from ..findings import Finding, FindingKind, FindingStatus, Summary
+from ..sources.sql import normalize_url
+from . import schema
+from .schema import findings as F
+from .schema import outbox as O
+from .schema import runs as R
+
+__all__ = ["AuditStore", "default_store_url", "RunRecord", "OutboxRow", "ACTIVE"]
+
+DEFAULT_STORE_URL = "sqlite:///reconcile-store.db"
+ACTIVE = (FindingStatus.OPEN.value, FindingStatus.CORRECTING.value, FindingStatus.ACKNOWLEDGED.value)
+
+
+def default_store_url(url: str | None = None) -> str:
+    """``--store``, else ``RECONCILE_STORE_URL``, else a SQLite file in the working folder."""
+    return url or os.environ.get("RECONCILE_STORE_URL") or DEFAULT_STORE_URL
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; the store only ever writes UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One stored run."""
+
+    id: str
+    spec: str
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    strategy: str
+    scope: dict[str, Any]
+    summary: dict[str, int]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One corrective event waiting in (or sent from) the outbox."""
+
+    id: int
+    event_id: str
+    spec: str
+    run_id: str
+    topic: str
+    transport: str
+    message_key: str
+    headers: dict[str, str]
+    payload: str | None
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
+def _finding(row: Any, confirm_runs: int = 1) -> Finding:
+    return Finding(
+        kind=FindingKind(row.kind),
+        key=dict(row.entity_key),
+        columns=tuple(row.columns or ()),
+        truth=row.truth,
+        projection=row.projection,
+        copies=row.copies or 1,
+        status=FindingStatus(row.status),
+        confirmed=row.times_seen >= confirm_runs,
+        times_seen=row.times_seen,
+        first_seen=_aware(row.first_seen),
+        note=row.note,
+    )
+
+
+class AuditStore:
+    """Runs, findings and the outbox in one SQL database, migrated on first use."""
+
+    def __init__(self, url: str | None = None):
+        self.url = default_store_url(url)
+        try:
+            u = sa.make_url(normalize_url(self.url))
+            kwargs: dict[str, Any] = {}
+            if u.get_backend_name() == "sqlite":
+                kwargs["connect_args"] = {"timeout": 30}
+            self.engine: Engine = sa.create_engine(u, pool_pre_ping=True, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any URL problem is the user's input
+            raise StoreError(
+                f"audit store {mask_url(self.url)}: cannot use this URL: {mask_url(str(e))}"
+            ) from None
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrated = False
+
+    @property
+    def display(self) -> str:
+        return mask_url(self.url)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except SQLAlchemyError as e:
+            orig = getattr(e, "orig", None) or e
+            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            raise StoreError(f"audit store {self.display}: {mask_url(first)}") from None
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction on a migrated store."""
+        self.migrate()
+        with self._errors(), self.engine.begin() as conn:
+            yield conn
+
+    def migrate(self) -> int:
+        """Create or upgrade the store's tables; idempotent."""
+        if self._migrated:
+            return len(schema.MIGRATIONS)
+        with self._errors(), self.engine.begin() as conn:
+            version = schema.migrate(conn)
+        self._migrated = True
+        return version
+
+    def ping(self) -> None:
+        """Raise StoreError when the store cannot be reached."""
+        with self._errors(), self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- findings ------------------------------------------------------------------------
+    def active_findings(self, spec: str) -> list[Finding]:
+        """Findings of a spec not yet resolved (open, correcting, acknowledged)."""
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(F).where(F.c.spec == spec, F.c.status.in_(ACTIVE)).order_by(F.c.id))
+            return [_finding(r) for r in rows]
+
+    def findings(self, spec: str, statuses: Sequence[str] = ACTIVE, confirm_runs: int = 1) -> list[Finding]:
+        """Findings of a spec in the given statuses, oldest first."""
+        with self.begin() as conn:
+            rows = conn.execute(
+                sa.select(F).where(F.c.spec == spec, F.c.status.in_(list(statuses))).order_by(F.c.id)
+            )
+            return [_finding(r, confirm_runs) for r in rows]
+
+    def record_run(
+        self,
+        *,
+        run_id: str,
+        spec: str,
+        started_at: datetime,
+        finished_at: datetime,
+        strategy: str,
+        scope: dict[str, Any],
+        summary: Summary,
+        seen: Sequence[Finding],
+        clean: set[str],
+        pending: set[str],
+        resolve_unseen: bool,
+        confirm_runs: int,
+    ) -> tuple[list[Finding], list[Finding]]:
+        """Store one run and move every finding along its lifecycle, in one transaction.
+
+        ``seen`` are this run's findings; ``clean`` / ``pending`` the key ids of active findings
+        this run compared and found equal / still in flight. An active finding the run did not
+        see at all is resolved only when ``resolve_unseen`` (the run covered its key).
+        Returns (confirmed, unconfirmed) findings with their lifecycle filled in.
+        """
+        now = finished_at
+        confirmed: list[Finding] = []
+        unconfirmed: list[Finding] = []
+        with self.begin() as conn:
+            active = {
+                r.key_id: r
+                for r in conn.execute(sa.select(F).where(F.c.spec == spec, F.c.status.in_(ACTIVE)))
+            }
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            for f in seen:
+                kid = f.key_id
+                values = {
+                    "kind": f.kind.value,
+                    "columns": list(f.columns),
+                    "truth": _json(f.truth),
+                    "projection": _json(f.projection),
+                    "copies": f.copies,
+                    "last_seen": now,
+                    "last_run_id": run_id,
+                }
+                old = active.pop(kid, None)
+                if old is None:
+                    inserts.append(
+                        {
+                            **values,
+                            "spec": spec,
+                            "key_id": kid,
+                            "entity_key": _json(f.key),
+                            "status": FindingStatus.OPEN.value,
+                            "times_seen": 1,
+                            "first_seen": now,
+                            "first_run_id": run_id,
+                        }
+                    )
+                    f = f.with_lifecycle(times_seen=1, first_seen=now, status=FindingStatus.OPEN)
+                else:
+                    updates.append({**values, "_id": old.id, "times_seen": old.times_seen + 1})
+                    f = f.with_lifecycle(
+                        times_seen=old.times_seen + 1,
+                        first_seen=_aware(old.first_seen),
+                        status=FindingStatus(old.status),
+                        note=old.note,
+                    )
+                f = f.with_lifecycle(confirmed=f.times_seen >= confirm_runs)
+                (confirmed if f.confirmed else unconfirmed).append(f)
+            if inserts:
+                conn.execute(F.insert(), inserts)
+            if updates:
+                conn.execute(
+                    F.update()
+                    .where(F.c.id == sa.bindparam("_id"))
+                    .values({c: sa.bindparam(c) for c in updates[0] if c != "_id"}),
+                    updates,
+                )
+            resolve = [
+                r.id for kid, r in active.items() if kid in clean or (resolve_unseen and kid not in pending)
+            ]
+            for i in range(0, len(resolve), 1000):
+                conn.execute(
+                    F.update()
+                    .where(F.c.id.in_(resolve[i : i + 1000]))
+                    .values(status=FindingStatus.RESOLVED.value, resolved_at=now, last_run_id=run_id)
+                )
+            for f in confirmed:
+                summary.count(f.kind)
+                if f.status is FindingStatus.ACKNOWLEDGED:
+                    summary.acknowledged += 1
+            summary.unconfirmed = len(unconfirmed)
+            status = (
+                "drift" if any(f.status is not FindingStatus.ACKNOWLEDGED for f in confirmed) else "clean"
+            )
+            conn.execute(
+                R.insert().values(
+                    id=run_id,
+                    spec=spec,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    status=status,
+                    strategy=strategy,
+                    scope=scope,
+                    summary=summary.to_dict(),
+                )
+            )
+        return confirmed, unconfirmed
+
+    def set_status(
+        self,
+        conn: Connection,
+        spec: str,
+        key_ids: Iterable[str],
+        status: FindingStatus,
+        *,
+        note: str | None = None,
+        only_from: Sequence[str] = ACTIVE,
+    ) -> int:
+        """Move findings (by key id) to a status inside the caller's transaction."""
+        ids = list(key_ids)
+        done = 0
+        values: dict[str, Any] = {"status": status.value}
+        if status is FindingStatus.RESOLVED:
+            values["resolved_at"] = _now()
+        if note is not None:
+            values["note"] = note
+        for i in range(0, len(ids), 1000):
+            res = conn.execute(
+                F.update()
+                .where(F.c.spec == spec, F.c.key_id.in_(ids[i : i + 1000]), F.c.status.in_(list(only_from)))
+                .values(values)
+            )
+            done += res.rowcount or 0
+        return done
+
+    def acknowledge(self, spec: str, key_id: str, reason: str) -> Finding:
+        """A human marks an active finding as known and not to be corrected."""
+        with self.begin() as conn:
+            row = conn.execute(
+                sa.select(F).where(F.c.spec == spec, F.c.key_id == key_id, F.c.status.in_(ACTIVE))
+            ).first()
+            if row is None:
+                raise StoreError(f"spec {spec}: no open finding with key {key_id}")
+            conn.execute(
+                F.update()
+                .where(F.c.id == row.id)
+                .values(status=FindingStatus.ACKNOWLEDGED.value, note=f"acknowledged: {reason}")
+            )
+            return _finding(row).with_lifecycle(
+                status=FindingStatus.ACKNOWLEDGED, note=f"acknowledged: {reason}"
+            )
+
+    # -- runs ----------------------------------------------------------------------------
+    def latest_run(self, spec: str) -> RunRecord | None:
+        """The most recent stored audit of a spec."""
+        with self.begin() as conn:
+            r = conn.execute(
+                sa.select(R)
+                .where(R.c.spec == spec)
+                .order_by(R.c.started_at.desc(), R.c.finished_at.desc())
+                .limit(1)
+            ).first()
+        if r is None:
+            return None
+        return RunRecord(
+            r.id,
+            r.spec,
+            _aware(r.started_at),
+            _aware(r.finished_at),
+            r.status,
+            r.strategy,
+            r.scope,
+            r.summary,
+        )  # type: ignore[arg-type]
+
+    def last_run_times(self) -> dict[str, datetime]:
+        """Spec name -> when its latest run finished (for the health check)."""
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(R.c.spec, sa.func.max(R.c.finished_at)).group_by(R.c.spec))
+            return {spec: _aware(at) for spec, at in rows}  # type: ignore[misc]
+
+    def run_findings(
+        self, conn: Connection, spec: str, run_id: str, status: str
+    ) -> list[tuple[int, Finding]]:
+        """(id, finding) of a spec's findings last seen by a run, in a status."""
+        rows = conn.execute(
+            sa.select(F)
+            .where(F.c.spec == spec, F.c.last_run_id == run_id, F.c.status == status)
+            .order_by(F.c.id)
+        )
+        return [(r.id, _finding(r)) for r in rows]
+
+    # -- outbox --------------------------------------------------------------------------
+    def enqueue(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert outbox rows inside the caller's transaction; rows whose event id is already
+        there are skipped (the unique constraint makes a repeated correction a no-op)."""
+        if not rows:
+            return 0
+        existing: set[str] = set()
+        ids = [r["event_id"] for r in rows]
+        for i in range(0, len(ids), 1000):
+            existing.update(
+                conn.execute(sa.select(O.c.event_id).where(O.c.event_id.in_(ids[i : i + 1000]))).scalars()
+            )
+        fresh = [r for r in rows if r["event_id"] not in existing]
+        if fresh:
+            try:
+                conn.execute(O.insert(), [{**r, "attempts": 0} for r in fresh])
+            except IntegrityError as e:  # a concurrent `correct` won the race: nothing is doubled
+                raise StoreError(
+                    "outbox: a concurrent correction inserted the same events; rerun `reconcile correct`"
+                ) from e
+        return len(fresh)
+
+    def unsent(self, limit: int, spec: str | None = None, after_id: int = 0) -> list[OutboxRow]:
+        """The oldest unsent outbox rows (optionally of one spec)."""
+        with self.begin() as conn:
+            q = sa.select(O).where(O.c.sent_at.is_(None), O.c.id > after_id)
+            if spec:
+                q = q.where(O.c.spec == spec)
+            rows = conn.execute(q.order_by(O.c.id).limit(limit))
+            return [_outbox_row(r) for r in rows]
+
+    def mark_sent(self, ids: Sequence[int], at: datetime | None = None) -> None:
+        """Mark rows sent (called only for rows the broker confirmed)."""
+        at = at or _now()
+        with self.begin() as conn:
+            for i in range(0, len(ids), 1000):
+                conn.execute(
+                    O.update()
+                    .where(O.c.id.in_(ids[i : i + 1000]))
+                    .values(sent_at=at, attempts=O.c.attempts + 1, last_error=None)
+                )
+
+    def mark_failed(self, ids: Sequence[int], error: str) -> None:
+        """Count a failed attempt on rows that stay unsent."""
+        with self.begin() as conn:
+            for i in range(0, len(ids), 1000):
+                conn.execute(
+                    O.update()
+                    .where(O.c.id.in_(ids[i : i + 1000]))
+                    .values(attempts=O.c.attempts + 1, last_error=error[:2000])
+                )
+
+    def outbox_events(self, spec: str | None = None, sent: bool | None = None) -> list[OutboxRow]:
+        """Outbox rows (all, or only sent / unsent), oldest first."""
+        with self.begin() as conn:
+            q = sa.select(O)
+            if spec:
+                q = q.where(O.c.spec == spec)
+            if sent is not None:
+                q = q.where(O.c.sent_at.is_not(None) if sent else O.c.sent_at.is_(None))
+            return [_outbox_row(r) for r in conn.execute(q.order_by(O.c.id))]
+
+    def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
+        """(number of unsent rows, creation time of the oldest) — the relay's health."""
+        with self.begin() as conn:
+            q = sa.select(sa.func.count(), sa.func.min(O.c.created_at)).where(O.c.sent_at.is_(None))
+            if spec:
+                q = q.where(O.c.spec == spec)
+            n, oldest = conn.execute(q).one()
+            return int(n), _aware(oldest)
+
+
+def _outbox_row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        id=r.id,
+        event_id=r.event_id,
+        spec=r.spec,
+        run_id=r.run_id,
+        topic=r.topic,
+        transport=r.transport,
+        message_key=r.message_key,
+        headers=dict(r.headers or {}),
+        payload=r.payload,
+        created_at=_aware(r.created_at),  # type: ignore[arg-type]
+        sent_at=_aware(r.sent_at),
+    )
+
+
+def _json(value: Any) -> Any:
+    from ..compare import jsonable
+
+    return jsonable(value)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

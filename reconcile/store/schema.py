@@ -1,0 +1,103 @@
+"""The audit store's tables and their migrations.
+
+The store migrates itself: ``schema_version`` holds the number of the last migration applied,
+and :data:`MIGRATIONS` lists every migration in order. A new column or table is a new entry at
+the end; an applied entry is never edited. Works on SQLite, PostgreSQL and MySQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+__all__ = ["metadata", "runs", "findings", "outbox", "schema_version", "MIGRATIONS", "migrate"]
+
+metadata = sa.MetaData()
+_TS = sa.DateTime(timezone=True)
+
+schema_version = sa.Table(
+    "reconcile_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+runs = sa.Table(
+    "reconcile_runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("spec", sa.String(200), nullable=False),
+    sa.Column("started_at", _TS, nullable=False),
+    sa.Column("finished_at", _TS, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # clean | drift | verify
+    sa.Column("strategy", sa.String(20), nullable=False),
+    sa.Column("scope", sa.JSON, nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("preflight", sa.JSON, nullable=True),
+    sa.Index("ix_reconcile_runs_spec_started", "spec", "started_at"),
+)
+
+findings = sa.Table(
+    "reconcile_findings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("spec", sa.String(200), nullable=False),
+    sa.Column("key_id", sa.String(700), nullable=False),
+    sa.Column("entity_key", sa.JSON, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("columns", sa.JSON, nullable=False),
+    sa.Column("truth", sa.JSON, nullable=True),
+    sa.Column("projection", sa.JSON, nullable=True),
+    sa.Column("copies", sa.Integer, nullable=False, default=1),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("times_seen", sa.Integer, nullable=False),
+    sa.Column("first_seen", _TS, nullable=False),
+    sa.Column("last_seen", _TS, nullable=False),
+    sa.Column("first_run_id", sa.String(36), nullable=False),
+    sa.Column("last_run_id", sa.String(36), nullable=False),
+    sa.Column("resolved_at", _TS, nullable=True),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_reconcile_findings_spec_status", "spec", "status"),
+    sa.Index("ix_reconcile_findings_spec_key", "spec", "key_id"),
+)
+
+outbox = sa.Table(
+    "reconcile_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # The idempotency key: a repeated `correct` for the same drift inserts nothing.
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("spec", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("finding_id", sa.Integer, nullable=True),
+    sa.Column("topic", sa.String(249), nullable=False),
+    sa.Column("transport", sa.String(20), nullable=False),
+    sa.Column("message_key", sa.Text, nullable=False),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("payload", sa.Text, nullable=True),  # None is a tombstone
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("sent_at", _TS, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_reconcile_outbox_unsent", "sent_at", "id"),
+)
+
+
+def _v1(conn: Connection) -> None:
+    for t in (runs, findings, outbox):
+        t.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+
+
+def migrate(conn: Connection) -> int:
+    """Apply the migrations this store has not seen yet; return the version it is at now."""
+    schema_version.create(conn, checkfirst=True)
+    current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+    for number, step in enumerate(MIGRATIONS, start=1):
+        if number > current:
+            step(conn)
+            conn.execute(schema_version.insert().values(version=number))
+    return len(MIGRATIONS)

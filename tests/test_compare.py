@@ -1,0 +1,102 @@
+"""Values compared by meaning: a difference that is only a representation is never a finding."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconcile.compare import ColumnRule, jsonable, key_part, normalize_text, values_equal
+
+EXACT = ColumnRule("c")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (None, None),
+        (Decimal("9.50"), 9.5),
+        (Decimal("1.10"), Decimal("1.1")),
+        (10, 10.0),
+        (10, "10"),
+        (True, 1),
+        (0.1, Decimal("0.1")),
+        (datetime(2026, 1, 1, 12), datetime(2026, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))),
+        (datetime(2026, 1, 1, 12, tzinfo=UTC), "2026-01-01T12:00:00Z"),
+        (datetime(2026, 1, 1, 12), "2026-01-01 12:00:00"),
+        (date(2026, 1, 1), date(2026, 1, 1)),
+        ({"a": 1}, '{"a": 1}'),
+        ("same", "same"),
+    ],
+)
+def test_same_fact_different_representation(a: object, b: object) -> None:
+    assert values_equal(a, b, EXACT)
+    assert values_equal(b, a, EXACT)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (None, 0),
+        (None, ""),
+        ("", None),
+        (Decimal("9.50"), 9.51),
+        (1, 2),
+        ("10", 11),
+        (datetime(2026, 1, 1, 12), datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=1)))),
+        ("abc", "ABC"),
+        ("abc", "abc "),
+        ("x", 1),
+    ],
+)
+def test_different_facts(a: object, b: object) -> None:
+    assert not values_equal(a, b, EXACT)
+    assert not values_equal(b, a, EXACT)
+
+
+def test_tolerance_is_absolute_and_inclusive() -> None:
+    rule = ColumnRule("price", tolerance=0.005)
+    assert values_equal(Decimal("9.995"), 10.0, rule)
+    assert values_equal(Decimal("10.00"), 9.996, rule)
+    assert not values_equal(Decimal("10.00"), 9.99, rule)
+
+
+def test_normalisers_apply_to_both_sides_in_order() -> None:
+    rule = ColumnRule("title", normalize=("strip", "casefold"))
+    assert values_equal("  Straße ", "STRASSE", rule)
+    assert normalize_text("  a   b ", ("collapse_spaces",)) == "a b"
+    assert not values_equal("a b", "ab", rule)
+
+
+def test_key_parts_canonicalise_across_engines() -> None:
+    assert key_part("10", "int") == key_part(10, "int") == key_part(Decimal("10"), "int") == 10
+    assert key_part(Decimal("1.50"), "number") == key_part(1.5, "number")
+    assert key_part("2026-01-01 12:00:00", "datetime") == key_part(
+        datetime(2026, 1, 1, 12, tzinfo=UTC), "datetime"
+    )
+    assert key_part(7, "text") == "7"
+    with pytest.raises(ValueError):
+        key_part("A-1", "int")
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-(10**9), max_value=10**9))
+def test_decimal_equals_its_float_and_text_forms(d: Decimal) -> None:
+    assert values_equal(d, str(d), EXACT)
+    assert values_equal(d, d.normalize(), EXACT)
+    assert values_equal(d, float(d), ColumnRule("c", tolerance=1e-6 * max(1, abs(float(d)))))
+
+
+@given(st.integers(min_value=-(2**62), max_value=2**62))
+def test_int_keys_order_like_the_database(n: int) -> None:
+    assert key_part(str(n), "int") == n
+    assert (key_part(str(n), "int") < key_part(str(n + 1), "int")) is True
+
+
+def test_jsonable() -> None:
+    assert jsonable(Decimal("2.50")) == 2.5
+    assert jsonable(Decimal("3")) == 3
+    assert jsonable(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00Z"
+    assert jsonable({"a": (1, Decimal("1.5"))}) == {"a": [1, 1.5]}
