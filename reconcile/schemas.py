@@ -1,0 +1,77 @@
+"""Event schemas: where they live, loading them, validating one event's data.
+
+Schemas are Avro (``.avsc``), one file per version: ``checks/schemas/<subject>/v<N>.avsc``.
+A breaking change is a new subject or version, never an edit. The directory is found at
+``$RECONCILE_SCHEMAS_DIR``, else ``checks/schemas`` beside this package (the repo checkout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import avro.errors
+import avro.io
+import avro.schema
+
+from .errors import SchemaIncompatible, SpecError
+
+__all__ = ["schemas_dir", "versions", "load", "latest", "validate_datum", "CORRECTIVE_EVENT"]
+
+CORRECTIVE_EVENT = "reconcile.CorrectiveEvent"
+_VERSION_FILE = re.compile(r"^v(?P<n>\d+)\.avsc$")
+
+
+def schemas_dir() -> Path:
+    """The schema directory in use."""
+    env = os.environ.get("RECONCILE_SCHEMAS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "checks" / "schemas"
+
+
+def versions(subject: str, root: Path | None = None) -> list[tuple[int, Path]]:
+    """(version, file) of a subject, oldest first."""
+    folder = (root or schemas_dir()) / subject
+    if not folder.is_dir():
+        raise SpecError(f"schemas: no subject {subject!r} in {folder.parent}")
+    found = [(int(m["n"]), p) for p in folder.iterdir() if (m := _VERSION_FILE.match(p.name))]
+    return sorted(found)
+
+
+@lru_cache(maxsize=64)
+def _parse(path: str) -> avro.schema.Schema:
+    try:
+        return avro.schema.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, avro.errors.SchemaParseException) as e:
+        raise SpecError(f"schema {path}: cannot parse: {str(e).splitlines()[0] if str(e) else e}") from None
+
+
+def load(path: Path) -> avro.schema.Schema:
+    """Parse one ``.avsc`` file (cached)."""
+    return _parse(str(path))
+
+
+def latest(subject: str, root: Path | None = None) -> tuple[int, avro.schema.Schema]:
+    """The newest version of a subject and its parsed schema."""
+    found = versions(subject, root)
+    if not found:
+        raise SpecError(f"schemas: subject {subject!r} has no v<N>.avsc file")
+    n, path = found[-1]
+    return n, load(path)
+
+
+def validate_datum(subject: str, datum: Any, root: Path | None = None) -> int:
+    """Check one event's data against the subject's latest schema; return that version.
+
+    Raises SchemaIncompatible naming the subject when the data does not fit.
+    """
+    n, schema = latest(subject, root)
+    try:
+        avro.io.validate(schema, datum, raise_on_error=True)
+    except avro.errors.AvroTypeException as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SchemaIncompatible(f"event does not fit schema {subject} v{n}: {first[:300]}") from None
+    return n
