@@ -329,16 +329,13 @@ def _print_schema_check(result: CheckResult) -> None:
     for s in result.subjects:
         verdict = "compatible" if s.compatible else f"{len(s.violations)} violation(s)"
         subjects.add_row(s.subject, s.mode.value, ", ".join(f"v{n}" for n in s.versions), verdict)
-    out.print(f"schemas {result.root}")
+    out.print(f"schemas {result.root}", markup=False)
     out.print(subjects)
-    if result.violations:
-        t = Table(pad_edge=False, show_lines=True)
-        for col in ("subject", "versions", "rule", "field", "old type", "new type", "problem"):
-            t.add_column(col, overflow="fold")
-        for v in result.violations:
-            versions = f"v{v.old_version} -> v{v.new_version}"
-            t.add_row(v.subject, versions, v.rule, v.field or "(record)", v.old_type, v.new_type, v.problem)
-        out.print(t)
+    # One block per violation rather than a wide table: CI logs are 80 columns.
+    for v in result.violations:
+        head = f"{v.subject} v{v.old_version} -> v{v.new_version} ({v.mode.value})  {v.rule}"
+        where = f"field {v.field or '(record)'}: {v.old_type} -> {v.new_type}  [{v.kind} at {v.location}]"
+        out.print(f"{head}\n  {where}\n  {v.problem}", markup=False)
     n = len(result.violations)
     out.print("all subjects compatible" if not n else f"{n} violation(s): incompatible schema change")
 
