@@ -246,13 +246,22 @@ def _type_name(s: avro.schema.Schema | None) -> str:
     return f"{s.type} ({logical})" if logical else str(s.type)
 
 
-def _located(reader: avro.schema.Schema, writer: avro.schema.Schema, prefix: str = "") -> list[str]:
+def _located(
+    reader: avro.schema.Schema,
+    writer: avro.schema.Schema,
+    prefix: str = "",
+    seen: frozenset[tuple[int, int]] = frozenset(),
+) -> list[str]:
     """The checker's locations of every incompatibility, made absolute.
 
     The avro checker drops the location when it descends into a *writer* union (it reports
     "/"); there we ask it again one level down (record fields, array items, map values) so the
-    report still names the field.
+    report still names the field. ``seen`` stops the descent in recursive schemas.
     """
+    pair = (id(reader), id(writer))
+    if pair in seen:
+        return []
+    seen = seen | {pair}
     res = ReaderWriterCompatibilityChecker().get_compatibility(reader=reader, writer=writer)
     if res.compatibility is not SchemaCompatibilityType.incompatible:
         return []
@@ -266,11 +275,11 @@ def _located(reader: avro.schema.Schema, writer: avro.schema.Schema, prefix: str
             for i, rf in enumerate(reader.fields):
                 wf = lookup_writer_field(writer_schema=writer, reader_field=rf)
                 if wf is not None:
-                    sub += _located(rf.type, wf.type, f"{prefix}/fields/{i}/type")
+                    sub += _located(rf.type, wf.type, f"{prefix}/fields/{i}/type", seen)
         elif isinstance(reader, avro.schema.ArraySchema) and isinstance(writer, avro.schema.ArraySchema):
-            sub = _located(reader.items, writer.items, f"{prefix}/items")
+            sub = _located(reader.items, writer.items, f"{prefix}/items", seen)
         elif isinstance(reader, avro.schema.MapSchema) and isinstance(writer, avro.schema.MapSchema):
-            sub = _located(reader.values, writer.values, f"{prefix}/values")
+            sub = _located(reader.values, writer.values, f"{prefix}/values", seen)
         found += sub or [prefix or "/"]
     return sorted(dict.fromkeys(found), key=_location_order)
 
@@ -372,7 +381,7 @@ def _violation(
         problem = f"{where}: the {r_role} fixed size {sizes[0]} differs from the {w_role} {sizes[1]}"
     elif spot.union_branch or isinstance(r, avro.schema.UnionSchema):
         kind = "missing_union_branch"
-        problem = f"{where}: the {r_role} union {rtype} has no branch for the {w_role} type {wtype}"
+        problem = f"{where}: no branch of the {r_role} type {rtype} can read {w_role} data of type {wtype}"
     else:
         kind = "type_mismatch"
         problem = f"{where}: the {r_role} reader's type {rtype} cannot read {w_role} data of type {wtype}"

@@ -247,3 +247,19 @@ def test_malformed_corrective_event_is_refused(change: dict[str, Any]) -> None:
     datum = {"spec": "inventory", "kind": "missing", "key": {"sku": "A-1"}, "state": None, "tombstone": True}
     with pytest.raises(SchemaIncompatible, match="reconcile.CorrectiveEvent v1"):
         validate_datum(CORRECTIVE_EVENT, {**datum, **change}, REPO_SCHEMAS)
+
+
+def test_recursive_schema_with_union_change_terminates(tmp_path: Path) -> None:
+    def node(note: Any) -> dict[str, Any]:
+        return {
+            "type": "record",
+            "name": "Node",
+            "fields": [{"name": "note", "type": note}, {"name": "next", "type": ["null", "Node"]}],
+        }
+
+    found = check_dir(subject(tmp_path, "BACKWARD", node(["null", "string"]), node("string"))).violations
+    assert [(v.field, v.kind, v.old_type, v.new_type) for v in found] == [
+        ("note", "type_mismatch", "union[null, string]", "string"),
+        # the checker also flags the recursive reference, whose Node now reads differently
+        ("next", "missing_union_branch", "record Node", "union[null, record Node]"),
+    ]
