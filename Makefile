@@ -52,6 +52,7 @@ integration: $(STAMP) services  ## the tests against real PostgreSQL and Kafka
 	$(BIN)/pytest -m "integration or airflow" -q
 
 test: $(STAMP) services lint  ## set up everything and run the whole suite
+	$(BIN)/reconcile check-schemas checks/schemas --format table
 	$(BIN)/pytest -q
 
 lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.txt

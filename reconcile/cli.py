@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from .errors import ReconcileError, mask_url
 from .findings import Finding, RunResult
 from .spec import Spec, load_spec
 from .store import AuditStore
+
+if TYPE_CHECKING:
+    from .schemacheck import CheckResult
 
 app = typer.Typer(
     name="reconcile",
@@ -543,6 +546,62 @@ def project(
 
 def _same_key(key: dict[str, Any], raw: tuple[Any, ...], names: list[str]) -> bool:
     return all(str(key.get(n)) == str(v) for n, v in zip(names, raw, strict=True))
+
+
+@app.command("check-schemas")
+def check_schemas(
+    directory: Annotated[
+        str | None,
+        typer.Argument(
+            help="Schema directory: one folder per subject holding v1.avsc, v2.avsc, ... and an optional "
+            "compatibility.yaml. Default: $RECONCILE_SCHEMAS_DIR, else the repo's checks/schemas.",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Check that each event-schema subject's versions keep its compatibility mode.
+
+    Modes (compatibility.yaml: `default:` and `subjects: {SUBJECT: MODE}`; default BACKWARD) are
+    the schema registries' ones: BACKWARD (the new version reads old data), FORWARD (the old
+    version reads new data), FULL (both), each with a _TRANSITIVE variant (against every earlier
+    version, not just the previous one), and NONE. The rules are Avro's, applied by the avro
+    package's checker. Each violation names the versions, field, old and new type, and rule.
+
+    Exit codes: 0 all compatible, 1 violations found, 2 unreadable or invalid schema or config.
+    """
+    from pathlib import Path
+
+    from .schemacheck import check_dir
+    from .schemas import schemas_dir
+
+    with _errors():
+        fmt = _format(fmt)
+        result = check_dir(Path(directory) if directory else schemas_dir())
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            _print_schema_check(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_schema_check(result: CheckResult) -> None:
+    subjects = Table(pad_edge=False)
+    for col in ("subject", "mode", "versions", "result"):
+        subjects.add_column(col)
+    for s in result.subjects:
+        verdict = "compatible" if s.compatible else f"{len(s.violations)} violation(s)"
+        subjects.add_row(s.subject, s.mode.value, ", ".join(f"v{n}" for n in s.versions), verdict)
+    out.print(f"schemas {result.root}", markup=False)
+    out.print(subjects)
+    # One block per violation rather than a wide table: CI logs are 80 columns.
+    for v in result.violations:
+        head = f"{v.subject} v{v.old_version} -> v{v.new_version} ({v.mode.value})  {v.rule}"
+        where = f"field {v.field or '(record)'}: {v.old_type} -> {v.new_type}  [{v.kind} at {v.location}]"
+        out.print(f"{head}\n  {where}\n  {v.problem}", markup=False)
+    n = len(result.violations)
+    out.print("all subjects compatible" if not n else f"{n} violation(s): incompatible schema change")
 
 
 def _version(value: bool) -> None:
