@@ -292,3 +292,21 @@ def test_cli_check(tmp_path: Path, pair: tuple[str, str]) -> None:
     assert missing.returncode == 2 and "nope.yaml: file not found" in missing.stderr
     h = subprocess.run([sys.executable, "-m", "reconcile", "check", "--help"], capture_output=True, text=True)
     assert "--docs" in h.stdout and "checks:" in h.stdout
+
+
+def test_a_store_made_before_the_gates_migrates_to_hold_them(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from reconcile.store import schema
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # a store as migration 1 left it
+        schema.schema_version.create(conn)
+        schema.MIGRATIONS[0](conn)
+        conn.execute(schema.schema_version.insert().values(version=1))
+    engine.dispose()
+    store = AuditStore(url)
+    assert store.migrate() == len(schema.MIGRATIONS) >= 2
+    assert preflight_history(store, "anything") == []
+    assert "reconcile_preflight" in sa.inspect(store.engine).get_table_names()
