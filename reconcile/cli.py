@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -602,6 +603,52 @@ def _print_schema_check(result: CheckResult) -> None:
         out.print(f"{head}\n  {where}\n  {v.problem}", markup=False)
     n = len(result.violations)
     out.print("all subjects compatible" if not n else f"{n} violation(s): incompatible schema change")
+
+
+@app.command()
+def check(
+    spec: SpecArg,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
+    docs: Annotated[
+        str | None,
+        typer.Option(
+            "--docs", metavar="DIR", help="Where to build the GX Data Docs (HTML). Default: gx-docs/<spec>/."
+        ),
+    ] = None,
+) -> None:
+    """Run the preflight gates alone (Great Expectations on both sides; exit 0 pass, 2 failed).
+
+    The default suite: truth keys not null and unique, every key/compared/freshness column
+    present on its side, each side's row count at least checks.min_row_ratio (default 0.5) of
+    the last full audit's and never 0 when that audit had rows. Add your own expectations under
+    `checks:` in the spec or in checks/suites/<spec name>.<truth|projection>.json. Results go to
+    the audit store; Data Docs to --docs.
+    """
+    from .preflight import preflight
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        result = preflight(s, AuditStore(store), docs_dir=docs)
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            verdict = "passed" if result.success else "FAILED"
+            out.print(f"preflight {result.spec}: {verdict}  ({result.seconds:.1f} s)")
+            t = Table(show_lines=False, pad_edge=False)
+            for col in ("side", "expectation", "on", "result", "observed / error"):
+                t.add_column(col, overflow="fold")
+            for side in result.sides:
+                for o in side.outcomes:
+                    t.add_row(o.side, o.type, o.columns, "ok" if o.success else "FAILED", escape(o.detail()))
+            out.print(t)
+            if result.baseline is None:
+                out.print("row counts: no full audit stored yet, so no baseline to compare with")
+        if result.docs:  # on stderr with --format json, so stdout stays one JSON document
+            (out if fmt == "table" else err).print(f"Data Docs: {result.docs}", markup=False)
+        if not result.success:
+            _fail(result.message, result.exit_code)
 
 
 def _version(value: bool) -> None:

@@ -29,6 +29,8 @@ __all__ = [
     "Column",
     "Freshness",
     "Correction",
+    "Checks",
+    "Expectation",
     "load_spec",
     "parse_duration",
     "NORMALIZERS",
@@ -132,6 +134,31 @@ class Correction(_Model):
     transport: Literal["kafka", "embedded"] = "kafka"
 
 
+class Expectation(_Model):
+    """One user expectation in Great Expectations' own configuration format, plus its side.
+
+    ``type`` and ``kwargs`` are exactly what GX writes in a suite file
+    (``{"type": "expect_column_values_to_be_between", "kwargs": {"column": "on_hand", "min_value": 0}}``);
+    column names are that side's own names. GX itself checks the kwargs when the gate runs.
+    """
+
+    side: Literal["truth", "projection", "both"]
+    type: str = Field(pattern=r"^expect_[a-z0-9_]+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Checks(_Model):
+    """The preflight gates (``reconcile check``): the default suite's knobs and user expectations."""
+
+    # Each side must keep at least this share of the rows it had in the last full audit
+    # (0 keeps only "never empty when it had rows").
+    min_row_ratio: float = Field(default=0.5, ge=0, le=1)
+    expectations: tuple[Expectation, ...] = ()
+    # GX suite JSON files per side; a relative path is taken from the spec file's folder.
+    suites: dict[Literal["truth", "projection"], str] = Field(default_factory=dict)
+
+
 class Spec(_Model):
     """One truth/projection pair. Frozen: narrow it by copy (``model_copy(update=...)``)."""
 
@@ -145,7 +172,7 @@ class Spec(_Model):
     correction: Correction | None = None
     schedule: str | None = "@hourly"
     alerts: dict[str, Any] = Field(default_factory=dict)
-    checks: dict[str, Any] = Field(default_factory=dict)
+    checks: Checks = Checks()
     source_path: str | None = Field(default=None, exclude=True)
 
     @field_validator("key", mode="before")
