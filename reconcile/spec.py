@@ -136,8 +136,8 @@ class Correction(_Model):
     transport: Literal["kafka", "embedded"] = "kafka"
 
 
-ALERT_EVENTS = ("drift", "guard", "preflight", "health")
 AlertEvent = Literal["drift", "guard", "preflight", "health"]
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("drift", "guard", "preflight", "health")
 
 
 class EmailAlert(_Model):
