@@ -179,6 +179,14 @@ class Alerts(_Model):
     findings: int = Field(default=5, ge=0)  # how many findings an alert quotes
     stale_after: timedelta | None = None  # health: alert when the spec was not audited for this long
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean True.
+        if isinstance(data, dict) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
     @field_validator("email", mode="before")
     @classmethod
     def _email(cls, v: Any) -> Any:
