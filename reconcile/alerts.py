@@ -44,7 +44,9 @@ class Alert:
     def slack(self) -> dict[str, Any]:
         """A Slack incoming-webhook body (``text`` for any Slack-compatible receiver, plus blocks)."""
         detail = "\n".join([*self.lines, *(f"• `{_finding_line(f)}`" for f in self.findings)])
-        blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": self.title}}]
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": self.title}}
+        ]
         if detail:
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": detail}})
         if self.counts:

@@ -70,7 +70,9 @@ def check(
                 f"(threshold {_ago(thresholds.outbox_max_age.total_seconds())}): is the relay running?"
             )
         elif n > thresholds.outbox_max_rows:
-            h.problems.append(f"outbox: {n} unsent corrective events (threshold {thresholds.outbox_max_rows})")
+            h.problems.append(
+                f"outbox: {n} unsent corrective events (threshold {thresholds.outbox_max_rows})"
+            )
         corr = spec.correction
         if corr and corr.consumer_group and corr.transport == "kafka":
             if lag is None:

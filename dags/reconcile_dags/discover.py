@@ -48,7 +48,12 @@ def list_specs(folder: Path | None = None) -> list[SpecEntry]:
             log.warning("reconcile: skipping %s", e)
             continue
         if spec.name in out:
-            log.warning("reconcile: skipping %s: spec name %r already used by %s", path, spec.name, out[spec.name].path)
+            log.warning(
+                "reconcile: skipping %s: spec name %r already used by %s",
+                path,
+                spec.name,
+                out[spec.name].path,
+            )
             continue
         out[spec.name] = SpecEntry(spec.name, str(path), spec.schedule, spec.fanout, spec.description)
     return sorted(out.values(), key=lambda e: e.name)

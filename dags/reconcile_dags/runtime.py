@@ -301,7 +301,13 @@ def audit_range(path: str, rng: dict[str, Any], started_at: str) -> dict[str, An
         outcome = diff_range(spec, st, key_range, now=datetime.fromisoformat(started_at), **resolved)
     finally:
         st.dispose()
-    log.info("reconcile %s %s: compared=%d findings=%d", spec.name, key_range, outcome.compared, len(outcome.findings))
+    log.info(
+        "reconcile %s %s: compared=%d findings=%d",
+        spec.name,
+        key_range,
+        outcome.compared,
+        len(outcome.findings),
+    )
     return outcome_to_dict(outcome, key_kinds(spec, **resolved))
 
 
@@ -366,7 +372,9 @@ def relay(path: str, corrected: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def verify(path: str, corrected: dict[str, Any], relayed: dict[str, Any], *, timeout_s: float = 300) -> dict[str, Any]:
+def verify(
+    path: str, corrected: dict[str, Any], relayed: dict[str, Any], *, timeout_s: float = 300
+) -> dict[str, Any]:
     """Wait for the projector to consume the corrections, then re-check those keys."""
     spec = load(path)
     if corrected.get("skipped") or corrected.get("dry_run") or not corrected.get("written"):
@@ -385,7 +393,13 @@ def verify(path: str, corrected: dict[str, Any], relayed: dict[str, Any], *, tim
     return out
 
 
-def report(path: str, run: dict[str, Any], corrected: dict[str, Any], relayed: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
+def report(
+    path: str,
+    run: dict[str, Any],
+    corrected: dict[str, Any],
+    relayed: dict[str, Any],
+    verified: dict[str, Any],
+) -> dict[str, Any]:
     """The run's story in one value; alert on confirmed drift (with what was done about it)."""
     from reconcile.alerts import Alert, drift_alert
 
@@ -397,10 +411,16 @@ def report(path: str, run: dict[str, Any], corrected: dict[str, Any], relayed: d
         if corrected.get("written"):
             done.append(f"{corrected['written']} corrective event(s) written, {relayed.get('sent', 0)} sent")
         if "exit_code" in verified:
-            done.append("verified: healed" if verified["exit_code"] == 0 else "verify: drift remains, escalate")
+            done.append(
+                "verified: healed" if verified["exit_code"] == 0 else "verify: drift remains, escalate"
+            )
         alert = Alert(base.event, base.spec, base.title, (*base.lines, *done), base.counts, base.findings)
         out["alerted"] = notify(spec, alert)
-    log.info("reconcile %s: report %s", spec.name, json.dumps({k: v for k, v in out.items() if k != "run"}, sort_keys=True)[:2000])
+    log.info(
+        "reconcile %s: report %s",
+        spec.name,
+        json.dumps({k: v for k, v in out.items() if k != "run"}, sort_keys=True)[:2000],
+    )
     if verified.get("exit_code", 0) not in (0, None):
         raise AirflowFailException(f"verify: drift remains after correction ({verified})")
     return out
@@ -410,7 +430,6 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
     """Outbox backlog, projector lag and audit recency of every spec; alert per unhealthy spec."""
     from reconcile.alerts import health_alert
     from reconcile.health import Thresholds, check
-
     from reconcile_dags.discover import list_specs
 
     specs = [load(e.path) for e in list_specs()]
