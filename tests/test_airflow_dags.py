@@ -313,3 +313,46 @@ def test_health_dag_alerts_on_a_stuck_outbox(
     assert "3 unsent corrective event(s)" in posts[0]["json"]["text"]
     mails = receivers["smtp"].messages[before_mail:]
     assert any(name in m["message"]["Subject"] and "unhealthy" in m["message"]["Subject"] for m in mails)
+
+
+def test_on_demand_dry_run_then_real_with_params(
+    specs_dir: Path,
+    make_pg_db,
+    store_url: str,
+    kafka_bootstrap: str,
+    topic: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """Incident work: narrow to two keys, look (dry run), then correct and publish for real."""
+    pytest.importorskip("reconcile.heal", reason="the healing loop lands on main separately")
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from reconcile.store import AuditStore
+
+    from .audit_cases import build
+
+    truth, proj = make_pg_db("truth"), make_pg_db("proj")
+    build(truth, proj)
+    name = _name("od")
+    correction = f"correction: {{topic: {topic}, event_type: StockLevelCorrected, max_ratio: 1.0}}\n"
+    write_spec(specs_dir, name, f"url: {truth}", f"url: {proj}", correction)
+    with pytest.raises(ParamValidationError):
+        run("reconcile_on_demand", {"spec": "no-such-spec"})
+
+    conf = {"spec": name, "keys": "W1:A-3,W1:A-7", "dry_run": True, "verify": False}
+    dr = run("reconcile_on_demand", conf)
+    assert states(dr) == {"audit": "success", "correct": "success", "relay": "success", "verify": "success"}
+    audited = xcom(dr, "audit")
+    assert audited["scope"]["keys"] == 2
+    got = {(f["kind"], f["key"]["sku"]) for f in audited["findings"]}
+    assert got == {("missing", "A-3"), ("mismatch", "A-7")}
+    assert xcom(dr, "correct")["dry_run"] is True
+    assert xcom(dr, "relay")["sent"] == 0
+    store = AuditStore(store_url)
+    assert store.outbox_backlog(name)[0] == 0  # a dry run writes nothing
+
+    dr = run("reconcile_on_demand", {**conf, "dry_run": False})
+    assert xcom(dr, "correct")["written"] >= 2
+    assert xcom(dr, "relay")["sent"] >= 2
+    assert store.outbox_backlog(name)[0] == 0
+    assert xcom(dr, "verify") == {"skipped": "verify=false"}
+    store.dispose()
