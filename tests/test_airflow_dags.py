@@ -356,3 +356,94 @@ def test_on_demand_dry_run_then_real_with_params(
     assert store.outbox_backlog(name)[0] == 0
     assert xcom(dr, "verify") == {"skipped": "verify=false"}
     store.dispose()
+
+
+def test_connections_become_sqlalchemy_urls(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    sys.path.insert(0, str(DAGS))
+    from reconcile_dags.runtime import connection_url
+
+    monkeypatch.setenv("AIRFLOW_CONN_PG_X", "postgresql://u:p%40ss@db.example:5432/orders?sslmode=require")
+    monkeypatch.setenv("AIRFLOW_CONN_MY_X", "mysql://u:p@db.example:3306/shop")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RAW_X",
+        json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": "sqlite:///x.db"}}),
+    )
+    assert connection_url("pg_x") == "postgresql+psycopg://u:p%40ss@db.example:5432/orders?sslmode=require"
+    assert connection_url("my_x") == "mysql+pymysql://u:p@db.example:3306/shop"
+    assert connection_url("raw_x") == "sqlite:///x.db"
+
+
+def test_scheduled_spec_dag_heals_injected_drift_through_kafka(
+    specs_dir: Path,
+    make_pg_db,
+    store_url: str,
+    kafka_bootstrap: str,
+    topic: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """The whole loop under Airflow: a projector consumes the corrections while the DAG verifies."""
+    import threading
+
+    import sqlalchemy as sa
+
+    pytest.importorskip("reconcile.projector", reason="the healing loop lands on main separately")
+    from reconcile.events.kafka import KafkaSettings
+    from reconcile.projector import Projector
+
+    from reconcile.app import audit
+    from reconcile.spec import load_spec
+    from reconcile.store import AuditStore
+
+    from .builders import make_table
+
+    truth, proj = make_pg_db("truth"), make_pg_db("proj")
+    rows = [{"sku": f"S{i:03d}", "on_hand": i, "title": f"item {i}"} for i in range(50)]
+
+    def cols() -> list[sa.Column[Any]]:
+        return [sa.Column("on_hand", sa.Integer), sa.Column("title", sa.Text)]
+
+    make_table(truth, "stock", [sa.Column("sku", sa.String(20), primary_key=True), *cols()], rows)
+    drifted = [
+        {"product_id": r["sku"], "on_hand": r["on_hand"], "title": r["title"]}
+        for r in rows
+        if r["sku"] != "S003"
+    ]
+    drifted[5]["on_hand"] = 999  # mismatch
+    drifted.append({"product_id": "S999", "on_hand": 1, "title": "ghost"})  # orphan
+    make_table(proj, "stock_view", [sa.Column("product_id", sa.String(20)), *cols()], drifted)
+    name, group = _name("heal"), f"projector-{uuid.uuid4().hex[:8]}"
+    path = specs_dir / f"{name}.yaml"
+    path.write_text(
+        f"""
+name: {name}
+truth: {{url: "{truth}", table: stock}}
+projection: {{url: "{proj}", table: stock_view}}
+key: [{{sku: product_id}}]
+columns: [on_hand, title]
+correction: {{topic: {topic}, event_type: StockLevelReconciled, consumer_group: {group}, max_ratio: 0.5}}
+{ALERTS}
+"""
+    )
+    spec = load_spec(path)
+    done = threading.Event()
+    projector = Projector(spec, kafka=KafkaSettings(kafka_bootstrap))
+    worker = threading.Thread(
+        target=lambda: projector.run(idle_timeout_s=600, max_seconds=240, stop=done.is_set), daemon=True
+    )
+    worker.start()
+    try:
+        dr = run(f"reconcile_{name}")
+    finally:
+        done.set()
+        worker.join(30)
+        projector.close()
+    assert {t: s for t, s in states(dr).items()} == dict.fromkeys(
+        ["preflight", "audit", "correct", "relay", "verify", "report"], "success"
+    )
+    assert xcom(dr, "audit")["summary"]["missing"] == 1
+    assert xcom(dr, "relay")["sent"] == 3
+    assert xcom(dr, "verify")["exit_code"] == 0
+    store = AuditStore(f"sqlite:///{specs_dir / 'after.db'}")
+    assert audit(spec, store).findings == []  # the projection really healed
+    store.dispose()
