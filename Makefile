@@ -25,8 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 demo: $(STAMP)  ## run the inventory-desync story on the embedded default (no services needed)
-	$(BIN)/reconcile --help
-	$(BIN)/reconcile --version
+	$(BIN)/reconcile demo
 
 services:  ## start local PostgreSQL and Kafka (idempotent: reuses what runs)
 	scripts/postgres.sh start

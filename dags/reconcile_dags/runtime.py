@@ -205,7 +205,7 @@ def notify(spec: Any, alert: Any, context: Any | None = None) -> list[str]:
 def preflight(path: str) -> dict[str, Any]:
     """Both sides reachable and as the spec says (GX gate when available); alert when it fails."""
     from reconcile.alerts import preflight_alert
-    from reconcile.errors import PreflightFailed, SpecError
+    from reconcile.errors import PreflightFailed, SourceError, SpecError
 
     spec = load(path)
     resolved = urls(spec)
@@ -222,7 +222,8 @@ def preflight(path: str) -> dict[str, Any]:
                 out = gate(spec, st, **resolved)
             finally:
                 st.dispose()
-    except (PreflightFailed, SpecError) as e:
+    except (PreflightFailed, SpecError, SourceError) as e:
+        # A side that cannot be read is a failed gate too: alert now, let the next run retry.
         notify(spec, preflight_alert(spec.name, str(e)))
         raise AirflowFailException(f"preflight failed: {e}") from e
     log.info("reconcile %s: preflight passed", spec.name)
@@ -480,6 +481,7 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    """XCom-safe form: result objects by their to_dict(), values by reconcile's jsonable()."""
     from reconcile.compare import jsonable
 
-    return jsonable(value)
+    return jsonable(value.to_dict() if hasattr(value, "to_dict") else value)

@@ -94,12 +94,17 @@ class EmbeddedLog:
                 ],
             )
 
-    def read(self, group: str, topics: Sequence[str], limit: int = 1000) -> list[LogRecord]:
-        """The next records for a group on the topics (not yet committed), oldest first."""
+    def read(
+        self, group: str, topics: Sequence[str], limit: int = 1000, positions: dict[str, int] | None = None
+    ) -> list[LogRecord]:
+        """The next records for a group on the topics, oldest first: from ``positions`` (a
+        consumer's own read position per topic) where given, else from the committed offset."""
         out: list[LogRecord] = []
         with self.engine.connect() as conn:
             for topic in topics:
-                start = self._next_offset(conn, group, topic)
+                start = (positions or {}).get(topic)
+                if start is None:
+                    start = self._next_offset(conn, group, topic)
                 rows = conn.execute(
                     sa.select(_log)
                     .where(_log.c.topic == topic, _log.c.offset >= start)

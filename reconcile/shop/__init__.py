@@ -1,0 +1,37 @@
+"""The reference shop: an order service, its inventory projection, faults, and a load generator.
+
+Used by the incident replay tests, the demo (`reconcile demo`) and the benchmarks; small on
+purpose. See :mod:`reconcile.shop.service` for the two publishing modes (``direct`` has the
+dual-write bug, ``outbox`` does not).
+"""
+
+from .channel import Channel, EmbeddedChannel, KafkaChannel
+from .load import GroundTruth, LoadGenerator, Score
+from .projector import InventoryProjector, wait_until
+from .service import ORDERS_TOPIC, OrderService, ShopRelay
+from .world import create_world
+
+__all__ = [
+    "Channel",
+    "EmbeddedChannel",
+    "KafkaChannel",
+    "GroundTruth",
+    "LoadGenerator",
+    "Score",
+    "InventoryProjector",
+    "OrderService",
+    "ShopRelay",
+    "ORDERS_TOPIC",
+    "create_world",
+    "wait_until",
+    "spec_path",
+]
+
+
+def spec_path() -> str:
+    """The worked-example spec (specs/shop-inventory.yaml in the repo)."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("RECONCILE_SHOP_SPEC")
+    return env or str(Path(__file__).resolve().parents[2] / "specs" / "shop-inventory.yaml")

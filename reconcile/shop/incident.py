@@ -1,0 +1,180 @@
+"""The inventory-desync incident as a reusable scenario (the demo and the replay tests).
+
+Build the shop, start the inventory projector (and, in outbox mode, the shop's relay), put it
+under load, inject faults on a schedule — a broker blip, a crash between commit and publish, a
+projector crash and restart — and keep the ground truth of which events were lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from ..app import audit
+from ..events.kafka import KafkaSettings
+from ..findings import RunResult
+from ..heal import RunOutcome, run
+from ..spec import Spec
+from ..store import AuditStore
+from .channel import Channel
+from .load import GroundTruth, LoadGenerator, Score
+from .projector import InventoryProjector, wait_until
+from .service import ORDERS_TOPIC, OrderService, ShopRelay
+from .world import create_world
+
+__all__ = ["Incident", "Faults"]
+
+
+@dataclass
+class Faults:
+    """When (seconds into the load) each fault strikes; None = never."""
+
+    blip_at: float | None = None
+    blip_seconds: float = 2.0
+    crash_between_commit_and_publish_at: float | None = None
+    crash_orders: int = 3
+    projector_crash_at: float | None = None
+    projector_down_seconds: float = 2.0
+
+
+@dataclass
+class Incident:
+    """One replay of the incident against one set of databases and one channel."""
+
+    spec: Spec
+    store: AuditStore
+    channel: Channel
+    mode: Literal["direct", "outbox"] = "direct"
+    rate: float = 50.0
+    seconds: float = 6.0
+    warehouses: int = 3
+    per_warehouse: int = 40
+    faults: Faults = field(default_factory=Faults)
+    kafka: KafkaSettings | None = None
+    orders_topic: str = ORDERS_TOPIC
+    truth: GroundTruth = field(default_factory=GroundTruth)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, what happened)
+
+    def __post_init__(self) -> None:
+        c = self.spec.correction
+        assert c is not None and c.consumer_group
+        self.truth_url = str(self.spec.truth.url)
+        self.projection_url = str(self.spec.projection.url)
+        self.entities = create_world(
+            self.truth_url, self.projection_url, warehouses=self.warehouses, per_warehouse=self.per_warehouse
+        )
+        self.service = OrderService(self.truth_url, self.channel, mode=self.mode, topic=self.orders_topic)
+        self.projector = InventoryProjector(
+            self.projection_url, self.channel, topics=[self.orders_topic, c.topic], group=c.consumer_group
+        )
+        self._stop_projector = threading.Event()
+        self._crash_projector = threading.Event()
+        self._projector_thread = self._start_projector()
+        self.relay: ShopRelay | None = None
+        self._stop_relay = threading.Event()
+        if self.mode == "outbox":
+            self.relay = ShopRelay(self.truth_url, self.channel)
+            self._relay_thread = threading.Thread(
+                target=self.relay.run, args=(self._stop_relay,), daemon=True
+            )
+            self._relay_thread.start()
+
+    def _start_projector(self) -> threading.Thread:
+        self._stop_projector.clear()
+        self._crash_projector.clear()
+        t = threading.Thread(
+            target=self.projector.run,
+            args=(self._stop_projector,),
+            kwargs={"crash": self._crash_projector},
+            name="projector",
+            daemon=True,
+        )
+        t.start()
+        return t
+
+    def note(self, what: str) -> None:
+        self.events.append((time.monotonic(), what))
+
+    # -- the story -------------------------------------------------------------------------
+    def play(self) -> GroundTruth:
+        """Run the load with the scheduled faults; return the ground truth."""
+        load = LoadGenerator(
+            self.service, self.entities, rate=self.rate, seconds=self.seconds, truth=self.truth
+        )
+        start = time.monotonic()
+        load.start()
+        self.note("load started")
+        timers = []
+        f = self.faults
+        if f.blip_at is not None:
+            timers.append(threading.Timer(f.blip_at, self._blip))
+        if f.crash_between_commit_and_publish_at is not None:
+            timers.append(threading.Timer(f.crash_between_commit_and_publish_at, self._crash_service))
+        if f.projector_crash_at is not None:
+            timers.append(threading.Timer(f.projector_crash_at, self._crash_and_restart_projector))
+        for t in timers:
+            t.daemon = True
+            t.start()
+        load.join(self.seconds + 60)
+        for t in timers:
+            t.join()
+        self.note(f"load finished: {self.truth.orders} orders in {time.monotonic() - start:.1f}s")
+        return self.truth
+
+    def _blip(self) -> None:
+        self.note(f"broker blip: unreachable for {self.faults.blip_seconds:g}s")
+        self.channel.blip(self.faults.blip_seconds)
+
+    def _crash_service(self) -> None:
+        self.note(f"order service crashes between commit and publish ({self.faults.crash_orders} orders)")
+        self.service.crash_after_commit = True
+        before = self.truth.orders
+        wait_until(lambda: self.truth.orders >= before + self.faults.crash_orders, 30, 0.01)
+        self.service.crash_after_commit = False
+
+    def _crash_and_restart_projector(self) -> None:
+        self.note("projector crashes (a batch applied, its offsets not committed)")
+        self._crash_projector.set()
+        self._projector_thread.join(30)
+        time.sleep(self.faults.projector_down_seconds)
+        self.note("projector restarts")
+        self._projector_thread = self._start_projector()
+
+    def caught_up(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the projector has applied every published order event and the relay is idle."""
+
+        def done() -> bool:
+            if self.relay is not None and self.relay.backlog():
+                return False
+            published = (
+                self.truth.published if self.mode == "direct" else (self.relay.published if self.relay else 0)
+            )
+            return self.projector.counts.orders >= published
+
+        return wait_until(done, timeout_s, 0.1)
+
+    def audit(self, grace_s: float) -> tuple[RunResult, Score]:
+        """Audit now; score the findings against the ground truth."""
+        at = time.monotonic()
+        result = audit(self.spec, self.store)
+        found = {(f.key["warehouse"], f.key["sku"]) for f in result.findings}
+        return result, self.truth.score(found, grace_s, at)
+
+    def heal(self, timeout: timedelta = timedelta(seconds=60)) -> RunOutcome:
+        """`reconcile run --verify` while the projector keeps consuming."""
+        return run(self.spec, self.store, verify=True, kafka=self.kafka, timeout=timeout)
+
+    def close(self) -> None:
+        self._stop_relay.set()
+        if self.relay is not None:
+            self._relay_thread.join(30)
+            self.relay.dispose()
+        self._stop_projector.set()
+        self._projector_thread.join(30)
+        self.projector.dispose()
+        self.service.dispose()
+        self.channel.close()
+        self.store.dispose()

@@ -1,0 +1,156 @@
+"""The load generator and the ground truth it records.
+
+Orders arrive at a steady rate for a duration, each for 1-3 random SKUs of one warehouse. The
+generator remembers, per entity (warehouse, sku), when it last changed and whether any of its
+events was lost, so a test can check the audit's findings exactly: the entities that must be
+found are those with a lost event whose last change is older than the freshness grace.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .service import OrderService, PlacedOrder
+
+__all__ = ["LoadGenerator", "GroundTruth", "Score"]
+
+Entity = tuple[str, str]
+
+
+@dataclass
+class Score:
+    """Findings against the ground truth."""
+
+    expected: int
+    found: int
+    true_positives: int
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / self.found if self.found else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / self.expected if self.expected else 1.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "expected": self.expected,
+            "found": self.found,
+            "true_positives": self.true_positives,
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+        }
+
+
+@dataclass
+class GroundTruth:
+    """What really happened: every order, every lost event, each entity's last change."""
+
+    orders: int = 0
+    published: int = 0
+    lost_events: list[str] = field(default_factory=list)
+    lost_entities: set[Entity] = field(default_factory=set)
+    last_change: dict[Entity, float] = field(default_factory=dict)  # time.monotonic()
+    first_loss_at: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_order(self, order: PlacedOrder) -> None:
+        with self.lock:
+            self.orders += 1
+            for sku, _qty, _v in order.lines:
+                self.last_change[(order.warehouse, sku)] = order.committed_at
+
+    def record_delivery(self, order: PlacedOrder, ok: bool, _err: str | None) -> None:
+        with self.lock:
+            if ok:
+                self.published += 1
+                return
+            self.lost_events.append(order.event_id)
+            if self.first_loss_at is None:
+                self.first_loss_at = time.monotonic()
+            for sku, _qty, _v in order.lines:
+                self.lost_entities.add((order.warehouse, sku))
+
+    def expected_drift(self, grace_s: float, at: float | None = None) -> set[Entity]:
+        """Entities with a lost event and no change within the grace before ``at``."""
+        at = time.monotonic() if at is None else at
+        with self.lock:
+            return {e for e in self.lost_entities if at - self.last_change.get(e, 0.0) >= grace_s}
+
+    def recently_changed(self, grace_s: float, at: float | None = None) -> set[Entity]:
+        at = time.monotonic() if at is None else at
+        with self.lock:
+            return {e for e, t in self.last_change.items() if at - t < grace_s}
+
+    def score(self, found: set[Entity], grace_s: float, at: float) -> Score:
+        """Precision/recall of found entities, judging entities changed near the cut as ambiguous.
+
+        An entity whose last change falls within a second of the grace boundary may land on
+        either side of it by clock jitter between this process and the database; it counts
+        neither for nor against.
+        """
+        expected = self.expected_drift(grace_s, at)
+        blurry = self.recently_changed(grace_s + 1.0, at) - self.recently_changed(max(grace_s - 1.0, 0), at)
+        exp = expected - blurry
+        got = found - (blurry & self.lost_entities)
+        return Score(len(exp), len(got), len(exp & got))
+
+
+class LoadGenerator:
+    """Places orders at ``rate`` per second for ``seconds`` in a background thread."""
+
+    def __init__(
+        self,
+        service: OrderService,
+        entities: list[Entity],
+        *,
+        rate: float = 50.0,
+        seconds: float = 10.0,
+        seed: int = 7,
+        truth: GroundTruth | None = None,
+    ):
+        self.service = service
+        self.entities = entities
+        self.rate = rate
+        self.seconds = seconds
+        self.random = random.Random(seed)
+        self.truth = truth or GroundTruth()
+        service.on_published = self.truth.record_delivery
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.error: BaseException | None = None
+        by_wh: dict[str, list[str]] = {}
+        for wh, sku in entities:
+            by_wh.setdefault(wh, []).append(sku)
+        self.by_warehouse = by_wh
+
+    def start(self) -> LoadGenerator:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            start = time.monotonic()
+            n = 0
+            while not self.stop.is_set() and time.monotonic() - start < self.seconds:
+                wh = self.random.choice(sorted(self.by_warehouse))
+                picked = self.random.sample(self.by_warehouse[wh], k=self.random.randint(1, 3))
+                order = self.service.place_order(wh, [(s, self.random.randint(1, 5)) for s in picked])
+                self.truth.record_order(order)
+                n += 1
+                delay = start + n / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            self.service.channel.flush(15)
+        except BaseException as e:  # noqa: BLE001 - surfaced by join()
+            self.error = e
+
+    def join(self, timeout: float | None = None) -> GroundTruth:
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.truth
