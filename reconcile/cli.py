@@ -371,7 +371,7 @@ def relay(
     store: StoreOpt = None,
     bootstrap: KafkaOpt = None,
     timeout: TimeoutOpt = "30s",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per batch.")] = 5000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per batch.")] = 20000,
     fmt: FormatOpt = None,
 ) -> None:
     """Publish unsent outbox rows to Kafka (or the embedded log); mark each sent only when confirmed.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -173,7 +174,7 @@ def relay(
     once: bool = True,
     kafka: KafkaSettings | None = None,
     timeout_s: float = 30.0,
-    batch_size: int = 5000,
+    batch_size: int = 20000,
     idle_s: float = 1.0,
     on_batch: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -187,14 +188,29 @@ def relay(
     result = RelayResult()
     transports: dict[str, Transport] = {}
     started = time.monotonic()
+    # The next batch is read while this one is published: the store's query time overlaps the
+    # broker's. Reads go by id after the last row taken (no rescanning rows already in flight);
+    # a pass that finds nothing after an id rescans from the start once before calling the
+    # outbox empty, so a row committed late under a lower id is not left behind. The reader
+    # thread only reads; marking stays here, after the delivery reports, in order.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-read")
+    after = 0
+    ahead = reader.submit(store.unsent, batch_size, spec_name, after)
     try:
         while not (should_stop and should_stop()):
-            rows = store.unsent(batch_size, spec_name)
+            rows = ahead.result()
             if not rows:
+                if after:
+                    after = 0
+                    ahead = reader.submit(store.unsent, batch_size, spec_name, after)
+                    continue
                 if once:
                     break
                 time.sleep(idle_s)
+                ahead = reader.submit(store.unsent, batch_size, spec_name, after)
                 continue
+            after = rows[-1].id
+            ahead = reader.submit(store.unsent, batch_size, spec_name, after)
             for kind in dict.fromkeys(r.transport for r in rows):
                 batch = [r for r in rows if r.transport == kind]
                 if kind not in transports:
@@ -216,6 +232,8 @@ def relay(
             if on_batch:
                 on_batch(result.sent)
     finally:
+        ahead.cancel()
+        reader.shutdown(wait=True)
         for t in transports.values():
             t.close()
         result.seconds = time.monotonic() - started

@@ -26,19 +26,33 @@ CORRECTIVE_EVENT = "reconcile.CorrectiveEvent"
 _VERSION_FILE = re.compile(r"^v(?P<n>\d+)\.avsc$")
 
 
+_DEFAULT_DIR = Path(__file__).resolve().parent.parent / "checks" / "schemas"
+
+
 def schemas_dir() -> Path:
     """The schema directory in use."""
     env = os.environ.get("RECONCILE_SCHEMAS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "checks" / "schemas"
+    return Path(env) if env else _DEFAULT_DIR
 
 
 def versions(subject: str, root: Path | None = None) -> list[tuple[int, Path]]:
     """(version, file) of a subject, oldest first."""
     folder = (root or schemas_dir()) / subject
-    if not folder.is_dir():
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    if stamp is None or not folder.is_dir():
         raise SpecError(f"schemas: no subject {subject!r} in {folder.parent}")
-    found = [(int(m["n"]), p) for p in folder.iterdir() if (m := _VERSION_FILE.match(p.name))]
-    return sorted(found)
+    # `correct` validates every event: list the folder again only when it changed (a file
+    # added or removed moves the folder's mtime), not 100,000 times per correction.
+    return list(_listing(str(folder), stamp))
+
+
+@lru_cache(maxsize=64)
+def _listing(folder: str, _stamp: int) -> tuple[tuple[int, Path], ...]:
+    found = [(int(m["n"]), p) for p in Path(folder).iterdir() if (m := _VERSION_FILE.match(p.name))]
+    return tuple(sorted(found))
 
 
 @lru_cache(maxsize=64)

@@ -93,16 +93,16 @@ class KafkaTransport(Transport):
 
             return done
 
-        for row in rows:
-            headers: list[tuple[str, str | bytes | None]] = [(k, v.encode()) for k, v in row.headers.items()]
-            value = row.payload.encode() if row.payload is not None else None
+        # str key/value and a dict of str headers go out as their UTF-8 bytes, in order: the
+        # same message as encoding them here, without a Python loop per header.
+        for n, row in enumerate(rows, start=1):
             while True:
                 try:
                     self.producer.produce(
                         row.topic,
-                        key=row.message_key.encode(),
-                        value=value,
-                        headers=headers,
+                        key=row.message_key,
+                        value=row.payload,
+                        headers=row.headers,  # type: ignore[arg-type]  # dict[str, str] is read-only here
                         on_delivery=on_delivery(row.id),
                     )
                     break
@@ -112,7 +112,8 @@ class KafkaTransport(Transport):
                     report.failed.append(row.id)
                     report.first_error = report.first_error or str(e)
                     break
-            self.producer.poll(0)
+            if n % 1000 == 0:  # serve delivery reports as they come, without a call per row
+                self.producer.poll(0)
         remaining = self.producer.flush(self.timeout_s + 10)
         if remaining:
             pending = {r.id for r in rows} - set(report.confirmed) - set(report.failed)
