@@ -9,8 +9,11 @@ or topic with a uuid suffix, so tests (and developers) never share state.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -101,3 +104,36 @@ def make_store() -> Iterator[object]:
     yield make
     for s in made:
         s.dispose()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A second, private Kafka broker (same jars, own port and data) that this test may stop."""
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_HOME_DIR": str(tmp_path / "kafka"),
+    }
+
+    def ctl(action: str) -> None:
+        subprocess.run(
+            [str(ROOT / "scripts" / "kafka.sh"), action],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    ctl("start")
+    yield f"127.0.0.1:{env['KAFKA_PORT']}", ctl
+    ctl("stop")

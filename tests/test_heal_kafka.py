@@ -3,9 +3,7 @@ SIGKILL of the relay mid-batch, and a broker that stops during the relay."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from reconcile.projector import Projector
 from reconcile.store import AuditStore  # noqa: F401 - type of make_store's result
 
 from .builders import make_table
+from .conftest import free_port
 from .heal_cases import build_pair, expected_findings, heal_spec, write_spec_file
 
 pytestmark = pytest.mark.integration
@@ -197,36 +196,6 @@ def test_sigkill_mid_batch_loses_nothing_and_doubles_no_id(
     assert audit(spec, store).findings == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A second, private Kafka broker (same jars, own port and data) that this test may stop."""
-    env = {
-        **os.environ,
-        "KAFKA_PORT": str(_free_port()),
-        "KAFKA_CONTROLLER_PORT": str(_free_port()),
-        "KAFKA_HOME_DIR": str(tmp_path / "kafka"),
-    }
-
-    def ctl(action: str) -> None:
-        subprocess.run(
-            [str(ROOT / "scripts" / "kafka.sh"), action],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    ctl("start")
-    yield f"127.0.0.1:{env['KAFKA_PORT']}", ctl
-    ctl("stop")
-
-
 def test_broker_stopped_during_relay_then_back(tmp_path, make_pg_db, make_store, private_broker) -> None:  # type: ignore[no-untyped-def]
     bootstrap, ctl = private_broker
     topic = f"stock.{uuid.uuid4().hex[:8]}"
@@ -260,6 +229,6 @@ def test_relay_to_an_unreachable_broker_exits_2_and_keeps_rows(tmp_path, make_pg
     audit(spec, store)
     correct(spec, store)
     with pytest.raises(PublishError, match=r"not delivered to kafka 127.0.0.1:\d+ within 2s"):
-        relay(store, spec_name=spec.name, kafka=KafkaSettings(f"127.0.0.1:{_free_port()}"), timeout_s=2)
+        relay(store, spec_name=spec.name, kafka=KafkaSettings(f"127.0.0.1:{free_port()}"), timeout_s=2)
     assert store.outbox_backlog(spec.name)[0] == expected_findings()
     assert {f.status for f in store.findings(spec.name)} == {FindingStatus.CORRECTING}

@@ -8,6 +8,7 @@ the fault the incident replay injects. With Kafka, tests can also stop a real br
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from ..events.cloudevent import decode_headers
 from ..events.embedded import EmbeddedLog
 from ..events.kafka import KafkaSettings
+
+log = logging.getLogger("reconcile.shop")
 
 __all__ = ["Channel", "Subscription", "Message", "KafkaChannel", "EmbeddedChannel", "Delivered"]
 
@@ -216,8 +219,10 @@ class _KafkaSubscription(Subscription):
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as e:
-            if "NO_OFFSET" not in str(e):  # nothing consumed since the last commit
-                raise
+            # NO_OFFSET: nothing new to commit. Otherwise (a rebalance or broker restart took the
+            # group away) the batch is simply redelivered later; the applied-ids table dedups it.
+            if "NO_OFFSET" not in str(e):
+                log.warning("projector commit failed, the batch will be redelivered: %s", e)
 
     def close(self) -> None:
         self.consumer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -57,6 +58,9 @@ class Incident:
     orders_topic: str = ORDERS_TOPIC
     truth: GroundTruth = field(default_factory=GroundTruth)
     events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, what happened)
+    # How a blip is made: default the channel's own (publishes fail for N s); tests may stop a
+    # real broker instead (a callable taking the seconds).
+    blip_hook: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
         c = self.spec.correction
@@ -100,33 +104,56 @@ class Incident:
 
     # -- the story -------------------------------------------------------------------------
     def play(self) -> GroundTruth:
-        """Run the load with the scheduled faults; return the ground truth."""
-        load = LoadGenerator(
+        """Run the load with the scheduled faults to the end; return the ground truth."""
+        self.start()
+        return self.wait()
+
+    def start(self) -> None:
+        """Start the load and arm the fault timers; returns at once (the load runs on)."""
+        self._load = LoadGenerator(
             self.service, self.entities, rate=self.rate, seconds=self.seconds, truth=self.truth
         )
-        start = time.monotonic()
-        load.start()
+        self._started = time.monotonic()
+        self._load.start()
         self.note("load started")
-        timers = []
         f = self.faults
+        self._timers: list[threading.Timer] = []
         if f.blip_at is not None:
-            timers.append(threading.Timer(f.blip_at, self._blip))
+            self._timers.append(threading.Timer(f.blip_at, self._blip))
         if f.crash_between_commit_and_publish_at is not None:
-            timers.append(threading.Timer(f.crash_between_commit_and_publish_at, self._crash_service))
+            self._timers.append(threading.Timer(f.crash_between_commit_and_publish_at, self._crash_service))
         if f.projector_crash_at is not None:
-            timers.append(threading.Timer(f.projector_crash_at, self._crash_and_restart_projector))
-        for t in timers:
+            self._timers.append(threading.Timer(f.projector_crash_at, self._crash_and_restart_projector))
+        for t in self._timers:
             t.daemon = True
             t.start()
-        load.join(self.seconds + 60)
-        for t in timers:
+
+    @property
+    def loading(self) -> bool:
+        """The load generator is still placing orders."""
+        return self._load.thread.is_alive()
+
+    def faults_done(self) -> bool:
+        """Every scheduled fault has struck and finished."""
+        return all(t.finished.is_set() and not t.is_alive() for t in self._timers)
+
+    def wait(self, stop: bool = False) -> GroundTruth:
+        """Wait for the load to end (or stop it now) and for the faults to finish."""
+        if stop:
+            self._load.stop.set()
+        self._load.join(self.seconds + 120)
+        for t in self._timers:
             t.join()
-        self.note(f"load finished: {self.truth.orders} orders in {time.monotonic() - start:.1f}s")
+        self.note(f"load finished: {self.truth.orders} orders in {time.monotonic() - self._started:.1f}s")
         return self.truth
 
     def _blip(self) -> None:
         self.note(f"broker blip: unreachable for {self.faults.blip_seconds:g}s")
-        self.channel.blip(self.faults.blip_seconds)
+        if self.blip_hook is not None:
+            self.blip_hook(self.faults.blip_seconds)
+            self.note("broker back")
+        else:
+            self.channel.blip(self.faults.blip_seconds)
 
     def _crash_service(self) -> None:
         self.note(f"order service crashes between commit and publish ({self.faults.crash_orders} orders)")
@@ -144,15 +171,16 @@ class Incident:
         self._projector_thread = self._start_projector()
 
     def caught_up(self, timeout_s: float = 60.0) -> bool:
-        """Wait until the projector has applied every published order event and the relay is idle."""
+        """Wait until the projector has applied every order event published so far (and, in
+        outbox mode, the shop's relay has drained what was waiting when this was called)."""
+        target = self.truth.published if self.mode == "direct" else None
 
         def done() -> bool:
-            if self.relay is not None and self.relay.backlog():
-                return False
-            published = (
-                self.truth.published if self.mode == "direct" else (self.relay.published if self.relay else 0)
-            )
-            return self.projector.counts.orders >= published
+            if self.relay is not None:
+                if self.relay.backlog():
+                    return False
+                return self.projector.counts.orders >= self.relay.published
+            return self.projector.counts.orders >= (target or 0)
 
         return wait_until(done, timeout_s, 0.1)
 
