@@ -41,11 +41,10 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -207,14 +206,15 @@ class _Side:
 
     def summaries(
         self, bits: int, where: str | None, within: tuple[int, Sequence[int]] | None
-    ) -> dict[int, tuple[int, int, int]]:
-        """bucket -> (rows, sums of the row hashes' high and low halves) at this level.
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """(bucket, rows, sums of the row hashes' high and low halves) at this level, by bucket.
 
         The row hash is the hash of the values' record text seeded with the key hash, so the
         key is hashed once per row. The 64-bit hash is summed as two int4 halves: sum(int4)
         keeps a plain bigint per bucket, where sum(bigint) keeps a numeric state (about 1 kB a
         bucket, spilling to disk at 100k buckets). OFFSET 0 keeps each hash from being inlined
-        (and so computed) twice.
+        (and so computed) twice. Streamed in bucket order, so memory stays flat however many
+        buckets there are.
         """
         parents = self.in_buckets(*within) if within is not None else None
         rows = self.src.select(self.plan, where=where, extra_filter=parents).order_by(None).subquery("r")
@@ -226,15 +226,21 @@ class _Side:
         row_hash = sa.func.hashtextextended(k.c.vt, k.c.kh, type_=sa.BigInteger) if vt is not None else k.c.kh
         hashed = sa.select(self.bucket_of(k.c.kh, bits).label("b"), row_hash.label("h")).offset(0)
         hs = hashed.subquery("h")
-        stmt = sa.select(
-            hs.c.b,
-            sa.func.count(),
-            sa.func.sum(sa.cast(hs.c.h.op(">>")(sa.literal_column("32")), sa.Integer)),
-            sa.func.sum(sa.cast(hs.c.h.op("&")(sa.literal_column(str(2**31 - 1))), sa.Integer)),
-        ).group_by(hs.c.b)
+        stmt = (
+            sa.select(
+                hs.c.b,
+                sa.func.count(),
+                sa.func.sum(sa.cast(hs.c.h.op(">>")(sa.literal_column("32")), sa.Integer)),
+                sa.func.sum(sa.cast(hs.c.h.op("&")(sa.literal_column(str(2**31 - 1))), sa.Integer)),
+            )
+            .group_by(hs.c.b)
+            .order_by(hs.c.b)
+        )
         with self.src.errors(), self.src.engine.connect() as conn:
             conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-            return {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(stmt)}
+            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+            for r in result:
+                yield int(r[0]), int(r[1]), int(r[2]), int(r[3])
 
 
 def _first_bits(truth: SqlSource, projection: SqlSource) -> int:
@@ -244,9 +250,35 @@ def _first_bits(truth: SqlSource, projection: SqlSource) -> int:
     return max(MIN_BITS, min(MAX_FIRST_BITS, math.ceil(math.log2(max(est / ROWS_PER_BUCKET, 1)))))
 
 
-def _both(pool: ThreadPoolExecutor, a: Callable[[], T], b: Callable[[], T]) -> tuple[T, T]:
-    fa, fb = pool.submit(a), pool.submit(b)
-    return fa.result(), fb.result()
+def _compare_level(
+    ts: _Side, ps: _Side, bits: int, where: str | None, within: tuple[int, Sequence[int]] | None
+) -> tuple[list[int], int, int, int]:
+    """Merge both sides' bucket summaries (queried at once): differing buckets, their rows
+    (larger side), non-empty buckets, and rows in matching buckets."""
+    differing: list[int] = []
+    drows = nonempty = same = 0
+    with closing(_read_ahead(ts.summaries(bits, where, within))) as t_it:
+        with closing(_read_ahead(ps.summaries(bits, where, within))) as p_it:
+            t, p = next(t_it, None), next(p_it, None)
+            while t is not None or p is not None:
+                nonempty += 1
+                if p is None or (t is not None and t[0] < p[0]):
+                    assert t is not None
+                    differing.append(t[0])
+                    drows += t[1]
+                    t = next(t_it, None)
+                elif t is None or p[0] < t[0]:
+                    differing.append(p[0])
+                    drows += p[1]
+                    p = next(p_it, None)
+                else:
+                    if t == p:
+                        same += t[1]
+                    else:
+                        differing.append(t[0])
+                        drows += max(t[1], p[1])
+                    t, p = next(t_it, None), next(p_it, None)
+    return differing, drows, nonempty, same
 
 
 # -- the strategy ----------------------------------------------------------------------------
@@ -276,70 +308,44 @@ def checksum_diff(
     stats = ChecksumStats()
     bits = first_bits or _first_bits(truth, projection)
     within: tuple[int, list[int]] | None = None
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="reconcile-checksum") as pool:
-        while True:
-            t0 = time.monotonic()
-            tsum, psum = _both(
-                pool, partial(ts.summaries, bits, where, within), partial(ps.summaries, bits, where, within)
-            )
-            differing: list[int] = []
-            drows = 0
-            for b in tsum.keys() | psum.keys():
-                t, p = tsum.get(b), psum.get(b)
-                if t is not None and t == p:
-                    stats.skipped_rows += t[0]
-                else:
-                    differing.append(b)
-                    drows += max(t[0] if t else 0, p[0] if p else 0)
-            nonempty = len(tsum.keys() | psum.keys())
-            stats.levels.append(Level(bits, nonempty, len(differing), drows, time.monotonic() - t0))
-            mostly = nonempty > 0 and len(differing) > FALLBACK_RATIO * nonempty
-            if mostly and fallback and len(stats.levels) == 1:
-                stats.fell_back = True
-                return None
-            if (
-                mostly
-                or drows <= REFINE_ROWS
-                or len(stats.levels) >= MAX_LEVELS
-                or bits + STEP_BITS > FINE_BITS
-            ):
-                break
-            within, bits = (bits, sorted(differing)), bits + STEP_BITS
-        differing.sort()
-        outcome = DiffOutcome()
-        if differing:
-            only_t, only_p = ts.in_buckets(bits, differing), ps.in_buckets(bits, differing)
-            rows_t = _read_ahead(truth.stream(tplan, where=where, extra_filter=only_t, session=FETCH_SQL))
-            rows_p = _read_ahead(
-                projection.stream(pplan, where=where, extra_filter=only_p, session=FETCH_SQL)
-            )
+    while True:
+        t0 = time.monotonic()
+        differing, drows, nonempty, same = _compare_level(ts, ps, bits, where, within)
+        stats.skipped_rows += same
+        stats.levels.append(Level(bits, nonempty, len(differing), drows, time.monotonic() - t0))
+        mostly = nonempty > 0 and len(differing) > FALLBACK_RATIO * nonempty
+        if mostly and fallback and len(stats.levels) == 1:
+            stats.fell_back = True
+            return None
+        if mostly or drows <= REFINE_ROWS or len(stats.levels) >= MAX_LEVELS or bits + STEP_BITS > FINE_BITS:
+            break
+        within, bits = (bits, differing), bits + STEP_BITS
+    outcome = DiffOutcome()
+    if differing:  # in bucket order already
+        only_t, only_p = ts.in_buckets(bits, differing), ps.in_buckets(bits, differing)
+        rows_t = _read_ahead(truth.stream(tplan, where=where, extra_filter=only_t, session=FETCH_SQL))
+        rows_p = _read_ahead(projection.stream(pplan, where=where, extra_filter=only_p, session=FETCH_SQL))
+        with closing(rows_t), closing(rows_p):
             outcome = diff_rows(
-                rows_t,
-                rows_p,
+                rows_t, rows_p, rules, key_names, now=now, grace=grace, watch=watch, on_row=on_row
+            )
+        stats.fetched_truth, stats.fetched_projection = outcome.truth_rows, outcome.projection_rows
+    if where is not None and watch:
+        # With a filter, the store resolves only the watched keys the run saw clean: look up
+        # the ones in matching buckets by key (they cannot differ, only be clean or absent).
+        decided = outcome.clean | outcome.pending_keys
+        rest = sorted(k for k in watch if k not in decided)
+        if rest:
+            extra = diff_rows(
+                truth.stream(tplan, where=where, keys=rest),
+                projection.stream(pplan, where=where, keys=rest),
                 rules,
                 key_names,
                 now=now,
                 grace=grace,
-                watch=watch,
-                on_row=on_row,
+                watch=set(rest),
             )
-            stats.fetched_truth, stats.fetched_projection = outcome.truth_rows, outcome.projection_rows
-        if where is not None and watch:
-            # With a filter, the store resolves only the watched keys the run saw clean: look up
-            # the ones in matching buckets by key (they cannot differ, only be clean or absent).
-            decided = outcome.clean | outcome.pending_keys
-            rest = sorted(k for k in watch if k not in decided)
-            if rest:
-                extra = diff_rows(
-                    truth.stream(tplan, where=where, keys=rest),
-                    projection.stream(pplan, where=where, keys=rest),
-                    rules,
-                    key_names,
-                    now=now,
-                    grace=grace,
-                    watch=set(rest),
-                )
-                outcome.clean |= extra.clean
+            outcome.clean |= extra.clean
     outcome.compared += stats.skipped_rows
     outcome.truth_rows += stats.skipped_rows
     outcome.projection_rows += stats.skipped_rows
@@ -349,7 +355,7 @@ def checksum_diff(
 _END = object()
 
 
-def _read_ahead(rows: Iterator[T], chunk: int = 2_000, depth: int = 4) -> Iterator[T]:
+def _read_ahead(rows: Iterator[T], chunk: int = 2_000, depth: int = 4) -> Generator[T, None, None]:
     """Iterate ``rows`` in a thread, ``depth`` chunks ahead, so both sides' queries run at once.
 
     Memory stays bounded (``chunk * depth`` items); an error in the thread is re-raised here,
