@@ -55,6 +55,7 @@ from ..diff import DiffOutcome, diff_rows
 from .sql import ReadPlan, SqlSource, _type_kind
 
 __all__ = [
+    "Level",
     "ChecksumStats",
     "ChecksumResult",
     "checksum_diff",
