@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export RECONCILE_TEST_PG_URL ?= postgresql://postgres:postgres@127.0.0.1:5432/postgres
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: help venv demo test unit integration lint services services-down services-status lock bench clean
+.PHONY: help venv demo test unit integration lint services services-down services-status lock bench clean airflow
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -52,6 +52,7 @@ integration: $(STAMP) services  ## the tests against real PostgreSQL and Kafka
 	$(BIN)/pytest -m "integration or airflow" -q
 
 test: $(STAMP) services lint  ## set up everything and run the whole suite
+	$(BIN)/reconcile check-schemas checks/schemas --format table
 	$(BIN)/pytest -q
 
 lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.txt
@@ -62,6 +63,18 @@ lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.
 
 bench: $(STAMP) services  ## run the benchmarks (see bench/README.md)
 	$(BIN)/python bench/run.py
+
+AIRFLOW_PORT ?= 8080
+airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/ on http://localhost:$(AIRFLOW_PORT)
+	mkdir -p .airflow
+	AIRFLOW_HOME=$(CURDIR)/.airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	RECONCILE_SPECS_DIR=$${RECONCILE_SPECS_DIR:-$(CURDIR)/specs} \
+	RECONCILE_STORE_URL=$${RECONCILE_STORE_URL:-sqlite:///$(CURDIR)/.airflow/reconcile-store.db} \
+	PYTHONPATH=$(CURDIR) PATH=$(CURDIR)/$(BIN):$$PATH \
+	$(BIN)/airflow standalone
 
 clean:  ## remove caches and local state (not .venv or the services' data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache gx-docs reconcile-store.db

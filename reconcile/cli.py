@@ -13,10 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -24,6 +25,9 @@ from .errors import ReconcileError, mask_url
 from .findings import Finding, RunResult
 from .spec import Spec, load_spec
 from .store import AuditStore
+
+if TYPE_CHECKING:
+    from .schemacheck import CheckResult
 
 app = typer.Typer(
     name="reconcile",
@@ -285,8 +289,374 @@ def findings(
                 out.print(_findings_table(items, limit=200))
 
 
+KafkaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers. Default: $KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092.",
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        show_envvar=True,
+    ),
+]
+TimeoutOpt = Annotated[str, typer.Option("--timeout", help="How long to wait: 30s, 5m, 1h ...")]
+
+
+def _kafka(bootstrap: str | None) -> Any:
+    from .events.kafka import KafkaSettings
+
+    return KafkaSettings.from_env(bootstrap)
+
+
+def _seconds(text: str, option: str) -> float:
+    from .spec import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as e:
+        _fail(f"{option}: {e}")
+        raise  # unreachable
+
+
+def _print_events(result: Any) -> None:
+    from .compare import jsonable
+
+    t = Table(pad_edge=False)
+    for col in ("event id", "kind", "key", "state"):
+        t.add_column(col, overflow="fold")
+    for e in result.events[:50]:
+        state = "tombstone" if e.tombstone else json.dumps(jsonable(e.data["state"]), sort_keys=True)
+        t.add_row(e.id, e.kind.value, json.dumps(e.data["key"], sort_keys=True), state)
+    out.print(t)
+    if len(result.events) > 50:
+        out.print(f"  ... and {len(result.events) - 50:,} more (use --format json for all)")
+
+
+@app.command()
+def correct(
+    spec: SpecArg,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the corrective events; write nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Correct even when the blast-radius guard trips.")
+    ] = False,
+) -> None:
+    """Turn the confirmed open findings of the latest run into corrective events in the outbox.
+
+    One transaction: outbox rows are written and the findings marked `correcting` together; a
+    repeated correct writes nothing new. Exit 1 when the blast-radius guard refuses.
+    """
+    from .heal import correct as do_correct
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        result = do_correct(s, AuditStore(store), dry_run=dry_run, force=force)
+        if fmt == "json":
+            _print_json(result.to_dict())
+            return
+        verb = "would write" if dry_run else "wrote"
+        new = len(result.events) if dry_run else result.written
+        out.print(
+            f"spec {s.name}: {verb} {new:,} corrective event(s) to the outbox"
+            + ("" if dry_run else f" ({len(result.events) - result.written:,} already there)")
+        )
+        if result.events:
+            _print_events(result)
+
+
+@app.command()
+def relay(
+    spec: Annotated[
+        str | None, typer.Option("--spec", help="Only this spec's events (a spec file or name).")
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option("--once/--follow", help="Stop when the outbox is empty (default), or keep polling."),
+    ] = True,
+    store: StoreOpt = None,
+    bootstrap: KafkaOpt = None,
+    timeout: TimeoutOpt = "30s",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per batch.")] = 5000,
+    fmt: FormatOpt = None,
+) -> None:
+    """Publish unsent outbox rows to Kafka (or the embedded log); mark each sent only when confirmed.
+
+    Broker unreachable: retries with backoff up to --timeout, then exits 2; the rows stay unsent.
+    """
+    from .heal import relay as do_relay
+
+    with _errors():
+        fmt = _format(fmt)
+        name = None
+        if spec is not None:
+            name = _spec(spec).name if spec.endswith((".yaml", ".yml")) else spec
+        show = sys.stderr.isatty()
+
+        def progress(sent: int) -> None:
+            if show:
+                err.print(f"relay: {sent:,} sent", end="\r")
+
+        result = do_relay(
+            AuditStore(store),
+            spec_name=name,
+            once=once,
+            kafka=_kafka(bootstrap),
+            timeout_s=_seconds(timeout, "--timeout"),
+            batch_size=batch_size,
+            on_batch=progress,
+        )
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            d = result.to_dict()
+            out.print(f"relay: sent {d['sent']:,} event(s) in {d['seconds']}s ({d['events_per_second']:,}/s)")
+
+
+@app.command()
+def verify(
+    spec: SpecArg,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
+    bootstrap: KafkaOpt = None,
+    timeout: TimeoutOpt = "5m",
+) -> None:
+    """Wait until the projector consumed the corrections (lag 0), re-audit those keys, resolve or escalate.
+
+    Exit 0 when every correction healed, 1 when some did not (escalated to open), 2 on trouble.
+    """
+    from datetime import timedelta
+
+    from .heal import verify as do_verify
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        result = do_verify(
+            s,
+            AuditStore(store),
+            timeout=timedelta(seconds=_seconds(timeout, "--timeout")),
+            kafka=_kafka(bootstrap),
+        )
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            out.print(
+                f"spec {s.name}: verified {result.checked:,} correction(s): {result.resolved:,} resolved, "
+                f"{result.escalated:,} escalated, {result.pending:,} changed since (lag {result.lag:,}, "
+                f"waited {result.waited_s:.1f}s)"
+            )
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
+    bootstrap: KafkaOpt = None,
+    do_verify: Annotated[
+        bool, typer.Option("--verify", help="Wait for the projector and verify the healing.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Audit and show the corrections; write none.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Correct even when the blast-radius guard trips.")
+    ] = False,
+    timeout: TimeoutOpt = "5m",
+    keys: Annotated[
+        str | None, typer.Option("--keys", help="Only these entities (see `audit --keys`).")
+    ] = None,
+    where: Annotated[str | None, typer.Option("--where", help="SQL filter applied to both sides.")] = None,
+) -> None:
+    """audit → correct → relay (→ verify): one command for cron and Airflow.
+
+    Exit 0 no drift (or all of it verified healed), 1 drift found / not healed / guard refused, 2 trouble.
+    """
+    from datetime import timedelta
+
+    from .app import parse_keys
+    from .heal import run as do_run
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        with _progress(f"auditing {s.name}", sys.stderr.isatty()) as tick:
+            outcome = do_run(
+                s,
+                AuditStore(store),
+                verify=do_verify,
+                dry_run=dry_run,
+                force=force,
+                kafka=_kafka(bootstrap),
+                timeout=timedelta(seconds=_seconds(timeout, "--timeout")),
+                keys=parse_keys(keys, s),
+                where=where,
+                on_row=tick,
+            )
+        if fmt == "json":
+            _print_json(outcome.to_dict())
+        else:
+            print_run(outcome.audit, "table")
+            if outcome.correction is not None:
+                c = outcome.correction
+                verb = "would write" if c.dry_run else "wrote"
+                out.print(
+                    f"correct: {verb} {len(c.events) if c.dry_run else c.written:,} corrective event(s)"
+                )
+            if outcome.relay is not None:
+                out.print(f"relay: sent {outcome.relay.sent:,} event(s)")
+            if outcome.verify is not None:
+                v = outcome.verify
+                out.print(
+                    f"verify: {v.resolved:,} resolved, {v.escalated:,} escalated, {v.pending:,} changed since"
+                )
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def project(
+    spec: SpecArg,
+    store: StoreOpt = None,
+    bootstrap: KafkaOpt = None,
+    idle: Annotated[str, typer.Option("--idle", help="Stop after this long without events.")] = "5s",
+    version_field: Annotated[
+        str | None,
+        typer.Option("--version-field", help="Skip events older than the row's version in this field."),
+    ] = None,
+) -> None:
+    """Run the reference projector: apply the spec's corrective events to its projection table.
+
+    A template and a test aid: applies each event id once (ids are recorded with the writes).
+    """
+    from .events.embedded import embedded_log_url
+    from .projector import Projector
+
+    with _errors():
+        s = _spec(spec)
+        p = Projector(
+            s,
+            kafka=_kafka(bootstrap),
+            embedded_url=embedded_log_url(AuditStore(store).url),
+            version_field=version_field,
+        )
+        try:
+            stats = p.run(idle_timeout_s=_seconds(idle, "--idle"), max_seconds=float("inf"))
+        finally:
+            p.close()
+        out.print(
+            f"projector {p.group}: {stats.applied:,} applied, {stats.duplicates:,} duplicate(s) skipped, "
+            f"{stats.stale:,} stale"
+        )
+
+
 def _same_key(key: dict[str, Any], raw: tuple[Any, ...], names: list[str]) -> bool:
     return all(str(key.get(n)) == str(v) for n, v in zip(names, raw, strict=True))
+
+
+@app.command("check-schemas")
+def check_schemas(
+    directory: Annotated[
+        str | None,
+        typer.Argument(
+            help="Schema directory: one folder per subject holding v1.avsc, v2.avsc, ... and an optional "
+            "compatibility.yaml. Default: $RECONCILE_SCHEMAS_DIR, else the repo's checks/schemas.",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Check that each event-schema subject's versions keep its compatibility mode.
+
+    Modes (compatibility.yaml: `default:` and `subjects: {SUBJECT: MODE}`; default BACKWARD) are
+    the schema registries' ones: BACKWARD (the new version reads old data), FORWARD (the old
+    version reads new data), FULL (both), each with a _TRANSITIVE variant (against every earlier
+    version, not just the previous one), and NONE. The rules are Avro's, applied by the avro
+    package's checker. Each violation names the versions, field, old and new type, and rule.
+
+    Exit codes: 0 all compatible, 1 violations found, 2 unreadable or invalid schema or config.
+    """
+    from pathlib import Path
+
+    from .schemacheck import check_dir
+    from .schemas import schemas_dir
+
+    with _errors():
+        fmt = _format(fmt)
+        result = check_dir(Path(directory) if directory else schemas_dir())
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            _print_schema_check(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_schema_check(result: CheckResult) -> None:
+    subjects = Table(pad_edge=False)
+    for col in ("subject", "mode", "versions", "result"):
+        subjects.add_column(col)
+    for s in result.subjects:
+        verdict = "compatible" if s.compatible else f"{len(s.violations)} violation(s)"
+        subjects.add_row(s.subject, s.mode.value, ", ".join(f"v{n}" for n in s.versions), verdict)
+    out.print(f"schemas {result.root}", markup=False)
+    out.print(subjects)
+    # One block per violation rather than a wide table: CI logs are 80 columns.
+    for v in result.violations:
+        head = f"{v.subject} v{v.old_version} -> v{v.new_version} ({v.mode.value})  {v.rule}"
+        where = f"field {v.field or '(record)'}: {v.old_type} -> {v.new_type}  [{v.kind} at {v.location}]"
+        out.print(f"{head}\n  {where}\n  {v.problem}", markup=False)
+    n = len(result.violations)
+    out.print("all subjects compatible" if not n else f"{n} violation(s): incompatible schema change")
+
+
+@app.command()
+def check(
+    spec: SpecArg,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
+    docs: Annotated[
+        str | None,
+        typer.Option(
+            "--docs", metavar="DIR", help="Where to build the GX Data Docs (HTML). Default: gx-docs/<spec>/."
+        ),
+    ] = None,
+) -> None:
+    """Run the preflight gates alone (Great Expectations on both sides; exit 0 pass, 2 failed).
+
+    The default suite: truth keys not null and unique, every key/compared/freshness column
+    present on its side, each side's row count at least checks.min_row_ratio (default 0.5) of
+    the last full audit's and never 0 when that audit had rows. Add your own expectations under
+    `checks:` in the spec or in checks/suites/<spec name>.<truth|projection>.json. Results go to
+    the audit store; Data Docs to --docs.
+    """
+    from .preflight import preflight
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        result = preflight(s, AuditStore(store), docs_dir=docs)
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            verdict = "passed" if result.success else "FAILED"
+            out.print(f"preflight {result.spec}: {verdict}  ({result.seconds:.1f} s)")
+            t = Table(show_lines=False, pad_edge=False)
+            for col in ("side", "expectation", "on", "result", "observed / error"):
+                t.add_column(col, overflow="fold")
+            for side in result.sides:
+                for o in side.outcomes:
+                    t.add_row(o.side, o.type, o.columns, "ok" if o.success else "FAILED", escape(o.detail()))
+            out.print(t)
+            if result.baseline is None:
+                out.print("row counts: no full audit stored yet, so no baseline to compare with")
+        if result.docs:  # on stderr with --format json, so stdout stays one JSON document
+            (out if fmt == "table" else err).print(f"Data Docs: {result.docs}", markup=False)
+        if not result.success:
+            _fail(result.message, result.exit_code)
 
 
 def _version(value: bool) -> None:

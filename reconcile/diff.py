@@ -152,6 +152,8 @@ def diff_rows(
         elif not prows:
             finding = Finding(FindingKind.MISSING, keyd, truth=as_dict(trow.values))
         elif len(prows) > 1:
+            # The copies' order is the database's whim: report a fixed one (sorted by value text).
+            prows.sort(key=lambda r: repr(r.values))
             diff_cols = compare_values(trow.values, prows[0].values, rules)
             finding = Finding(
                 FindingKind.DUPLICATE,

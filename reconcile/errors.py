@@ -61,7 +61,14 @@ class VerifyError(ReconcileError):
 
 
 class PreflightFailed(ReconcileError):
-    """A preflight data-quality gate failed; the run stopped before the diff."""
+    """A preflight data-quality gate failed; the run stopped before the diff.
+
+    ``result`` is the :class:`~reconcile.preflight.PreflightResult` (per-side outcomes, docs path).
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
 
 
 class SchemaIncompatible(ReconcileError):

@@ -45,7 +45,7 @@ def versions(subject: str, root: Path | None = None) -> list[tuple[int, Path]]:
 def _parse(path: str) -> avro.schema.Schema:
     try:
         return avro.schema.parse(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, avro.errors.SchemaParseException) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, avro.errors.AvroException) as e:
         raise SpecError(f"schema {path}: cannot parse: {str(e).splitlines()[0] if str(e) else e}") from None
 
 

@@ -29,6 +29,12 @@ __all__ = [
     "Column",
     "Freshness",
     "Correction",
+    "Checks",
+    "Expectation",
+    "Alerts",
+    "EmailAlert",
+    "WebhookAlert",
+    "ALERT_EVENTS",
     "load_spec",
     "parse_duration",
     "NORMALIZERS",
@@ -132,6 +138,111 @@ class Correction(_Model):
     transport: Literal["kafka", "embedded"] = "kafka"
 
 
+class Expectation(_Model):
+    """One user expectation in Great Expectations' own configuration format, plus its side.
+
+    ``type`` and ``kwargs`` are exactly what GX writes in a suite file
+    (``{"type": "expect_column_values_to_be_between", "kwargs": {"column": "on_hand", "min_value": 0}}``);
+    column names are that side's own names. GX itself checks the kwargs when the gate runs.
+    """
+
+    side: Literal["truth", "projection", "both"]
+    type: str = Field(pattern=r"^expect_[a-z0-9_]+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Checks(_Model):
+    """The preflight gates (``reconcile check``): the default suite's knobs and user expectations."""
+
+    # Each side must keep at least this share of the rows it had in the last full audit
+    # (0 keeps only "never empty when it had rows").
+    min_row_ratio: float = Field(default=0.5, ge=0, le=1)
+    expectations: tuple[Expectation, ...] = ()
+    # GX suite JSON files per side; a relative path is taken from the spec file's folder.
+    suites: dict[Literal["truth", "projection"], str] = Field(default_factory=dict)
+
+
+AlertEvent = Literal["drift", "guard", "preflight", "health"]
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("drift", "guard", "preflight", "health")
+
+
+class EmailAlert(_Model):
+    """Mail an alert through an SMTP connection (an Airflow connection id; no password here)."""
+
+    to: tuple[str, ...]
+    conn_id: str = "smtp_default"
+    from_: str | None = Field(default=None, alias="from")
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class WebhookAlert(_Model):
+    """POST a Slack-compatible JSON alert (``{"text": ..., "blocks": ...}``) to a URL.
+
+    The URL often holds a secret: name an Airflow connection (``conn_id``, its host/URI is the
+    URL) instead of writing it here.
+    """
+
+    url: str | None = None
+    conn_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> WebhookAlert:
+        if bool(self.url) == bool(self.conn_id):
+            raise ValueError("needs exactly one of `url:` or `conn_id:`")
+        return self
+
+
+class Alerts(_Model):
+    """Who hears about confirmed drift, a tripped guard, a failed preflight or a health problem."""
+
+    email: EmailAlert | None = None
+    webhook: WebhookAlert | None = None
+    on: tuple[AlertEvent, ...] = ALERT_EVENTS
+    findings: int = Field(default=5, ge=0)  # how many findings an alert quotes
+    stale_after: timedelta | None = None  # health: alert when the spec was not audited for this long
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean True.
+        if isinstance(data, dict) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _email(cls, v: Any) -> Any:
+        return {"to": v} if isinstance(v, str | list) else v
+
+    @field_validator("webhook", mode="before")
+    @classmethod
+    def _webhook(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str) else v
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _on(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("stale_after", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta | None:
+        return None if v is None else parse_duration(v)
+
+    @property
+    def channels(self) -> bool:
+        return self.email is not None or self.webhook is not None
+
+    def wants(self, event: str) -> bool:
+        """True when this event should be sent to the configured channels."""
+        return self.channels and event in self.on
+
+
 class Spec(_Model):
     """One truth/projection pair. Frozen: narrow it by copy (``model_copy(update=...)``)."""
 
@@ -144,8 +255,9 @@ class Spec(_Model):
     freshness: Freshness = Freshness()
     correction: Correction | None = None
     schedule: str | None = "@hourly"
-    alerts: dict[str, Any] = Field(default_factory=dict)
-    checks: dict[str, Any] = Field(default_factory=dict)
+    alerts: Alerts = Alerts()
+    fanout: int = Field(default=1, ge=1, le=256)  # key ranges the scheduled audit is split into
+    checks: Checks = Checks()
     source_path: str | None = Field(default=None, exclude=True)
 
     @field_validator("key", mode="before")

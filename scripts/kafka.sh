@@ -8,14 +8,15 @@
 # Kafka's download site is not always reachable; Maven Central is. scripts/kafka/pom.xml names
 # the broker (org.apache.kafka:kafka_2.13) and a log4j2 binding; `mvn dependency:copy-dependencies`
 # copies them to .cache/kafka/libs (Maven's own cache ~/.m2 keeps them across clones).
-# The broker listens on 127.0.0.1:${KAFKA_PORT:-9092}; its controller on ${KAFKA_CONTROLLER_PORT:-9093}.
+# The broker listens on 127.0.0.1:${KAFKA_PORT:-9092}; its controller on ${KAFKA_CONTROLLER_PORT:-9093};
+# its data and logs live in ${KAFKA_HOME_DIR:-.services/kafka} (tests start a private broker this way).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${KAFKA_PORT:-9092}
 CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 LIBS="$ROOT/.cache/kafka/libs"
-HOME_DIR="$ROOT/.services/kafka"
+HOME_DIR=${KAFKA_HOME_DIR:-"$ROOT/.services/kafka"}
 DATA="$HOME_DIR/data"
 PIDFILE="$HOME_DIR/kafka.pid"
 CONF="$HOME_DIR/server.properties"

@@ -85,3 +85,19 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
     admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])[name].result(30)
     yield name
     admin.delete_topics([name])[name].result(30)
+
+
+@pytest.fixture
+def make_store() -> Iterator[object]:
+    """Factory: an AuditStore on a URL, disposed after the test (no connection left open)."""
+    from reconcile.store import AuditStore
+
+    made: list[AuditStore] = []
+
+    def make(url: str) -> AuditStore:
+        made.append(AuditStore(url))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.dispose()

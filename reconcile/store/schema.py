@@ -12,7 +12,16 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["metadata", "runs", "findings", "outbox", "schema_version", "MIGRATIONS", "migrate"]
+__all__ = [
+    "metadata",
+    "runs",
+    "findings",
+    "outbox",
+    "preflight_checks",
+    "schema_version",
+    "MIGRATIONS",
+    "migrate",
+]
 
 metadata = sa.MetaData()
 _TS = sa.DateTime(timezone=True)
@@ -83,13 +92,31 @@ outbox = sa.Table(
     sa.Index("ix_reconcile_outbox_unsent", "sent_at", "id"),
 )
 
+# One row per preflight gate (`reconcile check`, or the start of `reconcile run`): whether it
+# passed and every expectation's result, so a stopped run can be explained later.
+preflight_checks = sa.Table(
+    "reconcile_preflight",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("spec", sa.String(200), nullable=False),
+    sa.Column("checked_at", _TS, nullable=False),
+    sa.Column("success", sa.Boolean, nullable=False),
+    sa.Column("results", sa.JSON, nullable=False),
+    sa.Column("docs", sa.Text, nullable=True),
+    sa.Index("ix_reconcile_preflight_spec_checked", "spec", "checked_at"),
+)
+
 
 def _v1(conn: Connection) -> None:
     for t in (runs, findings, outbox):
         t.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    preflight_checks.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 
 
 def migrate(conn: Connection) -> int:

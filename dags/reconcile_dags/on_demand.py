@@ -1,0 +1,42 @@
+"""The on-demand DAG's tasks: the same use cases as a scheduled run, narrowed by the params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from reconcile_dags import runtime
+from reconcile_dags.discover import list_specs
+
+XCOM_FINDINGS = 1000  # an incident audit is usually narrow: keep (almost) everything in XCom
+
+
+def spec_path(params: dict[str, Any]) -> str:
+    name = params.get("spec")
+    entries = {e.name: e.path for e in list_specs()}
+    if name not in entries:
+        raise AirflowFailException(f"spec {name!r} is not in the specs folder (known: {sorted(entries)})")
+    return entries[name]
+
+
+def audit(params: dict[str, Any]) -> dict[str, Any]:
+    return runtime.audit(
+        spec_path(params), keys=params.get("keys") or None, where=params.get("where"), limit=XCOM_FINDINGS
+    )
+
+
+def correct(run: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return runtime.correct(
+        spec_path(params), run, dry_run=bool(params.get("dry_run", True)), force=bool(params.get("force"))
+    )
+
+
+def relay(corrected: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return runtime.relay(spec_path(params), corrected)
+
+
+def verify(corrected: dict[str, Any], relayed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    if not params.get("verify", True):
+        return {"skipped": "verify=false"}
+    return runtime.verify(spec_path(params), corrected, relayed)

@@ -1,0 +1,485 @@
+"""What the reconcile tasks do at run time, one function per task.
+
+Each function loads the spec, resolves Airflow connections into URLs (secrets never live in
+YAML), calls one use case of :mod:`reconcile`, logs a readable line, sends alerts through
+Airflow notifiers, and returns a JSON value for XCom. Errors a retry cannot fix (a bad spec, a
+failed preflight, a tripped guard) fail the task without retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import BaseNotifier, Connection
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+
+log = logging.getLogger("reconcile.airflow")
+
+XCOM_FINDINGS = 100  # findings kept in a scheduled run's XCom (all are in the audit store)
+
+_SCHEMES = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+# -- connections ---------------------------------------------------------------------------
+def connection_url(conn_id: str) -> str:
+    """A SQLAlchemy URL from an Airflow connection: its ``sqlalchemy_url`` extra, else its URI
+    with the scheme mapped to the drivers reconcile ships with (psycopg 3, PyMySQL)."""
+    conn = Connection.get(conn_id)
+    extra = conn.extra_dejson
+    if extra.get("sqlalchemy_url"):
+        return str(extra["sqlalchemy_url"])
+    uri = conn.get_uri()
+    scheme, _, rest = uri.partition("://")
+    if conn.conn_type == "sqlite":
+        return f"sqlite:///{conn.host}"
+    return f"{_SCHEMES.get(scheme, scheme)}://{rest}"
+
+
+def urls(spec: Any) -> dict[str, str | None]:
+    """truth_url / projection_url for the library: a side's ``conn_id`` resolved, else its ``url``."""
+    return {
+        "truth_url": connection_url(spec.truth.conn_id) if spec.truth.conn_id else spec.truth.url,
+        "projection_url": connection_url(spec.projection.conn_id)
+        if spec.projection.conn_id
+        else spec.projection.url,
+    }
+
+
+def _setting(env: str, variable: str) -> str | None:
+    from airflow.sdk import Variable
+
+    return os.environ.get(env) or Variable.get(variable, default=None)
+
+
+def store() -> Any:
+    """The audit store: ``$RECONCILE_STORE_URL``, else the connection ``reconcile_store`` (or the
+    one named by the Variable ``reconcile_store_conn_id``), else reconcile's default."""
+    from reconcile.store import AuditStore
+
+    if os.environ.get("RECONCILE_STORE_URL"):
+        return AuditStore(os.environ["RECONCILE_STORE_URL"])
+    conn_id = _setting("RECONCILE_STORE_CONN_ID", "reconcile_store_conn_id") or "reconcile_store"
+    try:
+        return AuditStore(connection_url(conn_id))
+    except AirflowNotFoundException:
+        return AuditStore()
+
+
+def kafka_config() -> dict[str, str]:
+    """librdkafka settings from the Airflow Kafka connection named by ``$RECONCILE_KAFKA_CONN_ID``
+    (or the Variable ``reconcile_kafka_conn_id``): its extra holds ``bootstrap.servers`` etc.
+    Empty when none is named: the library then reads ``KAFKA_BOOTSTRAP_SERVERS`` itself."""
+    conn_id = _setting("RECONCILE_KAFKA_CONN_ID", "reconcile_kafka_conn_id")
+    if not conn_id:
+        return {}
+    return {str(k): str(v) for k, v in Connection.get(conn_id).extra_dejson.items()}
+
+
+def kafka_settings() -> Any:
+    from reconcile.events.kafka import KafkaSettings
+
+    cfg = kafka_config()
+    settings = KafkaSettings.from_env(bootstrap=cfg.pop("bootstrap.servers", None))
+    if cfg and hasattr(settings, "extra"):
+        import dataclasses
+
+        settings = dataclasses.replace(settings, extra={**dict(settings.extra), **cfg})
+    return settings
+
+
+def load(path: str) -> Any:
+    from reconcile.spec import load_spec
+
+    with fail_fast():
+        return load_spec(path)
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Errors a retry cannot fix fail the task at once; the rest (a database blip) retry."""
+    from reconcile.errors import GuardTripped, PreflightFailed, SpecError
+
+    try:
+        yield
+    except (SpecError, PreflightFailed, GuardTripped) as e:
+        raise AirflowFailException(f"{type(e).__name__}: {e}") from e
+
+
+# -- alerts --------------------------------------------------------------------------------
+class WebhookNotifier(BaseNotifier):
+    """POST a JSON body (a Slack incoming-webhook message) to a URL or an Airflow connection."""
+
+    def __init__(self, body: Mapping[str, Any], *, url: str | None = None, conn_id: str | None = None):
+        super().__init__()
+        self.body = dict(body)
+        self.url = url
+        self.conn_id = conn_id
+
+    def target(self) -> str:
+        if self.url:
+            return self.url
+        conn = Connection.get(str(self.conn_id))
+        extra = conn.extra_dejson
+        if extra.get("webhook_url"):
+            return str(extra["webhook_url"])
+        if conn.host and "://" in conn.host:
+            return conn.host
+        return conn.get_uri().replace(f"{conn.conn_type}://", f"{conn.schema or 'https'}://", 1)
+
+    def notify(self, context: Any) -> None:
+        req = urllib.request.Request(
+            self.target(),
+            data=json.dumps(self.body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the URL is configured
+            if resp.status >= 300:
+                raise RuntimeError(f"webhook answered HTTP {resp.status}")
+
+
+def _no_jinja(text: str) -> str:
+    # SmtpNotifier renders its fields with Jinja: keep data (finding values) from being a template.
+    return text.replace("{", "&#123;").replace("}", "&#125;")
+
+
+def notify(spec: Any, alert: Any, context: Any | None = None) -> list[str]:
+    """Send an alert on every channel the spec's ``alerts:`` configures for this event.
+
+    A channel that fails is logged and does not hide the others (or the task's own outcome).
+    Returns the channels that delivered.
+    """
+    cfg = spec.alerts
+    if not cfg.wants(alert.event):
+        return []
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    sent: list[str] = []
+    notifiers: list[tuple[str, BaseNotifier]] = []
+    if cfg.email:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        notifiers.append(
+            (
+                "email",
+                SmtpNotifier(
+                    to=list(cfg.email.to),
+                    from_email=cfg.email.from_ or "reconcile@localhost",
+                    subject=_no_jinja(alert.title),
+                    html_content=_no_jinja(alert.html()),
+                    smtp_conn_id=cfg.email.conn_id,
+                ),
+            )
+        )
+    if cfg.webhook:
+        notifiers.append(
+            ("webhook", WebhookNotifier(alert.slack(), url=cfg.webhook.url, conn_id=cfg.webhook.conn_id))
+        )
+    for channel, notifier in notifiers:
+        try:
+            notifier(context)
+        except Exception as e:  # noqa: BLE001 - an alert channel down must not mask the run
+            log.error("reconcile %s: %s alert via %s failed: %s", spec.name, alert.event, channel, e)
+        else:
+            sent.append(channel)
+            log.info("reconcile %s: %s alert sent via %s", spec.name, alert.event, channel)
+    return sent
+
+
+# -- the tasks -----------------------------------------------------------------------------
+def preflight(path: str) -> dict[str, Any]:
+    """Both sides reachable and as the spec says (GX gate when available); alert when it fails."""
+    from reconcile.alerts import preflight_alert
+    from reconcile.errors import PreflightFailed, SpecError
+
+    spec = load(path)
+    resolved = urls(spec)
+    try:
+        try:
+            from reconcile.preflight import gate
+        except ImportError:
+            from reconcile.app import validate
+
+            out = validate(spec, **resolved)
+        else:
+            st = store()
+            try:
+                out = gate(spec, st, **resolved)
+            finally:
+                st.dispose()
+    except (PreflightFailed, SpecError) as e:
+        notify(spec, preflight_alert(spec.name, str(e)))
+        raise AirflowFailException(f"preflight failed: {e}") from e
+    log.info("reconcile %s: preflight passed", spec.name)
+    return _jsonable(out)
+
+
+def _trim(run: dict[str, Any], limit: int) -> dict[str, Any]:
+    n = len(run["findings"])
+    if n > limit:
+        run = {**run, "findings": run["findings"][:limit], "findings_truncated": n - limit}
+    return run
+
+
+def _log_run(run: dict[str, Any]) -> None:
+    s = run["summary"]
+    log.info(
+        "reconcile %s run %s: compared=%s missing=%s orphan=%s mismatch=%s duplicate=%s pending=%s",
+        run["spec"],
+        run["run_id"],
+        s["compared"],
+        s["missing"],
+        s["orphan"],
+        s["mismatch"],
+        s["duplicate"],
+        s["pending"],
+    )
+    for f in run["findings"][:20]:
+        log.info("  finding: %s", json.dumps(f, sort_keys=True))
+
+
+def audit(
+    path: str,
+    *,
+    keys: str | None = None,
+    where: str | None = None,
+    limit: int = XCOM_FINDINGS,
+) -> dict[str, Any]:
+    """One audit; the run's summary and (the first ``limit``) findings."""
+    from reconcile.app import audit as run_audit
+    from reconcile.app import parse_keys
+
+    spec = load(path)
+    st = store()
+    try:
+        with fail_fast():
+            parsed = parse_keys(keys, spec) if keys else None
+            result = run_audit(spec, st, keys=parsed, where=where or None, **urls(spec))
+    finally:
+        st.dispose()
+    run = result.to_dict()
+    _log_run(run)
+    return _trim(run, limit)
+
+
+def plan_ranges(path: str) -> list[dict[str, Any]]:
+    """Fan-out: the key ranges of this spec (``fanout:`` of them at most), as JSON."""
+    from reconcile.fanout import key_kinds, split
+
+    spec = load(path)
+    resolved = urls(spec)
+    kinds = key_kinds(spec, **resolved)
+    ranges = [{**r.to_dict(), "kind": kinds[0]} for r in split(spec, spec.fanout, **resolved)]
+    log.info("reconcile %s: %d key range(s)", spec.name, len(ranges))
+    return ranges
+
+
+def audit_range(path: str, rng: dict[str, Any], started_at: str) -> dict[str, Any]:
+    """Fan-out: diff one key range (reads the store, writes nothing)."""
+    from reconcile.fanout import KeyRange, diff_range, key_kinds, outcome_to_dict
+
+    spec = load(path)
+    resolved = urls(spec)
+    st = store()
+    try:
+        key_range = KeyRange.from_dict(rng, rng["kind"])
+        outcome = diff_range(spec, st, key_range, now=datetime.fromisoformat(started_at), **resolved)
+    finally:
+        st.dispose()
+    log.info(
+        "reconcile %s %s: compared=%d findings=%d",
+        spec.name,
+        key_range,
+        outcome.compared,
+        len(outcome.findings),
+    )
+    return outcome_to_dict(outcome, key_kinds(spec, **resolved))
+
+
+def merge_ranges(path: str, parts: list[dict[str, Any]], started_at: str) -> dict[str, Any]:
+    """Fan-out: merge the ranges' outcomes into one stored run."""
+    from reconcile.fanout import outcome_from_dict, record
+
+    spec = load(path)
+    outcomes = [outcome_from_dict(p, spec.key_truth) for p in parts]
+    kinds = parts[0]["kinds"] if parts else []
+    st = store()
+    try:
+        result = record(spec, st, outcomes, started_at=datetime.fromisoformat(started_at), kinds=kinds)
+    finally:
+        st.dispose()
+    run = result.to_dict()
+    _log_run(run)
+    return _trim(run, XCOM_FINDINGS)
+
+
+def correct(path: str, run: dict[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
+    """Corrective events for the confirmed findings into the outbox; guard tripped -> alert, fail."""
+    from reconcile.alerts import guard_alert
+    from reconcile.errors import GuardTripped
+
+    spec = load(path)
+    if spec.correction is None:
+        log.info("reconcile %s: no `correction:` in the spec; nothing to correct", spec.name)
+        return {"skipped": "no correction configured", "written": 0}
+    if not run["findings"] and not run.get("findings_truncated"):
+        return {"skipped": "no confirmed drift", "written": 0, "dry_run": dry_run}
+    from reconcile.heal import correct as run_correct
+
+    st = store()
+    try:
+        result = run_correct(spec, st, dry_run=dry_run, force=force)
+    except GuardTripped as e:
+        notify(spec, guard_alert(spec.name, str(e), run, spec.alerts.findings))
+        raise AirflowFailException(f"guard tripped: {e}") from e
+    finally:
+        st.dispose()
+    out = _jsonable(result.to_dict())
+    log.info("reconcile %s: correction %s", spec.name, json.dumps(out, sort_keys=True)[:2000])
+    return out
+
+
+def relay(path: str, corrected: dict[str, Any]) -> dict[str, Any]:
+    """Publish this spec's outbox (rows marked sent only after the broker confirmed)."""
+    spec = load(path)
+    if corrected.get("skipped") or corrected.get("dry_run"):
+        return {"skipped": "nothing to publish", "sent": 0}
+    from reconcile.heal import relay as run_relay
+
+    kafka = kafka_settings() if spec.correction and spec.correction.transport == "kafka" else None
+    st = store()
+    try:
+        result = run_relay(st, spec_name=spec.name, once=True, kafka=kafka)
+    finally:
+        st.dispose()
+    out = _jsonable(result.to_dict())
+    log.info("reconcile %s: relay %s", spec.name, json.dumps(out, sort_keys=True))
+    return out
+
+
+def verify(
+    path: str, corrected: dict[str, Any], relayed: dict[str, Any], *, timeout_s: float = 300
+) -> dict[str, Any]:
+    """Wait for the projector to consume the corrections, then re-check those keys."""
+    spec = load(path)
+    if corrected.get("skipped") or corrected.get("dry_run") or not corrected.get("written"):
+        return {"skipped": "nothing was corrected"}
+    from reconcile.heal import verify as run_verify
+
+    kafka = kafka_settings() if spec.correction and spec.correction.transport == "kafka" else None
+    st = store()
+    try:
+        result = run_verify(spec, st, timeout=timedelta(seconds=timeout_s), kafka=kafka, **urls(spec))
+    finally:
+        st.dispose()
+    out = _jsonable(result.to_dict())
+    out["exit_code"] = result.exit_code
+    log.info("reconcile %s: verify %s", spec.name, json.dumps(out, sort_keys=True)[:2000])
+    return out
+
+
+def report(
+    path: str,
+    run: dict[str, Any],
+    corrected: dict[str, Any],
+    relayed: dict[str, Any],
+    verified: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's story in one value; alert on confirmed drift (with what was done about it)."""
+    from reconcile.alerts import Alert, drift_alert
+
+    spec = load(path)
+    out = {"run": run, "correct": corrected, "relay": relayed, "verify": verified}
+    if run["findings"]:
+        base = drift_alert(spec.name, run, spec.alerts.findings)
+        done = []
+        if corrected.get("written"):
+            done.append(f"{corrected['written']} corrective event(s) written, {relayed.get('sent', 0)} sent")
+        if "exit_code" in verified:
+            done.append(
+                "verified: healed" if verified["exit_code"] == 0 else "verify: drift remains, escalate"
+            )
+        alert = Alert(base.event, base.spec, base.title, (*base.lines, *done), base.counts, base.findings)
+        out["alerted"] = notify(spec, alert)
+    log.info(
+        "reconcile %s: report %s",
+        spec.name,
+        json.dumps({k: v for k, v in out.items() if k != "run"}, sort_keys=True)[:2000],
+    )
+    if verified.get("exit_code", 0) not in (0, None):
+        raise AirflowFailException(f"verify: drift remains after correction ({verified})")
+    return out
+
+
+def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
+    """Outbox backlog, projector lag and audit recency of every spec; alert per unhealthy spec."""
+    from reconcile.alerts import health_alert
+    from reconcile.health import Thresholds, check
+    from reconcile_dags.discover import list_specs
+
+    specs = [load(e.path) for e in list_specs()]
+    th = Thresholds(
+        outbox_max_age=timedelta(seconds=float(thresholds["outbox_max_age_s"])),
+        outbox_max_rows=int(thresholds["outbox_max_rows"]),
+        max_lag=int(thresholds["max_lag"]),
+        stale_after=timedelta(seconds=float(thresholds["stale_after_s"])),
+    )
+    lag_fn = None
+    if any(s.correction and s.correction.transport == "kafka" and s.correction.consumer_group for s in specs):
+        try:
+            from reconcile.events.kafka import consumer_lag
+
+            settings = kafka_settings()
+            lag_fn = lambda group, topic: int(consumer_lag(settings, group, topic))  # noqa: E731
+        except ImportError:
+            log.warning("reconcile: consumer lag not measured (reconcile.events.kafka unavailable)")
+    st = store()
+    try:
+        report = check(specs, st, th, lag=lag_fn)
+        total, oldest = st.outbox_backlog()
+    finally:
+        st.dispose()
+    by_name = {s.name: s for s in specs}
+    out: dict[str, Any] = {
+        "checked_at": datetime.now(UTC).isoformat(),
+        "outbox_unsent": total,
+        "outbox_oldest": oldest.isoformat() if oldest else None,
+        "specs": [h.to_dict() for h in report],
+        "alerted": {},
+    }
+    for h in report:
+        log.info(
+            "reconcile %s: outbox=%s oldest_age_s=%s lag=%s last_run=%s %s",
+            h.spec,
+            h.outbox_unsent,
+            None if h.outbox_oldest_age_s is None else round(h.outbox_oldest_age_s),
+            h.lag,
+            h.last_run_at,
+            "; ".join(h.problems) or "healthy",
+        )
+        if h.problems:
+            counts = {"outbox_unsent": h.outbox_unsent, "lag": h.lag}
+            out["alerted"][h.spec] = notify(by_name[h.spec], health_alert(h.spec, h.problems, counts))
+    out["problems"] = sum(len(h.problems) for h in report)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    from reconcile.compare import jsonable
+
+    return jsonable(value)

@@ -1,0 +1,152 @@
+"""Corrective events: CloudEvents 1.0 carrying the truth state of one drifted entity.
+
+On the wire they use the CloudEvents Kafka protocol binding in *binary* content mode: the
+attributes travel as ``ce_*`` headers, the message value is the JSON ``data`` (or nothing at all
+— a Kafka tombstone — for an orphan), and the message key is the entity key, so all events of
+one entity land in one partition, in order.
+
+The ``id`` is a deterministic idempotency key: the same spec, entity and truth state always give
+the same id, so rerunning a correction never mints a second event for the same drift, and a
+projector that remembers applied ids applies each correction once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..compare import jsonable
+from ..findings import Finding, FindingKind
+from ..schemas import CORRECTIVE_EVENT, validate_datum
+from ..spec import Spec
+
+__all__ = ["CorrectiveEvent", "build_event", "event_id", "message_key", "decode_headers", "CE_HEADERS"]
+
+CE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time")
+RUN_ID_HEADER = "reconcile_run_id"
+KIND_HEADER = "reconcile_finding_kind"
+
+
+def message_key(key: Mapping[str, Any]) -> str:
+    """The Kafka message key (and CloudEvents subject) of an entity: canonical JSON of its key."""
+    return json.dumps(jsonable(dict(key)), sort_keys=True, separators=(",", ":"))
+
+
+def event_id(spec_name: str, key: Mapping[str, Any], state: Mapping[str, Any] | None) -> str:
+    """Same spec, same entity, same truth state -> same id (32 hex digits)."""
+    material = json.dumps(
+        {
+            "spec": spec_name,
+            "key": jsonable(dict(key)),
+            "state": jsonable(dict(state)) if state is not None else None,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CorrectiveEvent:
+    """One corrective event, ready for the outbox."""
+
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: datetime
+    data: dict[str, Any]
+    kind: FindingKind
+    run_id: str
+    topic: str
+    transport: str
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tombstone(self) -> bool:
+        return bool(self.data.get("tombstone"))
+
+    def headers(self) -> dict[str, str]:
+        """All headers of the message: CloudEvents attributes, run id, finding kind, extras."""
+        h = {
+            "ce_specversion": "1.0",
+            "ce_id": self.id,
+            "ce_source": self.source,
+            "ce_type": self.type,
+            "ce_subject": self.subject,
+            "ce_time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            RUN_ID_HEADER: self.run_id,
+            KIND_HEADER: self.kind.value,
+            **self.extra_headers,
+        }
+        if not self.tombstone:
+            h["content-type"] = "application/json"
+        return h
+
+    def value(self) -> str | None:
+        """The message value: the JSON data, or None (a Kafka tombstone) for an orphan."""
+        return None if self.tombstone else json.dumps(self.data, sort_keys=True, separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "subject": self.subject,
+            "time": jsonable(self.time),
+            "topic": self.topic,
+            "kind": self.kind.value,
+            "data": self.data,
+        }
+
+
+def _rename(values: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): jsonable(v) for k, v in values.items()}
+
+
+def build_event(spec: Spec, finding: Finding, run_id: str, now: datetime | None = None) -> CorrectiveEvent:
+    """The corrective event for one finding, validated against its schema.
+
+    ``data.key`` and ``data.state`` use the projection's names (or ``correction.payload``
+    renames, by truth column), because the projector is the one who reads them.
+    """
+    if spec.correction is None:
+        raise ValueError(f"spec {spec.name} has no correction section")
+    c = spec.correction
+    key_names = {k.truth: k.projection for k in spec.key}
+    col_names = {n: c.payload.get(n, spec.projection_name(n)) for n in spec.columns}
+    key = _rename(finding.key, {**key_names, **{k: v for k, v in c.payload.items() if k in key_names}})
+    tombstone = finding.kind is FindingKind.ORPHAN
+    state = None if tombstone else _rename(finding.truth or {}, col_names)
+    data = {"spec": spec.name, "kind": finding.kind.value, "key": key, "state": state, "tombstone": tombstone}
+    validate_datum(CORRECTIVE_EVENT, data)
+    return CorrectiveEvent(
+        id=event_id(spec.name, finding.key, finding.truth if not tombstone else None),
+        type=c.event_type,
+        source=f"reconcile/{spec.name}",
+        subject=message_key(key),
+        time=now or datetime.now(UTC),
+        data=data,
+        kind=finding.kind,
+        run_id=run_id,
+        topic=c.topic,
+        transport=c.transport,
+        extra_headers=dict(c.headers),
+    )
+
+
+def decode_headers(
+    headers: Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None,
+) -> dict[str, str]:
+    """Kafka headers (list of (name, bytes)) as a dict of text."""
+    out: dict[str, str] = {}
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for name, value in items:
+        if value is None:
+            continue
+        out[name] = value.decode() if isinstance(value, bytes) else value
+    return out
