@@ -23,7 +23,9 @@ from .sources.sql import ReadPlan, SqlSource, key_kind
 from .spec import Spec
 from .store import AuditStore
 
-__all__ = ["Pair", "open_pair", "validate", "audit", "parse_keys"]
+__all__ = ["Pair", "open_pair", "validate", "audit", "parse_keys", "STRATEGIES"]
+
+STRATEGIES = ("auto", "stream", "checksum")
 
 
 @dataclass
@@ -171,12 +173,18 @@ def audit(
     on_row: Callable[[], None] | None = None,
     truth_url: str | None = None,
     projection_url: str | None = None,
+    strategy: str = "auto",
 ) -> RunResult:
     """Compare truth with projection, store the run and move findings along their lifecycle.
 
     ``keys`` restricts the audit to those entities, ``where`` to rows matching a SQL filter on
-    both sides. Bad input raises before anything is written to the store.
+    both sides. ``strategy``: ``stream`` merges both whole streams; ``checksum`` pushes bucket
+    checksums down to two PostgreSQL databases and streams only the buckets that differ
+    (:mod:`reconcile.sources.checksum`); ``auto`` uses checksums where they can help. Bad input
+    raises before anything is written to the store.
     """
+    if strategy not in STRATEGIES:
+        raise SpecError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     pair = open_pair(spec, truth_url=truth_url, projection_url=projection_url)
     try:
         started = datetime.now(UTC)
@@ -184,7 +192,7 @@ def audit(
         canon = _canonical(keys, pair.kinds) if keys is not None else None
         active = store.active_findings(spec.name)
         watch = {_key_tuple(f.key, spec.key_truth, pair.kinds): f.key_id for f in active}
-        outcome = _diff(pair, canon, where, now, set(watch), on_row)
+        outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
         clean = {watch[k] for k in outcome.clean}
         pending = {watch[k] for k in outcome.pending_keys}
         if canon is not None:  # watched keys asked for but absent on both sides are consistent
@@ -206,7 +214,7 @@ def audit(
             spec=spec.name,
             started_at=started,
             finished_at=datetime.now(UTC),
-            strategy="stream",
+            strategy=used,
             scope=scope,
             summary=summary,
             seen=outcome.findings,
@@ -224,7 +232,7 @@ def audit(
             findings=confirmed,
             unconfirmed=unconfirmed,
             scope=scope,
-            strategy="stream",
+            strategy=used,
         )
     finally:
         pair.close()
@@ -241,8 +249,33 @@ def _diff(
     now: datetime,
     watch: set[tuple[Any, ...]],
     on_row: Callable[[], None] | None,
-) -> DiffOutcome:
+    strategy: str = "auto",
+) -> tuple[DiffOutcome, str]:
+    """Run the diff with the strategy asked for; returns the outcome and the strategy used."""
     tplan, pplan = pair.plans()
+    if strategy != "stream":
+        from .sources.checksum import checksum_diff, unsupported_reason
+
+        why = "a --keys audit reads only those keys" if keys is not None else None
+        why = why or unsupported_reason(pair.truth, pair.projection)
+        if why and strategy == "checksum":
+            raise SpecError(f"spec {pair.spec.label}: --strategy checksum: {why} (use auto or stream)")
+        if not why:
+            got = checksum_diff(
+                pair.truth,
+                pair.projection,
+                (tplan, pplan),
+                pair.rules,
+                pair.spec.key_truth,
+                now=now,
+                grace=pair.spec.freshness.grace,
+                where=where,
+                watch=watch,
+                on_row=on_row,
+                fallback=strategy == "auto",
+            )
+            if got is not None:
+                return got.outcome, "checksum"
     return diff_rows(
         pair.truth.stream(tplan, where=where, keys=keys),
         pair.projection.stream(pplan, where=where, keys=keys),
@@ -252,4 +285,4 @@ def _diff(
         grace=pair.spec.freshness.grace,
         watch=watch,
         on_row=on_row,
-    )
+    ), "stream"

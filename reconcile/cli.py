@@ -193,6 +193,14 @@ def audit(
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress on stderr (default: on a terminal)."),
     ] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            help="auto, stream or checksum. checksum pushes bucket checksums down to PostgreSQL on "
+            "both sides and reads only the buckets that differ; auto uses it where it helps.",
+        ),
+    ] = "auto",
 ) -> None:
     """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble)."""
     from .app import audit as do_audit
@@ -205,7 +213,7 @@ def audit(
         st = AuditStore(store)
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
-            result = do_audit(s, st, keys=key_list, where=where, on_row=tick)
+            result = do_audit(s, st, keys=key_list, where=where, on_row=tick, strategy=strategy)
         print_run(result, fmt)
     raise typer.Exit(result.exit_code)
 

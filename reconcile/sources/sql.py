@@ -260,13 +260,20 @@ class SqlSource:
         where: str | None = None,
         keys: Sequence[tuple[Any, ...]] | None = None,
         extra_filter: Callable[[sa.FromClause], Any] | None = None,
+        session: Sequence[str] = (),
     ) -> Iterator[Row]:
-        """Yield this side's rows as :class:`~reconcile.diff.Row`, ordered by canonical key."""
+        """Yield this side's rows as :class:`~reconcile.diff.Row`, ordered by canonical key.
+
+        ``session`` holds SQL run first on the same connection (reconcile's own ``SET LOCAL``
+        planner settings, never user input).
+        """
         nk, nv = len(plan.key), len(plan.values)
         kinds = list(plan.kinds)
         has_changed = plan.changed_at is not None
         batches = [None] if keys is None else [keys[i : i + 1000] for i in range(0, len(keys), 1000)]
         with self.errors(), self.engine.connect() as conn:
+            for sql in session:
+                conn.exec_driver_sql(sql)
             for batch in batches:
                 if batch is not None and not batch:
                     continue
