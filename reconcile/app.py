@@ -193,6 +193,7 @@ def audit(
         active = store.active_findings(spec.name)
         watch = {_key_tuple(f.key, spec.key_truth, pair.kinds): f.key_id for f in active}
         outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
+        outcome = _recheck(pair, outcome, where, set(watch))
         clean = {watch[k] for k in outcome.clean}
         pending = {watch[k] for k in outcome.pending_keys}
         if canon is not None:  # watched keys asked for but absent on both sides are consistent
@@ -236,6 +237,43 @@ def audit(
         )
     finally:
         pair.close()
+
+
+RECHECK_LIMIT = 10_000
+
+
+def _recheck(pair: Pair, first: DiffOutcome, where: str | None, watch: set[tuple[Any, ...]]) -> DiffOutcome:
+    """Read the drifted keys again, from both sides, before calling them drift.
+
+    The two sides are read at slightly different instants, so an entity that changed while the
+    scan ran can look drifted (say, the projection already applied an event for a truth row
+    read just before it changed). Re-reading just those keys settles it: what still differs
+    and is not fresh is a finding; what changed meanwhile is pending; the rest was the race.
+    Skipped above RECHECK_LIMIT findings (then the guard and confirm_runs are the safety net).
+    """
+    if not first.findings or len(first.findings) > RECHECK_LIMIT:
+        return first
+    names = pair.spec.key_truth
+    keys = sorted({tuple(f.key[n] for n in names) for f in first.findings})
+    tplan, pplan = pair.plans()
+    second = diff_rows(
+        pair.truth.stream(tplan, where=where, keys=keys),
+        pair.projection.stream(pplan, where=where, keys=keys),
+        pair.rules,
+        names,
+        now=datetime.now(UTC),
+        grace=pair.spec.freshness.grace,
+        watch=watch & set(keys),
+    )
+    return DiffOutcome(
+        findings=second.findings,
+        compared=first.compared,
+        pending=first.pending + second.pending,
+        truth_rows=first.truth_rows,
+        projection_rows=first.projection_rows,
+        clean=first.clean | second.clean,
+        pending_keys=first.pending_keys | second.pending_keys,
+    )
 
 
 def _key_tuple(key: dict[str, Any], names: Sequence[str], kinds: Sequence[str]) -> tuple[Any, ...]:

@@ -99,18 +99,22 @@ def test_direct_mode_blip_is_found_exactly_and_healed(
         assert score.precision == 1.0 and score.recall == 1.0, score.to_dict()
         assert score.expected > 0
 
+        # Heal while orders keep flowing: each correction sent heals, or a newer order overtakes
+        # it (pending). Entities in flight at this moment are left for the next run.
         outcome = inc.heal()
         assert outcome.verify is not None and outcome.verify.escalated == 0, outcome.to_dict()["verify"]
-        healed_at = time.monotonic()
+        assert outcome.verify.resolved > 0
+        # Orders stop; once the last ones leave the grace, the next run heals the rest.
         inc.wait(stop=True)
         assert inc.caught_up(60)
         time.sleep(GRACE_S + 0.5)
+        second = inc.heal()
+        assert second.exit_code == 0, second.to_dict()["verify"]
+        healed_at = time.monotonic()
         final, _ = inc.audit(GRACE_S)
         assert final.findings == [], [f.to_dict() for f in final.findings[:5]]
-        print(
-            f"direct+blip: blip to verified zero drift {healed_at - blip_at:.1f}s "
-            f"({outcome.verify.resolved} resolved)"
-        )
+        resolved = outcome.verify.resolved + (second.verify.resolved if second.verify else 0)
+        print(f"direct+blip: blip to verified zero drift {healed_at - blip_at:.1f}s ({resolved} resolved)")
     finally:
         inc.close()
 

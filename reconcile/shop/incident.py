@@ -171,18 +171,16 @@ class Incident:
         self._projector_thread = self._start_projector()
 
     def caught_up(self, timeout_s: float = 60.0) -> bool:
-        """Wait until the projector has applied every order event published so far (and, in
-        outbox mode, the shop's relay has drained what was waiting when this was called)."""
-        target = self.truth.published if self.mode == "direct" else None
-
-        def done() -> bool:
-            if self.relay is not None:
-                if self.relay.backlog():
-                    return False
-                return self.projector.counts.orders >= self.relay.published
-            return self.projector.counts.orders >= (target or 0)
-
-        return wait_until(done, timeout_s, 0.1)
+        """Wait until the projector has applied every order event published before this call
+        (in outbox mode: every event in the shop's outbox at this call, once relayed)."""
+        if self.relay is not None:
+            target = self.relay.total()
+            relay = self.relay
+            return wait_until(
+                lambda: relay.published >= target and self.projector.counts.orders >= target, timeout_s, 0.1
+            )
+        published = self.truth.published
+        return wait_until(lambda: self.projector.counts.orders >= published, timeout_s, 0.1)
 
     def audit(self, grace_s: float) -> tuple[RunResult, Score]:
         """Audit now; score the findings against the ground truth."""

@@ -55,6 +55,8 @@ class GroundTruth:
     lost_events: list[str] = field(default_factory=list)
     lost_entities: set[Entity] = field(default_factory=set)
     last_change: dict[Entity, float] = field(default_factory=dict)  # time.monotonic()
+    events_of: dict[Entity, list[str]] = field(default_factory=dict)  # event ids, in order
+    delivered: dict[str, bool] = field(default_factory=dict)  # event id -> broker confirmed
     first_loss_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,9 +65,11 @@ class GroundTruth:
             self.orders += 1
             for sku, _qty, _v in order.lines:
                 self.last_change[(order.warehouse, sku)] = order.committed_at
+                self.events_of.setdefault((order.warehouse, sku), []).append(order.event_id)
 
     def record_delivery(self, order: PlacedOrder, ok: bool, _err: str | None) -> None:
         with self.lock:
+            self.delivered[order.event_id] = ok
             if ok:
                 self.published += 1
                 return
@@ -75,29 +79,21 @@ class GroundTruth:
             for sku, _qty, _v in order.lines:
                 self.lost_entities.add((order.warehouse, sku))
 
-    def expected_drift(self, grace_s: float, at: float | None = None) -> set[Entity]:
-        """Entities with a lost event and no change within the grace before ``at``."""
-        at = time.monotonic() if at is None else at
-        with self.lock:
-            return {e for e in self.lost_entities if at - self.last_change.get(e, 0.0) >= grace_s}
-
-    def recently_changed(self, grace_s: float, at: float | None = None) -> set[Entity]:
-        at = time.monotonic() if at is None else at
-        with self.lock:
-            return {e for e, t in self.last_change.items() if at - t < grace_s}
-
     def score(self, found: set[Entity], grace_s: float, at: float) -> Score:
-        """Precision/recall of found entities, judging entities changed near the cut as ambiguous.
+        """Precision/recall of the entities an audit that started at ``at`` reported.
 
-        An entity whose last change falls within a second of the grace boundary may land on
-        either side of it by clock jitter between this process and the database; it counts
-        neither for nor against.
+        Must be found: entities with a lost event and no change since ``at - grace - 1s``.
+        Must not be found: entities that never lost an event. Lost entities that changed later
+        than that are in flight or changed while the audit read them (pending, or drift seen
+        just before the change): either verdict is right, so they count neither way. The 1 s
+        margin absorbs the clock gap between this process and the database's timestamps.
         """
-        expected = self.expected_drift(grace_s, at)
-        blurry = self.recently_changed(grace_s + 1.0, at) - self.recently_changed(max(grace_s - 1.0, 0), at)
-        exp = expected - blurry
-        got = found - (blurry & self.lost_entities)
-        return Score(len(exp), len(got), len(exp & got))
+        with self.lock:
+            cut = at - grace_s - 1.0
+            must = {e for e in self.lost_entities if self.last_change.get(e, 0.0) <= cut}
+            either = self.lost_entities - must
+        got = found - either
+        return Score(len(must), len(got), len(must & got))
 
 
 class LoadGenerator:

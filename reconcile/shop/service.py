@@ -183,6 +183,11 @@ class ShopRelay:
                     return
                 time.sleep(interval_s)
 
+    def total(self) -> int:
+        """Rows ever written to the shop's outbox."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(shop_outbox)).scalar() or 0)
+
     def backlog(self) -> int:
         with self.engine.connect() as conn:
             return int(

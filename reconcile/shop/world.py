@@ -74,6 +74,16 @@ stock_view = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Index("ix_stock_view_key", "warehouse", "sku"),
 )
+# The projector's own journal of the deltas it applied (version -> quantity), so a corrective
+# event carrying the truth at an older version can be rebased over the deltas applied since.
+stock_journal = sa.Table(
+    "stock_journal",
+    projection_meta,
+    sa.Column("warehouse", sa.String(10), primary_key=True),
+    sa.Column("sku", sa.String(20), primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+)
 
 
 def skus(warehouses: int, per_warehouse: int) -> list[tuple[str, str]]:
