@@ -1,12 +1,12 @@
 """The inventory projector: builds ``stock_view`` from the shop's events.
 
-``OrderPlaced`` lines decrement a SKU's stock; every line carries the stock version the order
-produced, and a line applies only when it is newer than the row's version, so redelivered or
-stale events change nothing; applied lines are journaled. Corrective events
-(``StockLevelReconciled``, from reconcile) carry the truth at some version V: when V is at least
-the row's version they set the row; when newer orders were applied meanwhile, the truth at V is
-rebased over the journaled deltas after V (orders keep flowing while reconcile heals). Every
-applied event id is recorded with the writes, so each applies once.
+``OrderPlaced`` lines decrement a SKU's stock. Every line carries the stock version its order
+produced and is journaled, so each applies exactly once and in any order (deltas commute: a
+relay that retries may deliver an older event after a newer one). Corrective events
+(``StockLevelReconciled``, from reconcile) carry the truth at some version V: the row becomes
+that truth plus the deltas applied after V (orders keep flowing while reconcile heals), and
+deltas up to V are from then on known to be included. Every applied event id is recorded with
+the writes, so a redelivered event changes nothing.
 
 A lost ``OrderPlaced`` is never noticed here: later lines of the same SKU move the version on,
 and the on-hand count stays wrong — the silent drift reconcile exists to find.
@@ -19,13 +19,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from ..projector import applied_events
 from .channel import Channel, Message
 from .service import ORDER_PLACED
-from .world import engine, stock_journal, stock_view
+from .world import engine, stock_base, stock_journal, stock_view
 
 __all__ = ["InventoryProjector"]
 
@@ -63,36 +64,81 @@ class InventoryProjector:
             self._orders(run)
 
     def _orders(self, messages: Sequence[Message]) -> None:
-        applied_orders = 0  # counted only once the transaction committed: `caught_up` trusts it
+        """Apply a run of OrderPlaced events set-based: a handful of statements per batch.
+
+        Each line applies once, in any order (deltas commute): lines at or below the row's base
+        version are already included; lines already in the journal were applied before.
+        """
+        by_id: dict[str, dict[str, Any]] = {}
+        for m in messages:
+            by_id.setdefault(m.headers["ce_id"], json.loads(m.value or "{}"))
         with self.engine.begin() as conn:
-            for m in messages:
-                if not self._first_time(conn, m.headers["ce_id"]):
+            ids = list(by_id)
+            done = set(
+                conn.execute(
+                    sa.select(applied_events.c.event_id).where(applied_events.c.event_id.in_(ids))
+                ).scalars()
+            )
+            self.counts.duplicates += len(messages) - len(ids) + len(done)
+            fresh = [i for i in ids if i not in done]
+            if not fresh:
+                return
+            conn.execute(applied_events.insert(), [{"event_id": i} for i in fresh])
+            lines = [
+                (by_id[i]["warehouse"], ln["sku"], int(ln["stock_version"]), int(ln["quantity"]))
+                for i in fresh
+                for ln in by_id[i]["lines"]
+            ]
+            entities = sorted({(w, s) for w, s, _, _ in lines})
+            base = {
+                (w, s): b
+                for w, s, b in conn.execute(
+                    sa.select(stock_base.c.warehouse, stock_base.c.sku, stock_base.c.base_version).where(
+                        sa.tuple_(stock_base.c.warehouse, stock_base.c.sku).in_(entities)
+                    )
+                )
+            }
+            journaled = {
+                tuple(r)
+                for r in conn.execute(
+                    sa.select(stock_journal.c.warehouse, stock_journal.c.sku, stock_journal.c.version).where(
+                        sa.tuple_(
+                            stock_journal.c.warehouse, stock_journal.c.sku, stock_journal.c.version
+                        ).in_([(w, s, v) for w, s, v, _ in lines])
+                    )
+                )
+            }
+            new_lines = []
+            for w, s, v, q in lines:
+                if v <= base.get((w, s), 0) or (w, s, v) in journaled:
                     continue
-                data = json.loads(m.value or "{}")
-                wh = data["warehouse"]
-                for line in data["lines"]:
-                    applied = conn.execute(
-                        stock_view.update()
-                        .where(
-                            stock_view.c.warehouse == wh,
-                            stock_view.c.sku == line["sku"],
-                            stock_view.c.version < line["stock_version"],
-                        )
-                        .values(
-                            on_hand=stock_view.c.on_hand - line["quantity"], version=line["stock_version"]
-                        )
-                    ).rowcount
-                    if applied:
-                        conn.execute(
-                            stock_journal.insert().values(
-                                warehouse=wh,
-                                sku=line["sku"],
-                                version=line["stock_version"],
-                                quantity=line["quantity"],
-                            )
-                        )
-                applied_orders += 1
-        self.counts.orders += applied_orders
+                journaled.add((w, s, v))
+                new_lines.append((w, s, v, q))
+            if new_lines:
+                conn.execute(
+                    stock_journal.insert(),
+                    [{"warehouse": w, "sku": s, "version": v, "quantity": q} for w, s, v, q in new_lines],
+                )
+                totals: dict[tuple[str, str], list[int]] = {}
+                for w, s, v, q in new_lines:
+                    t = totals.setdefault((w, s), [0, 0])
+                    t[0] += q
+                    t[1] = max(t[1], v)
+                conn.execute(
+                    stock_view.update()
+                    .where(
+                        stock_view.c.warehouse == sa.bindparam("b_w"), stock_view.c.sku == sa.bindparam("b_s")
+                    )
+                    .values(
+                        on_hand=stock_view.c.on_hand - sa.bindparam("b_q"),
+                        version=sa.case(
+                            (stock_view.c.version < sa.bindparam("b_v"), sa.bindparam("b_v")),
+                            else_=stock_view.c.version,
+                        ),
+                    ),
+                    [{"b_w": w, "b_s": s, "b_q": q, "b_v": v} for (w, s), (q, v) in totals.items()],
+                )
+        self.counts.orders += len(fresh)  # only once committed: `caught_up` trusts this count
 
     def _first_time(self, conn: sa.Connection, event_id: str) -> bool:
         """Record the event id; False (and counted) when it was applied before."""
@@ -111,25 +157,35 @@ class InventoryProjector:
         key, state = data["key"], data.get("state")
         if data.get("tombstone") or not state:
             return
-        wh, sku = key["warehouse"], key["sku"]
+        wh, sku, at = key["warehouse"], key["sku"], int(state["version"])
         where = (stock_view.c.warehouse == wh, stock_view.c.sku == sku)
+        bwhere = (stock_base.c.warehouse == wh, stock_base.c.sku == sku)
         with self.engine.begin() as conn:
             if not self._first_time(conn, m.headers.get("ce_id", "")):
                 return
-            rows = conn.execute(sa.select(stock_view.c.version).where(*where)).all()
-            current = max((r.version for r in rows), default=None)
-            if current is None or len(rows) > 1 or state["version"] >= current:
-                conn.execute(stock_view.delete().where(*where))
-                conn.execute(stock_view.insert().values(warehouse=wh, sku=sku, **state))
-            else:  # orders applied after the truth was read: replay them over the corrected base
-                since = conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(stock_journal.c.quantity), 0)).where(
-                        stock_journal.c.warehouse == wh,
-                        stock_journal.c.sku == sku,
-                        stock_journal.c.version > state["version"],
-                    )
-                ).scalar_one()
-                conn.execute(stock_view.update().where(*where).values(on_hand=state["on_hand"] - since))
+            base = conn.execute(sa.select(stock_base.c.base_version).where(*bwhere)).scalar()
+            if base is not None and at <= base:
+                return  # an older correction than what the row already includes
+            # The truth at version `at`, plus the deltas this projector applied after it.
+            since, newest = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(stock_journal.c.quantity), 0),
+                    sa.func.max(stock_journal.c.version),
+                ).where(
+                    stock_journal.c.warehouse == wh, stock_journal.c.sku == sku, stock_journal.c.version > at
+                )
+            ).one()
+            conn.execute(stock_view.delete().where(*where))  # also drops duplicated rows
+            conn.execute(
+                stock_view.insert().values(
+                    warehouse=wh,
+                    sku=sku,
+                    on_hand=int(state["on_hand"]) - int(since),
+                    version=max(at, newest or 0),
+                )
+            )
+            conn.execute(stock_base.delete().where(*bwhere))
+            conn.execute(stock_base.insert().values(warehouse=wh, sku=sku, base_version=at))
         self.counts.corrections += 1
 
     def run(self, stop: threading.Event, *, crash: threading.Event | None = None) -> None:

@@ -74,8 +74,17 @@ stock_view = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Index("ix_stock_view_key", "warehouse", "sku"),
 )
-# The projector's own journal of the deltas it applied (version -> quantity), so a corrective
-# event carrying the truth at an older version can be rebased over the deltas applied since.
+# The projector's own bookkeeping. The journal holds every delta it applied (version ->
+# quantity): deltas then commute (each applies once, in any order), and a corrective event
+# carrying the truth at version V is rebased over the deltas applied after V. The base is the
+# version the row's on-hand count is known to include everything up to (snapshot or correction).
+stock_base = sa.Table(
+    "stock_base",
+    projection_meta,
+    sa.Column("warehouse", sa.String(10), primary_key=True),
+    sa.Column("sku", sa.String(20), primary_key=True),
+    sa.Column("base_version", sa.BigInteger, nullable=False),
+)
 stock_journal = sa.Table(
     "stock_journal",
     projection_meta,
@@ -139,6 +148,9 @@ def create_world(
             conn.execute(
                 stock_view.insert(),
                 [{"warehouse": w, "sku": s, "on_hand": on_hand, "version": 1} for w, s in entities],
+            )
+            conn.execute(
+                stock_base.insert(), [{"warehouse": w, "sku": s, "base_version": 1} for w, s in entities]
             )
     finally:
         t.dispose()
