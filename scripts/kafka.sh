@@ -29,7 +29,8 @@ resolve_jars() {
     echo "kafka: resolving broker jars from Maven Central into $LIBS" >&2
     rm -rf "$LIBS"; mkdir -p "$LIBS"
     mvn -q -B -Dstyle.color=never -f "$ROOT/scripts/kafka/pom.xml" dependency:copy-dependencies \
-      -DoutputDirectory="$LIBS" -DincludeScope=runtime
+      -DoutputDirectory="$LIBS" -DincludeScope=runtime > "$ROOT/.cache/kafka/mvn.log" \
+      || { cat "$ROOT/.cache/kafka/mvn.log" >&2; return 1; }
     touch "$LIBS/.resolved"
   fi
 }
