@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from .events.cloudevent import decode_headers
 from .events.embedded import EmbeddedLog
 from .events.kafka import KafkaSettings
-from .sources.sql import normalize_url
+from .sources.sql import make_engine
 from .spec import Spec
 
 __all__ = ["ProjectionWriter", "Projector", "ProjectorStats", "Incoming"]
@@ -76,7 +76,7 @@ class ProjectionWriter:
     """Applies corrective events to one projection table, remembering applied event ids."""
 
     def __init__(self, url: str, table: str, *, version_field: str | None = None, schema: str | None = None):
-        self.engine = sa.create_engine(normalize_url(url))
+        self.engine = make_engine(url)
         self.table = sa.Table(table, sa.MetaData(), autoload_with=self.engine, schema=schema)
         self.version_field = version_field
         _applied_meta.create_all(self.engine, checkfirst=True)

@@ -12,12 +12,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 
 from ..errors import PublishError, mask_url
-from ..sources.sql import normalize_url
+from ..sources.sql import make_engine
 from ..store import OutboxRow
 from .transport import PublishReport, Transport
 
@@ -66,9 +65,7 @@ class EmbeddedLog:
 
     def __init__(self, url: str):
         self.url = url
-        u = sa.make_url(normalize_url(url))
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if u.get_backend_name() == "sqlite" else {}
-        self.engine = sa.create_engine(u, **kwargs)
+        self.engine = make_engine(url, sqlite_wal=True)
         try:
             _meta.create_all(self.engine, checkfirst=True)
         except sa.exc.SQLAlchemyError as e:

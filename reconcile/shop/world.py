@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from ..sources.sql import normalize_url
+from ..sources.sql import make_engine
 
 __all__ = [
     "truth_meta",
@@ -101,19 +101,8 @@ def skus(warehouses: int, per_warehouse: int) -> list[tuple[str, str]]:
 
 
 def engine(url: str) -> sa.Engine:
-    u = sa.make_url(normalize_url(url))
-    if u.get_backend_name() == "sqlite":
-        e = sa.create_engine(u, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(e, "connect")
-        def _wal(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return e
-    return sa.create_engine(u, pool_size=10)
+    """An engine on one of the shop's own databases (WAL on SQLite: a writer and readers at once)."""
+    return make_engine(url, sqlite_wal=True)
 
 
 def create_world(

@@ -29,7 +29,15 @@ from ..diff import Row
 from ..errors import SourceError, SpecError, mask_url
 from ..spec import Side
 
-__all__ = ["SqlSource", "open_engine", "normalize_url", "source_errors", "key_kind", "KEY_KINDS"]
+__all__ = [
+    "SqlSource",
+    "make_engine",
+    "open_engine",
+    "normalize_url",
+    "source_errors",
+    "key_kind",
+    "KEY_KINDS",
+]
 
 KEY_KINDS = ("int", "number", "datetime", "text")
 _BIN_COLLATION = {"postgresql": "C", "sqlite": "BINARY", "mysql": "utf8mb4_bin", "mariadb": "utf8mb4_bin"}
@@ -74,18 +82,41 @@ def source_errors(role: str, url: str) -> Iterator[None]:
         raise SourceError(f"{role}: database {where}: {e}") from None
 
 
+def make_engine(url: str, *, sqlite_wal: bool = False) -> Engine:
+    """An engine (no connection yet) with reconcile's defaults, for any URL it is given.
+
+    psycopg 3 / PyMySQL when the URL names no driver; PostgreSQL sessions in UTC; connect
+    timeouts so a dead host fails fast; on SQLite a busy timeout, and WAL when ``sqlite_wal``
+    (only for databases reconcile owns: the store, the embedded log, the demo shop — switching a
+    user's file to WAL would be a write, and truth and projection are read-only to reconcile).
+    """
+    u = sa.make_url(normalize_url(url))
+    kwargs: dict[str, Any] = {}
+    backend = u.get_backend_name()
+    if backend == "postgresql" and u.get_driver_name() == "psycopg":
+        kwargs["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 10}
+    elif backend in ("mysql", "mariadb"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    elif backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    engine = sa.create_engine(u, pool_pre_ping=True, **kwargs)
+    if backend == "sqlite":
+        pragmas = ["PRAGMA busy_timeout=30000"] + (["PRAGMA journal_mode=WAL"] if sqlite_wal else [])
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            for pragma in pragmas:
+                cur.execute(pragma)
+            cur.close()
+
+    return engine
+
+
 def open_engine(url: str, role: str = "database") -> Engine:
-    """Create an engine (no connection yet) for a user-given URL, with reconcile's defaults."""
-    full = normalize_url(url)
+    """:func:`make_engine` for a truth or projection URL, with its errors as SourceErrors."""
     with source_errors(role, url):
-        u = sa.make_url(full)
-        kwargs: dict[str, Any] = {}
-        if u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg":
-            # Compare timestamps in UTC; fail fast on a dead host instead of hanging.
-            kwargs["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 10}
-        elif u.get_backend_name() in ("mysql", "mariadb"):
-            kwargs["connect_args"] = {"connect_timeout": 10}
-        return sa.create_engine(u, pool_pre_ping=True, **kwargs)
+        return make_engine(url)
 
 
 def _type_kind(t: sa.types.TypeEngine[Any] | type | None) -> str | None:

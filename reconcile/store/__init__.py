@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import StoreError, mask_url
 from ..findings import Finding, FindingKind, FindingStatus, Summary
-from ..sources.sql import normalize_url
+from ..sources.sql import make_engine
 from . import schema
 from .schema import findings as F
 from .schema import outbox as O
@@ -106,17 +106,11 @@ class AuditStore:
     def __init__(self, url: str | None = None):
         self.url = default_store_url(url)
         try:
-            u = sa.make_url(normalize_url(self.url))
-            kwargs: dict[str, Any] = {}
-            if u.get_backend_name() == "sqlite":
-                kwargs["connect_args"] = {"timeout": 30}
-            self.engine: Engine = sa.create_engine(u, pool_pre_ping=True, **kwargs)
+            self.engine: Engine = make_engine(self.url, sqlite_wal=True)
         except Exception as e:  # noqa: BLE001 - any URL problem is the user's input
             raise StoreError(
                 f"audit store {mask_url(self.url)}: cannot use this URL: {mask_url(str(e))}"
             ) from None
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrated = False
 
     @property
@@ -469,10 +463,3 @@ def _json(value: Any) -> Any:
     from ..compare import jsonable
 
     return jsonable(value)
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
