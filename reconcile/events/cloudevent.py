@@ -24,9 +24,8 @@ from ..findings import Finding, FindingKind
 from ..schemas import CORRECTIVE_EVENT, validate_datum
 from ..spec import Spec
 
-__all__ = ["CorrectiveEvent", "build_event", "event_id", "message_key", "decode_headers", "CE_HEADERS"]
+__all__ = ["CorrectiveEvent", "build_event", "event_id", "message_key", "decode_headers"]
 
-CE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time")
 RUN_ID_HEADER = "reconcile_run_id"
 KIND_HEADER = "reconcile_finding_kind"
 

@@ -172,15 +172,16 @@ class Incident:
 
     def caught_up(self, timeout_s: float = 60.0) -> bool:
         """Wait until the projector has applied every order event published before this call
-        (in outbox mode: every event in the shop's outbox at this call, once relayed)."""
+        (in outbox mode: every event in the shop's outbox at this call, once relayed).
+
+        Checked by event id, not by counting: a relay retrying through a blip delivers an older
+        event after newer ones, so "as many applied as published" would be true too early."""
         if self.relay is not None:
-            target = self.relay.total()
-            relay = self.relay
-            return wait_until(
-                lambda: relay.published >= target and self.projector.counts.orders >= target, timeout_s, 0.1
-            )
-        published = self.truth.published
-        return wait_until(lambda: self.projector.counts.orders >= published, timeout_s, 0.1)
+            ids = self.relay.event_ids()
+        else:
+            with self.truth.lock:
+                ids = [e for e, ok in self.truth.delivered.items() if ok]
+        return wait_until(lambda: self.projector.applied(ids) == len(ids), timeout_s, 0.2)
 
     def audit(self, grace_s: float) -> tuple[RunResult, Score]:
         """Audit now; score the findings against the ground truth."""

@@ -57,7 +57,6 @@ class GroundTruth:
     last_change: dict[Entity, float] = field(default_factory=dict)  # time.monotonic()
     events_of: dict[Entity, list[str]] = field(default_factory=dict)  # event ids, in order
     delivered: dict[str, bool] = field(default_factory=dict)  # event id -> broker confirmed
-    first_loss_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record_order(self, order: PlacedOrder) -> None:
@@ -74,8 +73,6 @@ class GroundTruth:
                 self.published += 1
                 return
             self.lost_events.append(order.event_id)
-            if self.first_loss_at is None:
-                self.first_loss_at = time.monotonic()
             for sku, _qty, _v in order.lines:
                 self.lost_entities.add((order.warehouse, sku))
 

@@ -140,6 +140,21 @@ class InventoryProjector:
                 )
         self.counts.orders += len(fresh)  # only once committed: `caught_up` trusts this count
 
+    def applied(self, event_ids: Sequence[str]) -> int:
+        """How many of these events this projection has applied (committed)."""
+        n = 0
+        with self.engine.connect() as conn:
+            for i in range(0, len(event_ids), 1000):
+                n += int(
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(applied_events)
+                        .where(applied_events.c.event_id.in_(event_ids[i : i + 1000]))
+                    ).scalar()
+                    or 0
+                )
+        return n
+
     def _first_time(self, conn: sa.Connection, event_id: str) -> bool:
         """Record the event id; False (and counted) when it was applied before."""
         if conn.execute(

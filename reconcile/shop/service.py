@@ -183,10 +183,10 @@ class ShopRelay:
                     return
                 time.sleep(interval_s)
 
-    def total(self) -> int:
-        """Rows ever written to the shop's outbox."""
+    def event_ids(self) -> list[str]:
+        """The ids of every event written to the shop's outbox so far."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(shop_outbox)).scalar() or 0)
+            return list(conn.execute(sa.select(shop_outbox.c.event_id)).scalars())
 
     def backlog(self) -> int:
         with self.engine.connect() as conn:
