@@ -36,10 +36,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from reconcile.app import audit
+from reconcile.app import Context, Projector, audit, correct, relay, verify
 from reconcile.events.kafka import KafkaSettings, consumer_lag, ensure_topic
-from reconcile.heal import correct, relay, verify
-from reconcile.projector import Projector
 from reconcile.spec import Spec, spec_from_dict
 from reconcile.store import AuditStore
 
@@ -207,16 +205,17 @@ def main(argv: list[str] | None = None) -> int:
             load_tables(truth_url, proj_url, n, args.drift)
             spec = make_spec(truth_url, proj_url, topic, group)
             store = AuditStore(store_url)
+            ctx = Context.of(store, kafka=kafka)
             try:
-                first = timer("audit", lambda: audit(spec, store))
+                first = timer("audit", lambda: audit(ctx, spec))
                 assert len(first.findings) == n, f"expected {n} findings, audit found {len(first.findings)}"
                 print(f"audit: {len(first.findings):,} findings; correcting ...", file=sys.stderr)
-                written = timer("correct", lambda: correct(spec, store).written)
+                written = timer("correct", lambda: correct(ctx, spec).written)
                 assert written == n, written
-                sent = timer("relay", lambda: relay(store, spec_name=spec.name, kafka=kafka, **relay_kw).sent)
+                sent = timer("relay", lambda: relay(ctx, spec_name=spec.name, **relay_kw).sent)
                 assert sent == n, sent
                 print(f"relayed {sent:,}; projecting ...", file=sys.stderr)
-                projector = Projector(spec, kafka=kafka)
+                projector = Projector(ctx, spec)
                 stats = timer(
                     "projector",
                     lambda: projector.run(
@@ -227,13 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                 assert stats.applied == n, stats
 
                 def verified() -> tuple[int, int, int]:
-                    v = verify(spec, store, kafka=kafka, timeout=timedelta(minutes=5))
-                    return v.resolved, v.escalated, len(audit(spec, store).findings)
+                    v = verify(ctx, spec, timeout=timedelta(minutes=5))
+                    return v.resolved, v.escalated, len(audit(ctx, spec).findings)
 
                 resolved, escalated, final = timer("verify", verified)
                 assert consumer_lag(kafka, group, topic) == 0
             finally:
-                store.dispose()
+                ctx.close()
     finally:
         _delete_kafka(kafka, topic, group)
 

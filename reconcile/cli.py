@@ -1,4 +1,7 @@
-"""The `reconcile` command line: a thin shell over :mod:`reconcile.app` and :mod:`reconcile.heal`.
+"""The `reconcile` command line: a thin shell over :mod:`reconcile.app`.
+
+Each command parses its arguments, makes one :class:`~reconcile.app.Context`, calls one use
+case and renders the result (:mod:`reconcile.render`).
 
 Exit codes follow diff(1): 0 no drift, 1 drift found (or a refusal such as the blast-radius
 guard), 2 trouble (bad input, unreachable database or broker). Errors are one line on stderr,
@@ -24,7 +27,9 @@ from . import __version__
 from .errors import ReconcileError, mask_url
 from .findings import Finding, RunResult
 from .spec import Spec, load_spec
-from .store import AuditStore
+
+if TYPE_CHECKING:
+    from .app import Context
 
 if TYPE_CHECKING:
     from .schemacheck import CheckResult
@@ -94,6 +99,20 @@ def _format(fmt: str | None) -> str:
 
 def _spec(path: str) -> Spec:
     return load_spec(path)
+
+
+def _context(store: str | None, bootstrap: str | None = None, timeout_s: float | None = None) -> Context:
+    """The one place the CLI resolves where state and events live (flags over environment)."""
+    from .app import Context
+
+    ctx = Context(store_url=store)
+    if bootstrap is not None:
+        from .events.kafka import KafkaSettings
+
+        ctx.kafka = KafkaSettings.from_env(bootstrap)
+    if timeout_s is not None:
+        ctx.kafka_timeout_s = timeout_s
+    return ctx
 
 
 @contextmanager
@@ -204,16 +223,16 @@ def audit(
 ) -> None:
     """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble)."""
     from .app import audit as do_audit
-    from .app import parse_keys
+    from .keys import parse_keys
 
     with _errors():
         fmt = _format(fmt)
         s = _spec(spec)
         key_list = parse_keys(keys, s)
-        st = AuditStore(store)
+        ctx = _context(store)
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
-            result = do_audit(s, st, keys=key_list, where=where, on_row=tick, strategy=strategy)
+            result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy)
         print_run(result, fmt)
     raise typer.Exit(result.exit_code)
 
@@ -225,7 +244,7 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
 
     with _errors():
         fmt = _format(fmt)
-        info = do_validate(_spec(spec))
+        info = do_validate(_context(None), _spec(spec))
         if fmt == "json":
             _print_json({"valid": True, **info})
         else:
@@ -259,28 +278,23 @@ def findings(
     reason: Annotated[str | None, typer.Option("--reason", help="Why the finding is acknowledged.")] = None,
 ) -> None:
     """List the open findings of a spec, or acknowledge one (--acknowledge KEY --reason TEXT)."""
-    from .app import parse_keys
-    from .findings import key_id
-    from .store import ACTIVE
+    from .app import acknowledge as do_acknowledge
+    from .app import list_findings
 
     with _errors():
         fmt = _format(fmt)
         s = _spec(spec)
-        st = AuditStore(store)
+        ctx = _context(store)
         if acknowledge is not None:
             if not reason:
                 _fail("--acknowledge needs --reason TEXT")
-            (raw,) = parse_keys([acknowledge] if not acknowledge.startswith("{") else acknowledge, s) or [()]
-            matches = [f for f in st.active_findings(s.name) if _same_key(f.key, raw, s.key_truth)]
-            if not matches:
-                _fail(f"spec {s.name}: no open finding with key {acknowledge}")
-            f = st.acknowledge(s.name, key_id(matches[0].key), reason or "")
+            f = do_acknowledge(ctx, s, acknowledge, reason or "")
             if fmt == "json":
                 _print_json(f.to_dict())
             else:
                 out.print(f"acknowledged {f.kind.value} {f.key_id}: {reason}")
             return
-        items = st.findings(s.name, status or list(ACTIVE), s.freshness.confirm_runs)
+        items = list_findings(ctx, s, status)
         if fmt == "json":
             _print_json({"spec": s.name, "findings": [f.to_dict() for f in items]})
         else:
@@ -299,12 +313,6 @@ KafkaOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[str, typer.Option("--timeout", help="How long to wait: 30s, 5m, 1h ...")]
-
-
-def _kafka(bootstrap: str | None) -> Any:
-    from .events.kafka import KafkaSettings
-
-    return KafkaSettings.from_env(bootstrap)
 
 
 def _seconds(text: str, option: str) -> float:
@@ -348,12 +356,12 @@ def correct(
     One transaction: outbox rows are written and the findings marked `correcting` together; a
     repeated correct writes nothing new. Exit 1 when the blast-radius guard refuses.
     """
-    from .heal import correct as do_correct
+    from .app import correct as do_correct
 
     with _errors():
         fmt = _format(fmt)
         s = _spec(spec)
-        result = do_correct(s, AuditStore(store), dry_run=dry_run, force=force)
+        result = do_correct(_context(store), s, dry_run=dry_run, force=force)
         if fmt == "json":
             _print_json(result.to_dict())
             return
@@ -386,7 +394,7 @@ def relay(
 
     Broker unreachable: retries with backoff up to --timeout, then exits 2; the rows stay unsent.
     """
-    from .heal import relay as do_relay
+    from .app import relay as do_relay
 
     with _errors():
         fmt = _format(fmt)
@@ -399,15 +407,11 @@ def relay(
             if show:
                 err.print(f"relay: {sent:,} sent", end="\r")
 
-        result = do_relay(
-            AuditStore(store),
-            spec_name=name,
-            once=once,
-            kafka=_kafka(bootstrap),
-            timeout_s=_seconds(timeout, "--timeout"),
-            batch_size=batch_size,
-            on_batch=progress,
-        )
+        ctx = _context(store, bootstrap, _seconds(timeout, "--timeout"))
+        try:
+            result = do_relay(ctx, spec_name=name, once=once, batch_size=batch_size, on_batch=progress)
+        finally:
+            ctx.close()
         if fmt == "json":
             _print_json(result.to_dict())
         else:
@@ -429,17 +433,13 @@ def verify(
     """
     from datetime import timedelta
 
-    from .heal import verify as do_verify
+    from .app import verify as do_verify
 
     with _errors():
         fmt = _format(fmt)
         s = _spec(spec)
-        result = do_verify(
-            s,
-            AuditStore(store),
-            timeout=timedelta(seconds=_seconds(timeout, "--timeout")),
-            kafka=_kafka(bootstrap),
-        )
+        with _context(store, bootstrap) as ctx:
+            result = do_verify(ctx, s, timeout=timedelta(seconds=_seconds(timeout, "--timeout")))
         if fmt == "json":
             _print_json(result.to_dict())
         else:
@@ -471,27 +471,39 @@ def run(
         str | None, typer.Option("--keys", help="Only these entities (see `audit --keys`).")
     ] = None,
     where: Annotated[str | None, typer.Option("--where", help="SQL filter applied to both sides.")] = None,
+    skip_preflight: Annotated[
+        bool,
+        typer.Option(
+            "--skip-preflight", help="Do not run the preflight gate first (said on stderr when used)."
+        ),
+    ] = False,
 ) -> None:
-    """audit → correct → relay (→ verify): one command for cron and Airflow.
+    """preflight → audit → correct → relay (→ verify): one command for cron, as the scheduled DAG runs it.
+
+    The preflight gate (Great Expectations on both sides, `reconcile check`) runs first; when it
+    fails, nothing is audited or corrected and the exit is 2. A spec without `correction:` is
+    audited only.
 
     Exit 0 no drift (or all of it verified healed), 1 drift found / not healed / guard refused, 2 trouble.
     """
     from datetime import timedelta
 
-    from .app import parse_keys
-    from .heal import run as do_run
+    from .app import heal
+    from .keys import parse_keys
 
     with _errors():
         fmt = _format(fmt)
         s = _spec(spec)
-        with _progress(f"auditing {s.name}", sys.stderr.isatty()) as tick:
-            outcome = do_run(
+        if skip_preflight:
+            err.print(f"reconcile: preflight skipped for {s.name} (--skip-preflight)", markup=False)
+        with _context(store, bootstrap) as ctx, _progress(f"auditing {s.name}", sys.stderr.isatty()) as tick:
+            outcome = heal(
+                ctx,
                 s,
-                AuditStore(store),
                 verify=do_verify,
                 dry_run=dry_run,
                 force=force,
-                kafka=_kafka(bootstrap),
+                preflight=not skip_preflight,
                 timeout=timedelta(seconds=_seconds(timeout, "--timeout")),
                 keys=parse_keys(keys, s),
                 where=where,
@@ -500,6 +512,8 @@ def run(
         if fmt == "json":
             _print_json(outcome.to_dict())
         else:
+            if outcome.preflight is not None:
+                out.print(f"preflight: passed ({outcome.preflight['seconds']:.1f} s)")
             print_run(outcome.audit, "table")
             if outcome.correction is not None:
                 c = outcome.correction
@@ -522,7 +536,10 @@ def project(
     spec: SpecArg,
     store: StoreOpt = None,
     bootstrap: KafkaOpt = None,
-    idle: Annotated[str, typer.Option("--idle", help="Stop after this long without events.")] = "5s",
+    idle: Annotated[
+        str | None,
+        typer.Option("--idle", help="Stop after this long without events (default: run until stopped)."),
+    ] = None,
     version_field: Annotated[
         str | None,
         typer.Option("--version-field", help="Skip events older than the row's version in this field."),
@@ -530,27 +547,119 @@ def project(
 ) -> None:
     """Run the reference projector: apply the spec's corrective events to its projection table.
 
-    A template and a test aid: applies each event id once (ids are recorded with the writes).
+    A template and a test aid: applies each event id once (ids are recorded with the writes),
+    commits the consumer group's position after each batch, logs each batch on stderr, and runs
+    until stopped (Ctrl-C) unless --idle is given.
     """
-    from .events.embedded import embedded_log_url
-    from .projector import Projector
+    from .app import Projector
 
     with _errors():
         s = _spec(spec)
-        p = Projector(
-            s,
-            kafka=_kafka(bootstrap),
-            embedded_url=embedded_log_url(AuditStore(store).url),
-            version_field=version_field,
-        )
-        try:
-            stats = p.run(idle_timeout_s=_seconds(idle, "--idle"), max_seconds=float("inf"))
-        finally:
-            p.close()
+        idle_s = _seconds(idle, "--idle") if idle is not None else None
+        with _context(store, bootstrap) as ctx:
+            p = Projector(ctx, s, version_field=version_field)
+            err.print(
+                f"projector {p.group}: consuming {p.topic} into {s.projection.display}"
+                + (f" (stops after {idle} idle)" if idle else " (Ctrl-C stops)"),
+                markup=False,
+            )
+
+            def logged(stats: Any) -> None:
+                err.print(
+                    f"projector {p.group}: {stats.applied:,} applied, {stats.duplicates:,} duplicate(s)",
+                    markup=False,
+                )
+
+            try:
+                stats = p.run(idle_timeout_s=idle_s, max_seconds=float("inf"), on_batch=logged)
+            except KeyboardInterrupt:
+                stats = p.stats
+            finally:
+                p.close()
         out.print(
             f"projector {p.group}: {stats.applied:,} applied, {stats.duplicates:,} duplicate(s) skipped, "
             f"{stats.stale:,} stale"
         )
+
+
+@app.command()
+def health(
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Spec files or folders. Default: $RECONCILE_SPECS_DIR, else ./specs.",
+            metavar="[SPEC]...",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
+    bootstrap: KafkaOpt = None,
+    outbox_max_age: Annotated[
+        str, typer.Option("--outbox-max-age", help="Oldest unsent corrective event allowed.")
+    ] = "10m",
+    outbox_max_rows: Annotated[
+        int, typer.Option("--outbox-max-rows", min=0, help="Unsent corrective events allowed.")
+    ] = 10_000,
+    max_lag: Annotated[
+        int, typer.Option("--max-lag", min=0, help="Projector consumer-group lag allowed, in messages.")
+    ] = 1_000,
+    stale_after: Annotated[
+        str,
+        typer.Option(
+            "--stale-after",
+            help="A scheduled spec not audited for this long is stale (spec's alerts.stale_after wins).",
+        ),
+    ] = "3h",
+) -> None:
+    """Health of the pipe behind each spec: outbox backlog, projector lag (Kafka or the embedded
+    log), how long since the last audit.
+
+    Exit 0 healthy, 1 a threshold crossed, 2 cannot tell (a spec that does not load, a store or
+    broker that cannot be read).
+    """
+    from datetime import timedelta
+
+    from .app import Thresholds
+    from .app import health as do_health
+    from .spec import load_specs
+
+    with _errors():
+        fmt = _format(fmt)
+        loaded, invalid = load_specs(specs or [])
+        if not loaded and not invalid:
+            _fail(f"health: no spec files in {', '.join(specs or []) or 'the specs folder'}")
+        th = Thresholds(
+            outbox_max_age=timedelta(seconds=_seconds(outbox_max_age, "--outbox-max-age")),
+            outbox_max_rows=outbox_max_rows,
+            max_lag=max_lag,
+            stale_after=timedelta(seconds=_seconds(stale_after, "--stale-after")),
+        )
+        with _context(store, bootstrap, 15.0) as ctx:
+            report = do_health(ctx, loaded, th, invalid=invalid)
+        if fmt == "json":
+            _print_json(report.to_dict())
+        else:
+            _print_health(report)
+    raise typer.Exit(report.exit_code)
+
+
+def _print_health(report: Any) -> None:
+    t = Table(pad_edge=False)
+    for col in ("spec", "status", "outbox", "oldest", "lag", "last audit"):
+        t.add_column(col, overflow="fold")
+    for h in report.specs:
+        oldest = "—" if h.outbox_oldest_age_s is None else f"{h.outbox_oldest_age_s:,.0f}s"
+        last = h.last_run_at.strftime("%Y-%m-%d %H:%M:%SZ") if h.last_run_at else "never"
+        lag = "—" if h.lag is None else f"{h.lag:,}"
+        t.add_row(h.spec, h.status, f"{h.outbox_unsent:,}", oldest, lag, last)
+    out.print(t)
+    # One line per problem, below the table: they are sentences, and CI logs are 80 columns.
+    for h in report.specs:
+        for line in [*h.unknown, *h.problems, *(f"note: {n}" for n in h.notes)]:
+            out.print(f"{h.spec}: {line}", markup=False)
+    verdict = {0: "healthy", 1: "unhealthy", 2: "cannot tell"}[report.exit_code]
+    out.print(f"{len(report.specs)} spec(s): {verdict}")
 
 
 @app.command()
@@ -572,7 +681,7 @@ def demo(
     """
     from pathlib import Path
 
-    from .demo import DemoSettings, run_demo
+    from .app.demo import DemoSettings, run_demo
 
     with _errors():
         settings = DemoSettings(
@@ -581,10 +690,6 @@ def demo(
         settings.blip_at = min(settings.blip_at, seconds / 3)
         code = run_demo(settings, lambda line: out.print(line, markup=False, highlight=False))
     raise typer.Exit(code)
-
-
-def _same_key(key: dict[str, Any], raw: tuple[Any, ...], names: list[str]) -> bool:
-    return all(str(key.get(n)) == str(v) for n, v in zip(names, raw, strict=True))
 
 
 @app.command("check-schemas")
@@ -663,12 +768,12 @@ def check(
     `checks:` in the spec or in checks/suites/<spec name>.<truth|projection>.json. Results go to
     the audit store; Data Docs to --docs.
     """
-    from .preflight import preflight
+    from .app import preflight
 
     with _errors():
         fmt = _format(fmt)
         s = _spec(spec)
-        result = preflight(s, AuditStore(store), docs_dir=docs)
+        result = preflight(_context(store), s, docs_dir=docs)
         if fmt == "json":
             _print_json(result.to_dict())
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import SpecError, mask_url
 
 __all__ = [
+    "load_specs",
+    "default_specs_dir",
     "Spec",
     "Side",
     "KeyColumn",
@@ -383,3 +386,37 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise SpecError(f"spec {p}: YAML error{at}: {problem}") from None
     return spec_from_dict(data, str(p))
+
+
+def default_specs_dir() -> Path:
+    """``$RECONCILE_SPECS_DIR``, else ``specs/`` in the working folder."""
+    return Path(os.environ.get("RECONCILE_SPECS_DIR") or "specs")
+
+
+def load_specs(
+    paths: Sequence[str | os.PathLike[str]] = (),
+) -> tuple[list[Spec], list[tuple[str, str]]]:
+    """Specs from files and folders (a folder: its ``*.yaml`` / ``*.yml``; none given: the
+    default folder). Returns (specs, invalid) where invalid holds (file, one-line error); a
+    second spec with a name already taken is invalid too."""
+    files: list[Path] = []
+    for item in paths or [default_specs_dir()]:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+        else:
+            files.append(p)
+    specs: dict[str, Spec] = {}
+    origin: dict[str, Path] = {}
+    invalid: list[tuple[str, str]] = []
+    for f in files:
+        try:
+            spec = load_spec(f)
+        except SpecError as e:
+            invalid.append((str(f), str(e)))
+            continue
+        if spec.name in specs:
+            invalid.append((str(f), f"spec {f}: name {spec.name!r} already used by {origin[spec.name]}"))
+            continue
+        specs[spec.name], origin[spec.name] = spec, f
+    return list(specs.values()), invalid

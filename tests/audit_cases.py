@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
-from reconcile.app import audit
+from reconcile.app import Context, audit
 from reconcile.findings import FindingKind, FindingStatus
 from reconcile.spec import load_spec
 from reconcile.store import AuditStore
@@ -25,7 +26,7 @@ OLD = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
 
 
 def build(truth_url: str, proj_url: str) -> None:
-    truth_rows = [
+    truth_rows: list[dict[str, Any]] = [
         {
             "warehouse": "W1",
             "sku": f"A-{i}",
@@ -119,7 +120,7 @@ def check_scenario(tmp: Path, truth_url: str, proj_url: str, store_url: str) -> 
     build(truth_url, proj_url)
     spec = load_spec(spec_file(tmp, truth_url, proj_url))
     store = AuditStore(store_url)
-    r1 = audit(spec, store)
+    r1 = audit(Context.of(store), spec)
     got = {(f.kind, f.key["warehouse"], f.key["sku"]) for f in r1.findings}
     assert got == {
         (FindingKind.MISSING, "W1", "A-3"),
@@ -130,20 +131,21 @@ def check_scenario(tmp: Path, truth_url: str, proj_url: str, store_url: str) -> 
     s = r1.summary
     assert (s.compared, s.pending, s.missing, s.orphan, s.mismatch, s.duplicate) == (22, 1, 1, 1, 1, 1)
     mm = next(f for f in r1.findings if f.kind is FindingKind.MISMATCH)
+    assert mm.truth is not None and mm.projection is not None
     assert mm.columns == ("on_hand",) and mm.truth["on_hand"] == 7 and mm.projection["on_hand"] == 70
     assert r1.exit_code == 1
 
     # Second run: same findings seen twice; nothing new.
-    r2 = audit(spec, store)
+    r2 = audit(Context.of(store), spec)
     assert {f.key_id: f.times_seen for f in r2.findings} == {f.key_id: 2 for f in r1.findings}
 
     # Restricted by keys: only A-7 is looked at; the others stay open.
-    r3 = audit(spec, store, keys=[("W1", "A-7")])
+    r3 = audit(Context.of(store), spec, keys=[("W1", "A-7")])
     assert [f.key["sku"] for f in r3.findings] == ["A-7"] and r3.summary.compared == 1
 
     # Heal the projection behind reconcile's back: the mismatch resolves, the rest stays open.
     execute(proj_url, "UPDATE stock_view SET on_hand = 7 WHERE product_id = 'A-7'")
-    r4 = audit(spec, store, where="warehouse = 'W1'")
+    r4 = audit(Context.of(store), spec, where="warehouse = 'W1'")
     assert FindingKind.MISMATCH not in {f.kind for f in r4.findings}
     statuses = {f.key["sku"]: f.status for f in store.findings(spec.name, [s.value for s in FindingStatus])}
     assert statuses["A-7"] is FindingStatus.RESOLVED

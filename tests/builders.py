@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 def engine(url: str) -> sa.Engine:
-    from reconcile.sources.sql import normalize_url
+    from reconcile.db import normalize_url
 
     return sa.create_engine(normalize_url(url))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -14,7 +15,7 @@ from .builders import make_table
 def build_pair(truth_url: str, proj_url: str, n: int = 200) -> None:
     """Truth: n stock rows. Projection: same, minus every 10th (missing), on_hand off on every
     7th (mismatch), two orphans and one duplicate."""
-    truth = [{"sku": f"S{i:05d}", "on_hand": i, "title": f"item {i}"} for i in range(n)]
+    truth: list[dict[str, Any]] = [{"sku": f"S{i:05d}", "on_hand": i, "title": f"item {i}"} for i in range(n)]
     make_table(
         truth_url,
         "stock",

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from reconcile.app import Context
+
 from .airflow_support import mail_text, smtp_receiver, webhook_receiver
 
 pytestmark = [
@@ -247,7 +249,7 @@ def test_scheduled_fanout_dag_matches_single_run_and_alerts_drift(
     assert merged["strategy"] == "fanout" and merged["scope"]["ranges"] >= 3
 
     spec = load_spec(path)
-    single = audit(spec, AuditStore(f"sqlite:///{tmp_path / 's.db'}"), truth_url=truth).to_dict()
+    single = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 's.db'}")), spec).to_dict()
 
     def view(r: dict[str, Any]) -> Any:
         return r["summary"], sorted((f["kind"], sorted(f["key"].items())) for f in r["findings"])
@@ -280,7 +282,8 @@ def test_health_dag_alerts_on_a_stuck_outbox(
     )
     store = AuditStore(store_url)
     old = datetime.now(UTC) - timedelta(hours=1)
-    with store.begin() as conn:
+    store.migrate()
+    with store.engine.begin() as conn:
         conn.execute(
             sa.insert(outbox),
             [
@@ -386,9 +389,8 @@ def test_scheduled_spec_dag_heals_injected_drift_through_kafka(
 
     import sqlalchemy as sa
 
-    from reconcile.app import audit
+    from reconcile.app import Projector, audit
     from reconcile.events.kafka import KafkaSettings
-    from reconcile.projector import Projector
     from reconcile.spec import load_spec
     from reconcile.store import AuditStore
 
@@ -424,7 +426,7 @@ correction: {{topic: {topic}, event_type: StockLevelReconciled, consumer_group: 
     )
     spec = load_spec(path)
     done = threading.Event()
-    projector = Projector(spec, kafka=KafkaSettings(kafka_bootstrap))
+    projector = Projector(Context(store_url=store_url, kafka=KafkaSettings(kafka_bootstrap)), spec)
     worker = threading.Thread(
         target=lambda: projector.run(idle_timeout_s=600, max_seconds=240, stop=done.is_set), daemon=True
     )
@@ -442,5 +444,50 @@ correction: {{topic: {topic}, event_type: StockLevelReconciled, consumer_group: 
     assert xcom(dr, "relay")["sent"] == 3
     assert xcom(dr, "verify")["exit_code"] == 0
     store = AuditStore(f"sqlite:///{specs_dir / 'after.db'}")
-    assert audit(spec, store).findings == []  # the projection really healed
+    assert audit(Context.of(store), spec).findings == []  # the projection really healed
     store.dispose()
+
+
+def test_cli_run_and_the_scheduled_dag_decide_the_same(
+    specs_dir: Path, make_pg_db, store_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`reconcile run` from cron and the spec's DAG: the same gate decision, the same findings."""
+    import subprocess
+    import sys
+
+    from .audit_cases import build
+    from .builders import execute
+
+    def cli_run(spec: Path, store: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconcile", "run", str(spec), "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, "RECONCILE_STORE_URL": store},
+        )
+
+    def view(findings: list[dict[str, Any]]) -> list[Any]:
+        return sorted((f["kind"], sorted(f["key"].items()), f["columns"]) for f in findings)
+
+    truth, proj = make_pg_db("truth"), make_pg_db("proj")
+    build(truth, proj)
+    name = _name("same")
+    spec = write_spec(specs_dir, name, f"url: {truth}", f"url: {proj}")
+    dr = run(f"reconcile_{name}")
+    assert states(dr)["preflight"] == "success" and states(dr)["audit"] == "success"
+    by_dag = xcom(dr, "audit")
+    by_cli = cli_run(spec, make_pg_db("clistore"))
+    assert by_cli.returncode == 1, by_cli.stderr  # drift, audit-only spec
+    doc = json.loads(by_cli.stdout)
+    assert doc["preflight"]["success"] is True
+    assert view(doc["audit"]["findings"]) == view(by_dag["findings"]) != []
+    assert doc["audit"]["summary"] == by_dag["summary"]
+
+    # A broken read: both stop at the gate, nothing audited.
+    execute(proj, "ALTER TABLE stock_view RENAME TO stock_view_old")
+    dr = run(f"reconcile_{name}")
+    assert states(dr)["preflight"] == "failed" and states(dr)["audit"] == "upstream_failed"
+    stopped = cli_run(spec, make_pg_db("clistore2"))
+    assert stopped.returncode == 2 and stopped.stdout == ""
+    assert "stock_view" in stopped.stderr and stopped.stderr.count("\n") == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from reconcile.app import audit
+from reconcile.app import Context, audit
 from reconcile.findings import FindingKind
 from reconcile.spec import spec_from_dict
 from reconcile.store import AuditStore
@@ -56,7 +56,7 @@ def test_integer_key_facing_numeric_text_key_and_collation(tmp_path: Path, make_
             "columns": {"v": {}},
         }
     )
-    result = audit(spec, AuditStore(f"sqlite:///{tmp_path / 's.db'}"))
+    result = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 's.db'}")), spec)
     assert {(f.kind, f.key["id"]) for f in result.findings} == {
         (FindingKind.MISSING, 100),
         (FindingKind.ORPHAN, 200),
@@ -76,7 +76,7 @@ def test_text_keys_order_by_code_point_not_locale(tmp_path: Path, make_pg_db) ->
             "key": ["k"],
         }
     )
-    result = audit(spec, AuditStore(f"sqlite:///{tmp_path / 's.db'}"))
+    result = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 's.db'}")), spec)
     assert [(f.kind, f.key["k"]) for f in result.findings] == [(FindingKind.MISSING, "ab")]
 
 
@@ -107,7 +107,7 @@ def test_query_side(tmp_path: Path, make_pg_db) -> None:  # type: ignore[no-unty
             "columns": ["qty"],
         }
     )
-    result = audit(spec, AuditStore(f"sqlite:///{tmp_path / 's.db'}"))
+    result = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 's.db'}")), spec)
     assert [(f.kind, f.key["sku"], f.truth, f.projection) for f in result.findings] == [
         (FindingKind.MISMATCH, "S2", {"qty": 10}, {"qty": 9})
     ]

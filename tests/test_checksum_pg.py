@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from reconcile.app import audit, open_pair
+from reconcile.app import Context, audit
+from reconcile.app.audit import open_pair
 from reconcile.errors import SpecError
 from reconcile.findings import FindingStatus, RunResult
 from reconcile.sources.checksum import checksum_diff
@@ -37,8 +38,8 @@ def view(r: RunResult) -> tuple[list[dict[str, Any]], dict[str, int]]:
 
 def both(spec: Spec, stores: tuple[AuditStore, AuditStore], **kw: Any) -> tuple[RunResult, RunResult]:
     """Audit with each strategy (each with its own store), and check they agree."""
-    s = audit(spec, stores[0], strategy="stream", **kw)
-    c = audit(spec, stores[1], strategy="checksum", **kw)
+    s = audit(Context.of(stores[0]), spec, strategy="stream", **kw)
+    c = audit(Context.of(stores[1]), spec, strategy="checksum", **kw)
     assert (s.strategy, c.strategy) == ("stream", "checksum")
     assert view(c) == view(s)
     return s, c
@@ -63,7 +64,7 @@ def test_shared_scenario_every_kind_where_and_lifecycle(tmp_path: Path, make_pg_
         statuses = {f.key["sku"]: f.status for f in store.findings("inventory", list(FindingStatus))}
         assert statuses["A-7"] is FindingStatus.RESOLVED and statuses["A-3"] is FindingStatus.OPEN
     # Every row differs in representation (title case, float price): auto sees no gain and streams.
-    assert audit(spec, st[0]).strategy == "stream"
+    assert audit(Context.of(st[0]), spec).strategy == "stream"
 
 
 def _accounts(truth: str, proj: str, n: int = 4000) -> Spec:
@@ -77,7 +78,7 @@ def _accounts(truth: str, proj: str, n: int = 4000) -> Spec:
             sa.Column("updated_at", sa.DateTime),
         ]
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "region": "eu" if i % 2 else "us",
             "id": i,
@@ -101,7 +102,7 @@ def _accounts(truth: str, proj: str, n: int = 4000) -> Spec:
     prows: list[dict[str, Any]] = []
     for r in rows:
         i = r["id"]
-        q = {**r, "account_id": i}
+        q: dict[str, Any] = {**r, "account_id": i}
         del q["id"]
         if i in (11, 1500, 3999):  # missing
             continue
@@ -153,10 +154,10 @@ def test_matching_buckets_are_skipped_and_findings_stay(tmp_path: Path, make_pg_
     sm = s.summary
     assert (sm.missing, sm.orphan, sm.mismatch, sm.duplicate, sm.pending) == (3, 3, 5, 2, 2)
     assert (sm.compared, sm.truth_rows, sm.projection_rows) == (4003, 4000, 4002)
-    auto = audit(spec, AuditStore(f"sqlite:///{tmp_path / 'auto.db'}"))
+    auto = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 'auto.db'}")), spec)
     assert auto.strategy == "checksum" and view(auto) == view(c)  # auto picks it: few buckets differ
 
-    pair = open_pair(spec)
+    pair = open_pair(Context(store_url="sqlite://"), spec)
     try:
         got = checksum_diff(
             pair.truth,
@@ -189,7 +190,7 @@ def test_refinement_levels(tmp_path: Path, make_pg_db, monkeypatch: pytest.Monke
     monkeypatch.setattr(checksum, "REFINE_ROWS", 10)
     t, p = make_pg_db("truth"), make_pg_db("proj")
     spec = _accounts(t, p)
-    pair = open_pair(spec)
+    pair = open_pair(Context(store_url="sqlite://"), spec)
     try:
         got = checksum_diff(
             pair.truth,
@@ -205,7 +206,7 @@ def test_refinement_levels(tmp_path: Path, make_pg_db, monkeypatch: pytest.Monke
     finally:
         pair.close()
     assert got is not None and [lv.bits for lv in got.stats.levels] == [6, 14, 22]  # MAX_LEVELS
-    s = audit(spec, stores(tmp_path)[0], strategy="stream")
+    s = audit(Context.of(stores(tmp_path)[0]), spec, strategy="stream")
     assert sorted(f.key_id for f in got.outcome.findings) == sorted(f.key_id for f in s.findings)
     assert got.outcome.compared == s.summary.compared and got.outcome.pending == s.summary.pending
 
@@ -237,7 +238,7 @@ def test_integer_key_facing_numeric_text(tmp_path: Path, make_pg_db) -> None:  #
     s, _ = both(spec, st)
     assert {(f.kind.value, f.key["id"]) for f in s.findings} == {("missing", 100), ("orphan", 900)}
     # Canonical forms (bigint keys, trim_scale numbers) make the equal rows hash equal.
-    assert audit(spec, st[1]).strategy == "checksum"
+    assert audit(Context.of(st[1]), spec).strategy == "checksum"
 
 
 def test_when_checksum_cannot_run(tmp_path: Path, make_pg_db) -> None:  # type: ignore[no-untyped-def]
@@ -246,17 +247,17 @@ def test_when_checksum_cannot_run(tmp_path: Path, make_pg_db) -> None:  # type: 
     build(t, p)
     spec = load_spec(spec_file(tmp_path, t, p))
     store = AuditStore(f"sqlite:///{tmp_path / 's.db'}")
-    assert audit(spec, store).strategy == "stream"
+    assert audit(Context.of(store), spec).strategy == "stream"
     with pytest.raises(SpecError, match="projection is sqlite"):
-        audit(spec, store, strategy="checksum")
+        audit(Context.of(store), spec, strategy="checksum")
     with pytest.raises(SpecError, match="--strategy: 'fast'"):
-        audit(spec, store, strategy="fast")
+        audit(Context.of(store), spec, strategy="fast")
     t2, p2 = make_pg_db("truth"), make_pg_db("proj")
     build(t2, p2)
     spec2 = load_spec(spec_file(tmp_path, t2, p2))
-    assert audit(spec2, store, keys=[("W1", "A-7")]).strategy == "stream"
+    assert audit(Context.of(store), spec2, keys=[("W1", "A-7")]).strategy == "stream"
     with pytest.raises(SpecError, match="--keys"):
-        audit(spec2, store, keys=[("W1", "A-7")], strategy="checksum")
+        audit(Context.of(store), spec2, keys=[("W1", "A-7")], strategy="checksum")
 
 
 def test_cli_strategy(tmp_path: Path, make_pg_db) -> None:  # type: ignore[no-untyped-def]

@@ -8,17 +8,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from reconcile.app import audit
-from reconcile.fanout import (
-    KeyRange,
+from reconcile.app import (
+    Context,
+    audit,
     audit_fanout,
-    diff_range,
+    audit_range,
+    merge_ranges,
     outcome_from_dict,
     outcome_to_dict,
-    record,
-    split,
+    plan_ranges,
 )
 from reconcile.findings import RunResult
+from reconcile.sources.ranges import KeyRange
 from reconcile.spec import load_spec, spec_from_dict
 from reconcile.store import AuditStore
 
@@ -65,12 +66,12 @@ def test_merged_ranges_equal_one_pass_on_int_keys(tmp_path: Path, make_pg_db) ->
             "columns": ["qty"],
         }
     )
-    ranges = split(spec, 4)
+    ranges = plan_ranges(Context(store_url=f"sqlite:///{tmp_path / 'p.db'}"), spec, 4)
     assert len(ranges) == 4 and ranges[0].lo is None and ranges[-1].hi is None
     assert [r.hi for r in ranges[:-1]] == [r.lo for r in ranges[1:]] == [251, 501, 751]
 
-    single = audit(spec, AuditStore(f"sqlite:///{tmp_path / 'a.db'}"))
-    fanned = audit_fanout(spec, AuditStore(f"sqlite:///{tmp_path / 'b.db'}"), 4)
+    single = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 'a.db'}")), spec)
+    fanned = audit_fanout(Context.of(AuditStore(f"sqlite:///{tmp_path / 'b.db'}")), spec, 4)
     assert single.summary.drift == 10 + 2 + 1 + 3
     assert _view(fanned) == _view(single)
     assert fanned.strategy == "fanout" and fanned.scope["ranges"] == 4
@@ -80,18 +81,19 @@ def test_ranges_travel_as_json_and_resolve_findings(tmp_path: Path, make_pg_db) 
     """The Airflow path: ranges and outcomes cross process boundaries as JSON."""
     build(truth := make_pg_db("truth"), proj := make_pg_db("proj"))
     spec = load_spec(spec_file(tmp_path, truth, proj))
-    single = audit(spec, AuditStore(f"sqlite:///{tmp_path / 'a.db'}"))
+    single = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 'a.db'}")), spec)
 
     store = AuditStore(f"sqlite:///{tmp_path / 'b.db'}")
+    ctx = Context.of(store)
     kinds = ["text", "text"]
 
     def fan() -> RunResult:
-        wire = [r.to_dict() for r in split(spec, 3)]
+        wire = [r.to_dict() for r in plan_ranges(ctx, spec, 3)]
         parts = [
-            outcome_to_dict(diff_range(spec, store, KeyRange.from_dict(w, kinds[0])), kinds) for w in wire
+            outcome_to_dict(audit_range(ctx, spec, KeyRange.from_dict(w, kinds[0])), kinds) for w in wire
         ]
         got = [outcome_from_dict(p, spec.key_truth) for p in parts]
-        return record(spec, store, got, started_at=single.started_at, kinds=kinds)
+        return merge_ranges(ctx, spec, got, started_at=single.started_at, kinds=kinds)
 
     first = fan()
     assert _view(first) == _view(single)

@@ -7,12 +7,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from reconcile.app import audit
+from reconcile.app import Context, Projector, audit, correct, heal, relay, verify
 from reconcile.errors import GuardTripped
 from reconcile.events.embedded import EmbeddedLog
 from reconcile.findings import FindingStatus
-from reconcile.heal import correct, relay, run, verify
-from reconcile.projector import Projector
 from reconcile.store import AuditStore
 
 from .builders import execute
@@ -29,53 +27,52 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_audit_correct_relay_project_verify(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, proj_url = world
-    first = audit(spec, store)
+    first = audit(Context.of(store), spec)
     assert len(first.findings) == expected_findings()
 
-    dry = correct(spec, store, dry_run=True)
+    dry = correct(Context.of(store), spec, dry_run=True)
     assert len(dry.events) == expected_findings() and dry.written == 0
     assert store.outbox_events() == []
     assert {f.status for f in store.findings(spec.name)} == {FindingStatus.OPEN}
 
-    done = correct(spec, store)
+    done = correct(Context.of(store), spec)
     assert done.written == expected_findings()
     assert {f.status for f in store.findings(spec.name)} == {FindingStatus.CORRECTING}
-    again = correct(spec, store)  # nothing open any more: nothing new
+    again = correct(Context.of(store), spec)  # nothing open any more: nothing new
     assert again.written == 0 and len(store.outbox_events()) == expected_findings()
 
-    sent = relay(store, spec_name=spec.name)
+    sent = relay(Context.of(store), spec_name=spec.name)
     assert sent.sent == expected_findings()
     assert store.outbox_backlog(spec.name)[0] == 0
 
     log = EmbeddedLog(store.url)
     assert log.lag("stock-projector", "stock.reconciled") == expected_findings()
-    projector = Projector(spec, embedded_url=store.url)
+    projector = Projector(Context.of(store), spec)
     stats = projector.run(idle_timeout_s=0.2)
     projector.close()
     assert stats.applied == expected_findings() and stats.duplicates == 0
     assert log.lag("stock-projector", "stock.reconciled") == 0
 
-    v = verify(spec, store)
+    v = verify(Context.of(store), spec)
     assert (v.checked, v.resolved, v.escalated, v.exit_code) == (
         expected_findings(),
         expected_findings(),
         0,
         0,
     )
-    final = audit(spec, store)
+    final = audit(Context.of(store), spec)
     assert final.findings == [] and final.exit_code == 0
     assert store.findings(spec.name) == []
 
 
 def test_rerun_of_correct_after_a_new_audit_writes_no_duplicate_rows(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, _ = world
-    audit(spec, store)
-    correct(spec, store)
+    audit(Context.of(store), spec)
+    correct(Context.of(store), spec)
     # Simulate "crashed after the outbox write": findings back to open, the same drift audited again.
-    with store.begin() as conn:
-        store.set_status(conn, spec.name, [f.key_id for f in store.findings(spec.name)], FindingStatus.OPEN)
-    audit(spec, store)
-    again = correct(spec, store)
+    store.move(spec.name, [([f.key_id for f in store.findings(spec.name)], FindingStatus.OPEN, "test")])
+    audit(Context.of(store), spec)
+    again = correct(Context.of(store), spec)
     assert again.written == 0 and len(again.events) == expected_findings()
     ids = [r.event_id for r in store.outbox_events()]
     assert len(ids) == len(set(ids)) == expected_findings()
@@ -83,14 +80,14 @@ def test_rerun_of_correct_after_a_new_audit_writes_no_duplicate_rows(world) -> N
 
 def test_verify_escalates_what_did_not_heal(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, proj_url = world
-    audit(spec, store)
-    correct(spec, store)
-    relay(store, spec_name=spec.name)
-    projector = Projector(spec, embedded_url=store.url)
+    audit(Context.of(store), spec)
+    correct(Context.of(store), spec)
+    relay(Context.of(store), spec_name=spec.name)
+    projector = Projector(Context.of(store), spec)
     projector.run(idle_timeout_s=0.2)
     projector.close()
     execute(proj_url, "UPDATE stock_view SET on_hand = -1 WHERE product_id = 'S00005'")  # a projector bug
-    v = verify(spec, store)
+    v = verify(Context.of(store), spec)
     assert v.escalated == 1 and v.exit_code == 1
     open_now = store.findings(spec.name, [FindingStatus.OPEN.value])
     assert [f.key["sku"] for f in open_now] == ["S00005"]
@@ -100,43 +97,43 @@ def test_verify_escalates_what_did_not_heal(world) -> None:  # type: ignore[no-u
 def test_guard_trips_on_an_empty_projection_and_writes_nothing(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, proj_url = world
     execute(proj_url, "DELETE FROM stock_view")
-    audit(spec, store)
+    audit(Context.of(store), spec)
     with pytest.raises(GuardTripped, match=r"\(ratio 1\) exceed correction.max_ratio 0.5"):
-        correct(spec, store)
+        correct(Context.of(store), spec)
     assert store.outbox_events() == []
     assert {f.status for f in store.findings(spec.name)} == {FindingStatus.OPEN}
     with pytest.raises(GuardTripped):
-        run(spec, store)
+        heal(Context.of(store), spec, preflight=False)
     assert store.outbox_events() == []
-    forced = correct(spec, store, force=True)
+    forced = correct(Context.of(store), spec, force=True)
     assert forced.written == 200
 
 
 def test_guard_max_count(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, _ = world
     spec = spec.model_copy(update={"correction": spec.correction.model_copy(update={"max_count": 5})})
-    audit(spec, store)
+    audit(Context.of(store), spec)
     with pytest.raises(GuardTripped, match=r"exceed correction.max_count 5"):
-        correct(spec, store)
+        correct(Context.of(store), spec)
 
 
 def test_acknowledged_findings_are_not_corrected(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, _ = world
-    first = audit(spec, store)
+    first = audit(Context.of(store), spec)
     store.acknowledge(spec.name, first.findings[0].key_id, "known")
-    audit(spec, store)
-    result = correct(spec, store)
+    audit(Context.of(store), spec)
+    result = correct(Context.of(store), spec)
     assert result.written == expected_findings() - 1
 
 
 def test_run_heals_in_one_command(world) -> None:  # type: ignore[no-untyped-def]
     spec, store, proj_url = world
-    outcome = run(spec, store)
+    outcome = heal(Context.of(store), spec, preflight=False)
     assert outcome.exit_code == 1 and outcome.relay is not None and outcome.relay.sent == expected_findings()
-    projector = Projector(spec, embedded_url=store.url)
+    projector = Projector(Context.of(store), spec)
     projector.run(idle_timeout_s=0.2)
     projector.close()
-    second = run(spec, store, verify=True)
+    second = heal(Context.of(store), spec, verify=True, preflight=False)
     assert second.exit_code == 0 and second.audit.findings == []
     e = sa.create_engine(proj_url)
     with e.connect() as conn:

@@ -15,12 +15,10 @@ import sqlalchemy as sa
 from cloudevents.v1.kafka import KafkaMessage, from_binary
 from confluent_kafka import Consumer
 
-from reconcile.app import audit
+from reconcile.app import Context, Projector, audit, correct, relay, verify
 from reconcile.errors import PublishError
 from reconcile.events.kafka import KafkaSettings, consumer_lag, ensure_topic
 from reconcile.findings import FindingStatus
-from reconcile.heal import correct, relay, verify
-from reconcile.projector import Projector
 from reconcile.store import AuditStore  # noqa: F401 - type of make_store's result
 
 from .builders import make_table
@@ -65,10 +63,10 @@ def test_events_on_the_wire_are_cloudevents_and_heal_the_projection(
     spec = heal_spec(truth, proj, topic=topic, group=group, transport="kafka")
     store = make_store(store_url)
     kafka = KafkaSettings(kafka_bootstrap)
-    first = audit(spec, store)
+    first = audit(Context.of(store), spec)
     assert len(first.findings) == expected_findings()
-    correct(spec, store)
-    assert relay(store, spec_name=spec.name, kafka=kafka).sent == expected_findings()
+    correct(Context.of(store), spec)
+    assert relay(Context.of(store, kafka=kafka), spec_name=spec.name).sent == expected_findings()
 
     msgs = consume_all(kafka_bootstrap, topic, expected_findings())
     assert len(msgs) == expected_findings()
@@ -89,14 +87,14 @@ def test_events_on_the_wire_are_cloudevents_and_heal_the_projection(
     assert by_subject['{"product_id":"S00005"}']["kind"] == "mismatch"
 
     assert consumer_lag(kafka, group, topic) == expected_findings()
-    projector = Projector(spec, kafka=kafka)
+    projector = Projector(Context.of(store, kafka=kafka), spec)
     stats = projector.run(idle_timeout_s=2)
     projector.close()
     assert stats.applied == expected_findings()
     assert consumer_lag(kafka, group, topic) == 0
-    v = verify(spec, store, kafka=kafka)
+    v = verify(Context.of(store, kafka=kafka), spec)
     assert (v.resolved, v.escalated, v.exit_code) == (expected_findings(), 0, 0)
-    assert audit(spec, store).findings == []
+    assert audit(Context.of(store), spec).findings == []
 
 
 def _big_world(make_pg_db, make_store, kafka_bootstrap: str, topic: str, n: int):  # type: ignore[no-untyped-def]
@@ -124,8 +122,8 @@ def _big_world(make_pg_db, make_store, kafka_bootstrap: str, topic: str, n: int)
     group = f"projector-{uuid.uuid4().hex[:8]}"
     spec = heal_spec(truth, proj, topic=topic, group=group, transport="kafka", max_ratio=1.0, max_count=10**6)
     store = make_store(store_url)
-    audit(spec, store)
-    assert correct(spec, store).written == n
+    audit(Context.of(store), spec)
+    assert correct(Context.of(store), spec).written == n
     return spec, store, store_url
 
 
@@ -189,11 +187,11 @@ def test_sigkill_mid_batch_loses_nothing_and_doubles_no_id(
     assert set(seen) == ids  # every event reached the topic, under its one id
     assert len(seen) >= n  # some may have been delivered twice, never under two ids
 
-    projector = Projector(spec, kafka=KafkaSettings(kafka_bootstrap))
+    projector = Projector(Context.of(store, kafka=KafkaSettings(kafka_bootstrap)), spec)
     stats = projector.run(idle_timeout_s=3, max_seconds=180)
     projector.close()
     assert stats.applied == n and stats.duplicates == len(seen) - n
-    assert audit(spec, store).findings == []
+    assert audit(Context.of(store), spec).findings == []
 
 
 def test_broker_stopped_during_relay_then_back(tmp_path, make_pg_db, make_store, private_broker) -> None:  # type: ignore[no-untyped-def]
@@ -214,7 +212,7 @@ def test_broker_stopped_during_relay_then_back(tmp_path, make_pg_db, make_store,
     assert 0 < unsent < n
 
     ctl("start")
-    result = relay(store, spec_name=spec.name, kafka=KafkaSettings(bootstrap), timeout_s=30)
+    result = relay(Context.of(store, kafka=KafkaSettings(bootstrap), kafka_timeout_s=30), spec_name=spec.name)
     assert result.sent == unsent and store.outbox_backlog(spec.name)[0] == 0
     ids = {r.event_id for r in store.outbox_events(spec.name)}
     seen = {dict(m.headers())["ce_id"].decode() for m in consume_all(bootstrap, topic, n)}
@@ -226,9 +224,12 @@ def test_relay_to_an_unreachable_broker_exits_2_and_keeps_rows(tmp_path, make_pg
     build_pair(truth, proj)
     spec = heal_spec(truth, proj, topic="t", group="g", transport="kafka")
     store = make_store(store_url)
-    audit(spec, store)
-    correct(spec, store)
+    audit(Context.of(store), spec)
+    correct(Context.of(store), spec)
     with pytest.raises(PublishError, match=r"not delivered to kafka 127.0.0.1:\d+ within 2s"):
-        relay(store, spec_name=spec.name, kafka=KafkaSettings(f"127.0.0.1:{free_port()}"), timeout_s=2)
+        relay(
+            Context.of(store, kafka=KafkaSettings(f"127.0.0.1:{free_port()}"), kafka_timeout_s=2),
+            spec_name=spec.name,
+        )
     assert store.outbox_backlog(spec.name)[0] == expected_findings()
     assert {f.status for f in store.findings(spec.name)} == {FindingStatus.CORRECTING}

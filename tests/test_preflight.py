@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reconcile.app import audit
+from reconcile.app import Context, audit, gate, preflight
 from reconcile.errors import PreflightFailed, SpecError
-from reconcile.preflight import Outcome, default_expectations, gate, preflight
-from reconcile.spec import load_spec, spec_from_dict
+from reconcile.gates.expectations import Outcome, default_expectations
+from reconcile.spec import Spec, load_spec, spec_from_dict
 from reconcile.store import AuditStore
 from reconcile.store.preflight import preflight_history
 
@@ -51,7 +51,7 @@ def by_type(result, side: str, type_: str) -> list[Outcome]:  # type: ignore[no-
 
 
 # -- the default suite, without a database ---------------------------------------------------
-def _spec(**extra: object) -> object:
+def _spec(**extra: object) -> Spec:
     return spec_from_dict(
         {
             "name": "inv",
@@ -68,7 +68,7 @@ def test_default_suite_from_the_spec() -> None:
     spec = _spec()
     got = {
         (e.side, e.type, json.dumps(dict(e.kwargs), sort_keys=True)) for e in default_expectations(spec, None)
-    }  # type: ignore[arg-type]
+    }
     assert ("truth", "expect_compound_columns_to_be_unique", '{"column_list": ["w", "sku"]}') in got
     assert ("truth", "expect_column_values_to_not_be_null", '{"column": "sku"}') in got
     assert ("projection", "expect_column_to_exist", '{"column": "on_hand"}') in got
@@ -93,18 +93,18 @@ def test_row_count_floor_from_the_baseline() -> None:
     rows = {"truth_rows": 1000, "projection_rows": 999}
     floors = {
         e.side: e.kwargs["min_value"]
-        for e in default_expectations(_spec(), rows)  # type: ignore[arg-type]
+        for e in default_expectations(_spec(), rows)
         if e.type == "expect_table_row_count_to_be_between"
     }
     assert floors == {"truth": 500, "projection": 499}
     zero = _spec(checks={"min_row_ratio": 0})
-    floors0 = [e.kwargs["min_value"] for e in default_expectations(zero, rows) if "row_count" in e.type]  # type: ignore[arg-type]
+    floors0 = [e.kwargs["min_value"] for e in default_expectations(zero, rows) if "row_count" in e.type]
     assert floors0 == [1, 1]  # ratio 0 still refuses an empty side that used to have rows
     assert not [
         e
         for e in default_expectations(_spec(), {"truth_rows": 0, "projection_rows": 0})
         if "row_count" in e.type
-    ]  # type: ignore[arg-type]
+    ]
 
 
 def test_failure_line_names_side_expectation_observed_and_bound() -> None:
@@ -139,7 +139,7 @@ def test_healthy_pair_passes_stores_results_and_writes_docs(
     tmp_path: Path, pair: tuple[str, str], store: AuditStore
 ) -> None:
     spec = load_spec(spec_at(tmp_path, *pair))
-    result = gate(spec, store, docs_dir=tmp_path / "docs")
+    result = gate(Context.of(store), spec, docs_dir=tmp_path / "docs")
     assert result.success and result.exit_code == 0
     assert by_type(result, "truth", "expect_compound_columns_to_be_unique")[0].success
     assert by_type(result, "projection", "expect_column_values_to_be_between")[0].origin == (
@@ -161,7 +161,7 @@ def test_truth_null_and_duplicate_keys_fail(tmp_path: Path, pair: tuple[str, str
     execute(t, "INSERT INTO stock_levels (warehouse, sku, on_hand) VALUES ('W1', 'A-4', 1), (NULL, 'A-4', 2)")
     spec = load_spec(spec_at(tmp_path, t, p))
     with pytest.raises(PreflightFailed) as err:
-        gate(spec, store, build_docs=False)
+        gate(Context.of(store), spec, build_docs=False)
     msg = str(err.value)
     assert (
         "truth: expect_column_values_to_not_be_null on warehouse failed (observed 1 unexpected of 23" in msg
@@ -194,7 +194,7 @@ def test_user_expectation_fails_with_its_observed_value(
         )
     )
     spec = load_spec(spec_at(tmp_path, t, p))
-    result = preflight(spec, store, build_docs=False, suites_dir=suites)
+    result = preflight(Context.of(store), spec, build_docs=False, suites_dir=suites)
     assert not result.success
     lines = [o.describe() for o in result.failures]
     assert lines == [
@@ -211,7 +211,7 @@ def test_missing_compared_column_is_a_failed_gate(
     t, p = pair
     execute(p, "ALTER TABLE stock_view RENAME COLUMN unit_price TO unit_prce")
     spec = load_spec(spec_at(tmp_path, t, p))
-    result = preflight(spec, store, build_docs=False)
+    result = preflight(Context.of(store), spec, build_docs=False)
     assert [o.describe() for o in result.failures] == [
         "projection: expect_column_to_exist on unit_price failed (column not found)"
     ]
@@ -228,11 +228,11 @@ def test_bad_expectation_kwargs_name_the_spec_field(
     with pytest.raises(
         SpecError, match=r"checks\.expectations\[0\] \(truth: .*kwargs\.column: field required"
     ):
-        preflight(spec, store, build_docs=False)
+        preflight(Context.of(store), spec, build_docs=False)
     unknown = "\nchecks:\n  expectations:\n    - {side: truth, type: expect_it_to_be_fine}\n"
     spec = load_spec(spec_at(tmp_path, *pair, extra=unknown))
     with pytest.raises(SpecError, match="expect_it_to_be_fine not found"):
-        preflight(spec, store, build_docs=False)
+        preflight(Context.of(store), spec, build_docs=False)
 
 
 def test_gate_stops_on_an_emptied_projection_sqlite(
@@ -240,14 +240,14 @@ def test_gate_stops_on_an_emptied_projection_sqlite(
 ) -> None:
     t, p = pair
     spec = load_spec(spec_at(tmp_path, t, p))
-    audit(spec, store)  # a full audit records 21 truth rows and 22 projection rows
+    audit(Context.of(store), spec)  # a full audit records 21 truth rows and 22 projection rows
     execute(p, "DELETE FROM stock_view")
     with pytest.raises(
         PreflightFailed,
         match=r"^preflight inventory: projection: expect_table_row_count_to_be_between "
         r"failed \(observed 0, min 11\)$",
     ):
-        gate(spec, store, build_docs=False)
+        gate(Context.of(store), spec, build_docs=False)
 
 
 def test_cli_check(tmp_path: Path, pair: tuple[str, str]) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from reconcile.app import audit
+from reconcile.app import Context, audit, gate, preflight
 from reconcile.errors import PreflightFailed, SourceError
-from reconcile.preflight import gate, preflight
 from reconcile.spec import load_spec, spec_from_dict
 from reconcile.store import AuditStore
 from reconcile.store.preflight import preflight_history
@@ -25,13 +24,13 @@ def test_gate_stops_when_the_projection_read_returns_nothing(tmp_path: Path, mak
     build(truth, proj)
     spec = load_spec(spec_file(tmp_path, truth, proj))
     store = AuditStore(store_url)
-    first = audit(spec, store)  # the last successful audit: 21 truth rows, 22 projection rows
+    first = audit(Context.of(store), spec)  # the last successful audit: 21 truth rows, 22 projection rows
     assert (first.summary.truth_rows, first.summary.projection_rows) == (21, 22)
-    assert gate(spec, store, docs_dir=tmp_path / "docs").success
+    assert gate(Context.of(store), spec, docs_dir=tmp_path / "docs").success
 
     execute(proj, "TRUNCATE stock_view")
     with pytest.raises(PreflightFailed) as err:
-        gate(spec, store, docs_dir=tmp_path / "docs")
+        gate(Context.of(store), spec, docs_dir=tmp_path / "docs")
     assert str(err.value) == (
         "preflight inventory: projection: expect_table_row_count_to_be_between failed (observed 0, min 11)"
     )
@@ -74,12 +73,12 @@ def test_row_count_ratio_and_scoped_audits(tmp_path: Path, make_pg_db) -> None: 
         "ratio.yaml",
     )
     store = AuditStore(f"sqlite:///{tmp_path / 's.db'}")
-    audit(spec, store)
-    audit(spec, store, keys=[(1,), (2,)])  # a scoped audit must not become the baseline
+    audit(Context.of(store), spec)
+    audit(Context.of(store), spec, keys=[(1,), (2,)])  # a scoped audit must not become the baseline
     execute(proj, "DELETE FROM p WHERE id >= 850")
-    assert preflight(spec, store, build_docs=False).success  # 850 >= 800
+    assert preflight(Context.of(store), spec, build_docs=False).success  # 850 >= 800
     execute(proj, "UPDATE p SET v = -1 WHERE id >= 700")  # filtered out by `where`: 700 rows left
-    result = preflight(spec, store, build_docs=False)
+    result = preflight(Context.of(store), spec, build_docs=False)
     assert [o.describe() for o in result.failures] == [
         "projection: expect_table_row_count_to_be_between failed (observed 700, min 800)"
     ]
@@ -98,7 +97,7 @@ def test_unreachable_side_is_one_masked_source_error(tmp_path: Path, pg_url: str
         }
     )
     with pytest.raises(SourceError) as err:
-        preflight(spec, AuditStore(f"sqlite:///{tmp_path / 's.db'}"), build_docs=False)
+        preflight(Context.of(AuditStore(f"sqlite:///{tmp_path / 's.db'}")), spec, build_docs=False)
     msg = str(err.value)
     assert msg.startswith("projection: database at postgresql+psycopg://postgres:***@127.0.0.1:1/nowhere")
     assert "s3cret" not in msg and "\n" not in msg

@@ -1,9 +1,9 @@
-"""What the reconcile tasks do at run time, one function per task.
+"""What the reconcile tasks do at run time, one function per task: Airflow concerns only.
 
-Each function loads the spec, resolves Airflow connections into URLs (secrets never live in
-YAML), calls one use case of :mod:`reconcile`, logs a readable line, sends alerts through
-Airflow notifiers, and returns a JSON value for XCom. Errors a retry cannot fix (a bad spec, a
-failed preflight, a tripped guard) fail the task without retries.
+Each function loads the spec, makes a :class:`reconcile.app.Context` from Airflow's connections
+(secrets never live in YAML), calls one use case of :mod:`reconcile.app`, logs a readable line,
+sends alerts through Airflow notifiers, and returns a JSON value for XCom. Errors a retry cannot
+fix (a bad spec, a failed preflight, a tripped guard) fail the task without retries.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseNotifier, Connection
@@ -48,34 +48,34 @@ def connection_url(conn_id: str) -> str:
     return f"{_SCHEMES.get(scheme, scheme)}://{rest}"
 
 
-def urls(spec: Any) -> dict[str, str | None]:
-    """truth_url / projection_url for the library: a side's ``conn_id`` resolved, else its ``url``."""
-    return {
-        "truth_url": connection_url(spec.truth.conn_id) if spec.truth.conn_id else spec.truth.url,
-        "projection_url": connection_url(spec.projection.conn_id)
-        if spec.projection.conn_id
-        else spec.projection.url,
-    }
-
-
 def _setting(env: str, variable: str) -> str | None:
     from airflow.sdk import Variable
 
     return os.environ.get(env) or Variable.get(variable, default=None)
 
 
-def store() -> Any:
+def store_url() -> str | None:
     """The audit store: ``$RECONCILE_STORE_URL``, else the connection ``reconcile_store`` (or the
-    one named by the Variable ``reconcile_store_conn_id``), else reconcile's default."""
-    from reconcile.store import AuditStore
-
+    one named by the Variable ``reconcile_store_conn_id``), else reconcile's default (None)."""
     if os.environ.get("RECONCILE_STORE_URL"):
-        return AuditStore(os.environ["RECONCILE_STORE_URL"])
+        return os.environ["RECONCILE_STORE_URL"]
     conn_id = _setting("RECONCILE_STORE_CONN_ID", "reconcile_store_conn_id") or "reconcile_store"
     try:
-        return AuditStore(connection_url(conn_id))
+        return connection_url(conn_id)
     except AirflowNotFoundException:
-        return AuditStore()
+        return None
+
+
+def context(*, kafka: bool = False) -> Any:
+    """The use cases' context: the store, Airflow connections for ``conn_id`` sides, and (when a
+    task talks to Kafka) the broker settings of the Airflow Kafka connection."""
+    from reconcile.app import Context
+
+    return Context(
+        store_url=store_url(),
+        kafka=kafka_settings() if kafka else None,
+        resolve_conn=connection_url,
+    )
 
 
 def kafka_config() -> dict[str, str]:
@@ -203,31 +203,21 @@ def notify(spec: Any, alert: Any, context: Any | None = None) -> list[str]:
 
 # -- the tasks -----------------------------------------------------------------------------
 def preflight(path: str) -> dict[str, Any]:
-    """Both sides reachable and as the spec says (GX gate when available); alert when it fails."""
+    """The GX gate on both sides (reachable, as the spec says); alert when it fails."""
     from reconcile.alerts import preflight_alert
+    from reconcile.app import gate
     from reconcile.errors import PreflightFailed, SourceError, SpecError
 
     spec = load(path)
-    resolved = urls(spec)
     try:
-        try:
-            from reconcile.preflight import gate
-        except ImportError:
-            from reconcile.app import validate
-
-            out = validate(spec, **resolved)
-        else:
-            st = store()
-            try:
-                out = gate(spec, st, **resolved)
-            finally:
-                st.dispose()
+        with context() as ctx:
+            passed = gate(ctx, spec)
     except (PreflightFailed, SpecError, SourceError) as e:
         # A side that cannot be read is a failed gate too: alert now, let the next run retry.
         notify(spec, preflight_alert(spec.name, str(e)))
         raise AirflowFailException(f"preflight failed: {e}") from e
     log.info("reconcile %s: preflight passed", spec.name)
-    return _jsonable(out)
+    return _jsonable(passed)
 
 
 def _trim(run: dict[str, Any], limit: int) -> dict[str, Any]:
@@ -263,16 +253,12 @@ def audit(
 ) -> dict[str, Any]:
     """One audit; the run's summary and (the first ``limit``) findings."""
     from reconcile.app import audit as run_audit
-    from reconcile.app import parse_keys
+    from reconcile.keys import parse_keys
 
     spec = load(path)
-    st = store()
-    try:
-        with fail_fast():
-            parsed = parse_keys(keys, spec) if keys else None
-            result = run_audit(spec, st, keys=parsed, where=where or None, **urls(spec))
-    finally:
-        st.dispose()
+    with fail_fast(), context() as ctx:
+        parsed = parse_keys(keys, spec) if keys else None
+        result = run_audit(ctx, spec, keys=parsed, where=where or None)
     run = result.to_dict()
     _log_run(run)
     return _trim(run, limit)
@@ -280,28 +266,28 @@ def audit(
 
 def plan_ranges(path: str) -> list[dict[str, Any]]:
     """Fan-out: the key ranges of this spec (``fanout:`` of them at most), as JSON."""
-    from reconcile.fanout import key_kinds, split
+    from reconcile.app import key_kinds
+    from reconcile.app import plan_ranges as plan
 
     spec = load(path)
-    resolved = urls(spec)
-    kinds = key_kinds(spec, **resolved)
-    ranges = [{**r.to_dict(), "kind": kinds[0]} for r in split(spec, spec.fanout, **resolved)]
+    with context() as ctx:
+        kinds = key_kinds(ctx, spec)
+        ranges = [{**r.to_dict(), "kind": kinds[0]} for r in plan(ctx, spec, spec.fanout)]
     log.info("reconcile %s: %d key range(s)", spec.name, len(ranges))
     return ranges
 
 
 def audit_range(path: str, rng: dict[str, Any], started_at: str) -> dict[str, Any]:
-    """Fan-out: diff one key range (reads the store, writes nothing)."""
-    from reconcile.fanout import KeyRange, diff_range, key_kinds, outcome_to_dict
+    """Fan-out: diff one key range and re-check its drifted keys (reads the store, writes nothing)."""
+    from reconcile.app import audit_range as diff_range
+    from reconcile.app import key_kinds, outcome_to_dict
+    from reconcile.sources.ranges import KeyRange
 
     spec = load(path)
-    resolved = urls(spec)
-    st = store()
-    try:
-        key_range = KeyRange.from_dict(rng, rng["kind"])
-        outcome = diff_range(spec, st, key_range, now=datetime.fromisoformat(started_at), **resolved)
-    finally:
-        st.dispose()
+    key_range = KeyRange.from_dict(rng, rng["kind"])
+    with context() as ctx:
+        outcome = diff_range(ctx, spec, key_range, now=datetime.fromisoformat(started_at))
+        kinds = key_kinds(ctx, spec)
     log.info(
         "reconcile %s %s: compared=%d findings=%d",
         spec.name,
@@ -309,21 +295,19 @@ def audit_range(path: str, rng: dict[str, Any], started_at: str) -> dict[str, An
         outcome.compared,
         len(outcome.findings),
     )
-    return outcome_to_dict(outcome, key_kinds(spec, **resolved))
+    return outcome_to_dict(outcome, kinds)
 
 
 def merge_ranges(path: str, parts: list[dict[str, Any]], started_at: str) -> dict[str, Any]:
     """Fan-out: merge the ranges' outcomes into one stored run."""
-    from reconcile.fanout import outcome_from_dict, record
+    from reconcile.app import merge_ranges as merge
+    from reconcile.app import outcome_from_dict
 
     spec = load(path)
     outcomes = [outcome_from_dict(p, spec.key_truth) for p in parts]
-    kinds = parts[0]["kinds"] if parts else []
-    st = store()
-    try:
-        result = record(spec, st, outcomes, started_at=datetime.fromisoformat(started_at), kinds=kinds)
-    finally:
-        st.dispose()
+    kinds = parts[0]["kinds"] if parts else None
+    with context() as ctx:
+        result = merge(ctx, spec, outcomes, started_at=datetime.fromisoformat(started_at), kinds=kinds)
     run = result.to_dict()
     _log_run(run)
     return _trim(run, XCOM_FINDINGS)
@@ -340,16 +324,14 @@ def correct(path: str, run: dict[str, Any], *, dry_run: bool = False, force: boo
         return {"skipped": "no correction configured", "written": 0}
     if not run["findings"] and not run.get("findings_truncated"):
         return {"skipped": "no confirmed drift", "written": 0, "dry_run": dry_run}
-    from reconcile.heal import correct as run_correct
+    from reconcile.app import correct as run_correct
 
-    st = store()
     try:
-        result = run_correct(spec, st, dry_run=dry_run, force=force)
+        with context() as ctx:
+            result = run_correct(ctx, spec, dry_run=dry_run, force=force)
     except GuardTripped as e:
         notify(spec, guard_alert(spec.name, str(e), run, spec.alerts.findings))
         raise AirflowFailException(f"guard tripped: {e}") from e
-    finally:
-        st.dispose()
     out = _jsonable(result.to_dict())
     log.info("reconcile %s: correction %s", spec.name, json.dumps(out, sort_keys=True)[:2000])
     return out
@@ -360,14 +342,10 @@ def relay(path: str, corrected: dict[str, Any]) -> dict[str, Any]:
     spec = load(path)
     if corrected.get("skipped") or corrected.get("dry_run"):
         return {"skipped": "nothing to publish", "sent": 0}
-    from reconcile.heal import relay as run_relay
+    from reconcile.app import relay as run_relay
 
-    kafka = kafka_settings() if spec.correction and spec.correction.transport == "kafka" else None
-    st = store()
-    try:
-        result = run_relay(st, spec_name=spec.name, once=True, kafka=kafka)
-    finally:
-        st.dispose()
+    with context(kafka=True) as ctx:
+        result = run_relay(ctx, spec_name=spec.name, once=True)
     out = _jsonable(result.to_dict())
     log.info("reconcile %s: relay %s", spec.name, json.dumps(out, sort_keys=True))
     return out
@@ -380,14 +358,10 @@ def verify(
     spec = load(path)
     if corrected.get("skipped") or corrected.get("dry_run") or not corrected.get("written"):
         return {"skipped": "nothing was corrected"}
-    from reconcile.heal import verify as run_verify
+    from reconcile.app import verify as run_verify
 
-    kafka = kafka_settings() if spec.correction and spec.correction.transport == "kafka" else None
-    st = store()
-    try:
-        result = run_verify(spec, st, timeout=timedelta(seconds=timeout_s), kafka=kafka, **urls(spec))
-    finally:
-        st.dispose()
+    with context(kafka=True) as ctx:
+        result = run_verify(ctx, spec, timeout=timedelta(seconds=timeout_s))
     out = _jsonable(result.to_dict())
     out["exit_code"] = result.exit_code
     log.info("reconcile %s: verify %s", spec.name, json.dumps(out, sort_keys=True)[:2000])
@@ -402,35 +376,28 @@ def report(
     verified: dict[str, Any],
 ) -> dict[str, Any]:
     """The run's story in one value; alert on confirmed drift (with what was done about it)."""
-    from reconcile.alerts import Alert, drift_alert
+    from reconcile.app import report as tell
 
     spec = load(path)
-    out = {"run": run, "correct": corrected, "relay": relayed, "verify": verified}
-    if run["findings"]:
-        base = drift_alert(spec.name, run, spec.alerts.findings)
-        done = []
-        if corrected.get("written"):
-            done.append(f"{corrected['written']} corrective event(s) written, {relayed.get('sent', 0)} sent")
-        if "exit_code" in verified:
-            done.append(
-                "verified: healed" if verified["exit_code"] == 0 else "verify: drift remains, escalate"
-            )
-        alert = Alert(base.event, base.spec, base.title, (*base.lines, *done), base.counts, base.findings)
-        out["alerted"] = notify(spec, alert)
+    told = tell(spec, run, corrected, relayed, verified)
+    out = dict(told.story)
+    if told.alert is not None:
+        out["alerted"] = notify(spec, told.alert)
     log.info(
         "reconcile %s: report %s",
         spec.name,
-        json.dumps({k: v for k, v in out.items() if k != "run"}, sort_keys=True)[:2000],
+        json.dumps({k: v for k, v in out.items() if k != "run"}, sort_keys=True, default=str)[:2000],
     )
-    if verified.get("exit_code", 0) not in (0, None):
-        raise AirflowFailException(f"verify: drift remains after correction ({verified})")
+    if told.failure:
+        raise AirflowFailException(told.failure)
     return out
 
 
 def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
     """Outbox backlog, projector lag and audit recency of every spec; alert per unhealthy spec."""
     from reconcile.alerts import health_alert
-    from reconcile.health import Thresholds, check
+    from reconcile.app import Thresholds
+    from reconcile.app import health as measure
     from reconcile_dags.discover import list_specs
 
     specs = [load(e.path) for e in list_specs()]
@@ -440,30 +407,12 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
         max_lag=int(thresholds["max_lag"]),
         stale_after=timedelta(seconds=float(thresholds["stale_after_s"])),
     )
-    lag_fn = None
-    if any(s.correction and s.correction.transport == "kafka" and s.correction.consumer_group for s in specs):
-        try:
-            from reconcile.events.kafka import consumer_lag
-
-            settings = kafka_settings()
-            lag_fn = lambda group, topic: int(consumer_lag(settings, group, topic))  # noqa: E731
-        except ImportError:
-            log.warning("reconcile: consumer lag not measured (reconcile.events.kafka unavailable)")
-    st = store()
-    try:
-        report = check(specs, st, th, lag=lag_fn)
-        total, oldest = st.outbox_backlog()
-    finally:
-        st.dispose()
+    with context(kafka=True) as ctx:
+        ctx.kafka_timeout_s = 15.0
+        report = measure(ctx, specs, th)
     by_name = {s.name: s for s in specs}
-    out: dict[str, Any] = {
-        "checked_at": datetime.now(UTC).isoformat(),
-        "outbox_unsent": total,
-        "outbox_oldest": oldest.isoformat() if oldest else None,
-        "specs": [h.to_dict() for h in report],
-        "alerted": {},
-    }
-    for h in report:
+    out: dict[str, Any] = {**report.to_dict(), "alerted": {}}
+    for h in report.specs:
         log.info(
             "reconcile %s: outbox=%s oldest_age_s=%s lag=%s last_run=%s %s",
             h.spec,
@@ -471,12 +420,13 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
             None if h.outbox_oldest_age_s is None else round(h.outbox_oldest_age_s),
             h.lag,
             h.last_run_at,
-            "; ".join(h.problems) or "healthy",
+            "; ".join([*h.unknown, *h.problems]) or "healthy",
         )
-        if h.problems:
+        if (h.problems or h.unknown) and h.spec in by_name:
             counts = {"outbox_unsent": h.outbox_unsent, "lag": h.lag}
-            out["alerted"][h.spec] = notify(by_name[h.spec], health_alert(h.spec, h.problems, counts))
-    out["problems"] = sum(len(h.problems) for h in report)
+            out["alerted"][h.spec] = notify(
+                by_name[h.spec], health_alert(h.spec, [*h.unknown, *h.problems], counts)
+            )
     return out
 
 

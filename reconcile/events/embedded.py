@@ -9,18 +9,18 @@ autoincrement ids, so they only grow; a consumer's lag is the records after its 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from ..db import make_engine, map_errors
 from ..errors import PublishError, mask_url
-from ..sources.sql import make_engine
-from ..store import OutboxRow
-from .transport import PublishReport, Transport
+from .transport import EventConsumer, Message, Outgoing, PublishReport, Transport
 
-__all__ = ["EmbeddedLog", "EmbeddedTransport", "LogRecord", "embedded_log_url"]
+__all__ = ["EmbeddedLog", "EmbeddedTransport", "EmbeddedConsumer", "LogRecord", "embedded_log_url"]
 
 _meta = sa.MetaData()
 _log = sa.Table(
@@ -42,6 +42,12 @@ _offsets = sa.Table(
 )
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def embedded_log_url(store_url: str) -> str:
     """Where the embedded log lives: $RECONCILE_EMBEDDED_LOG_URL, else the audit store's database."""
     import os
@@ -58,6 +64,7 @@ class LogRecord:
     key: str | None
     headers: dict[str, str]
     value: str | None
+    appended_at: datetime | None = None
 
 
 class EmbeddedLog:
@@ -108,7 +115,10 @@ class EmbeddedLog:
                     .order_by(_log.c.offset)
                     .limit(limit)
                 )
-                out += [LogRecord(r.offset, r.topic, r.key, json.loads(r.headers), r.value) for r in rows]
+                out += [
+                    LogRecord(r.offset, r.topic, r.key, json.loads(r.headers), r.value, _utc(r.appended_at))
+                    for r in rows
+                ]
         return sorted(out, key=lambda r: r.offset)[:limit]
 
     def commit(self, conn: sa.Connection, group: str, topic: str, next_offset: int) -> None:
@@ -149,14 +159,27 @@ class EmbeddedLog:
 
 
 class EmbeddedTransport(Transport):
-    """Publishes outbox rows to the embedded log; a committed append is the confirmation."""
+    """The embedded log as a transport: a committed append is the confirmation."""
 
     name = "embedded"
 
     def __init__(self, log: EmbeddedLog):
         self.log = log
 
-    def publish(self, rows: Sequence[OutboxRow]) -> PublishReport:
+    @property
+    def where(self) -> str:
+        return f"embedded log {mask_url(self.log.url)}"
+
+    def consumer(self, group: str, topics: Sequence[str]) -> EventConsumer:
+        return EmbeddedConsumer(self.log, group, topics)
+
+    def lag(self, group: str, topic: str) -> int:
+        from ..errors import VerifyError
+
+        with map_errors("embedded log", self.log.url, VerifyError):
+            return self.log.lag(group, topic)
+
+    def publish(self, rows: Sequence[Outgoing]) -> PublishReport:
         try:
             self.log.append([(r.topic, r.message_key, r.headers, r.payload) for r in rows])
         except sa.exc.SQLAlchemyError as e:
@@ -166,3 +189,32 @@ class EmbeddedTransport(Transport):
 
     def close(self) -> None:
         self.log.dispose()
+
+
+class EmbeddedConsumer(EventConsumer):
+    """A consumer group's reader of the embedded log (one partition per topic: partition 0)."""
+
+    def __init__(self, log: EmbeddedLog, group: str, topics: Sequence[str]):
+        self.log, self.group, self.topics = log, group, list(topics)
+        self.positions: dict[str, int] = {}
+
+    def poll(self, max_messages: int = 1000, timeout_s: float = 0.5) -> list[Message]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = self.log.read(self.group, self.topics, limit=max_messages, positions=self.positions)
+            if records or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        for r in records:
+            self.positions[r.topic] = max(self.positions.get(r.topic, 0), r.offset + 1)
+        return [Message(r.topic, 0, r.offset, r.key, r.headers, r.value, r.appended_at) for r in records]
+
+    def commit(self) -> None:
+        if not self.positions:
+            return
+        with self.log.engine.begin() as conn:
+            for topic, offset in self.positions.items():
+                self.log.commit(conn, self.group, topic, offset)
+
+    def close(self) -> None:
+        self.positions.clear()

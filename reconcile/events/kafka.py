@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PublishError, VerifyError
-from ..store import OutboxRow
-from .transport import PublishReport, Transport
+from .cloudevent import decode_headers
+from .transport import EventConsumer, Message, Outgoing, PublishReport, Transport
 
-__all__ = ["KafkaSettings", "KafkaTransport", "consumer_lag", "ensure_topic"]
+__all__ = ["KafkaSettings", "KafkaTransport", "KafkaConsumer", "consumer_lag", "ensure_topic"]
 
 # librdkafka's own log lines ("Connect to ... failed") go here, not to stderr: the CLI's
 # contract is one error line, and delivery reports already carry what matters.
@@ -51,16 +51,31 @@ class KafkaSettings:
 
 
 class KafkaTransport(Transport):
-    """Publishes outbox rows with an idempotent, acks=all producer."""
+    """A real broker: an idempotent, acks=all producer; consumer groups; lag from the AdminClient."""
 
     name = "kafka"
 
     def __init__(self, settings: KafkaSettings, *, timeout_s: float = 30.0):
-        from confluent_kafka import Producer
-
         self.settings = settings
         self.timeout_s = timeout_s
-        self.producer = Producer(
+        self._producer: Any = None
+
+    @property
+    def where(self) -> str:
+        return self.settings.bootstrap_servers
+
+    @property
+    def producer(self) -> Any:
+        """The producer, made on first use (a transport that only measures lag never makes one)."""
+        if self._producer is None:
+            self._producer = self._make_producer()
+        return self._producer
+
+    def _make_producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        settings, timeout_s = self.settings, self.timeout_s
+        return Producer(
             settings.config(
                 **{
                     "enable.idempotence": True,
@@ -78,7 +93,7 @@ class KafkaTransport(Transport):
             )
         )
 
-    def publish(self, rows: Sequence[OutboxRow]) -> PublishReport:
+    def publish(self, rows: Sequence[Outgoing]) -> PublishReport:
         from confluent_kafka import KafkaException
 
         report = PublishReport()
@@ -123,8 +138,73 @@ class KafkaTransport(Transport):
             )
         return report
 
+    def consumer(self, group: str, topics: Sequence[str]) -> EventConsumer:
+        return KafkaConsumer(self.settings, group, topics)
+
+    def lag(self, group: str, topic: str) -> int:
+        return consumer_lag(self.settings, group, topic, timeout_s=min(self.timeout_s, 15.0))
+
     def close(self) -> None:
-        self.producer.flush(5)
+        if self._producer is not None:
+            self._producer.flush(5)
+
+
+class KafkaConsumer(EventConsumer):
+    """A consumer-group member with manual commits (commit only after the batch was applied)."""
+
+    def __init__(self, settings: KafkaSettings, group: str, topics: Sequence[str]):
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer(
+            settings.config(
+                **{
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": 10000,
+                    "allow.auto.create.topics": False,
+                }
+            )
+        )
+        self.consumer.subscribe(list(topics))
+        self._polled = False
+
+    def poll(self, max_messages: int = 1000, timeout_s: float = 0.5) -> list[Message]:
+        from datetime import UTC, datetime
+
+        out: list[Message] = []
+        for m in self.consumer.consume(num_messages=max_messages, timeout=timeout_s):
+            if m.error() is not None:
+                continue
+            kind, ms = m.timestamp()
+            key, value = m.key(), m.value()
+            out.append(
+                Message(
+                    topic=str(m.topic()),
+                    partition=int(m.partition() or 0),
+                    offset=int(m.offset() or 0),
+                    key=key.decode() if isinstance(key, bytes) else key,
+                    headers=decode_headers(m.headers()),
+                    value=value.decode() if isinstance(value, bytes) else value,
+                    timestamp=datetime.fromtimestamp(ms / 1000, UTC) if kind and ms >= 0 else None,
+                )
+            )
+        self._polled = self._polled or bool(out)
+        return out
+
+    def commit(self) -> None:
+        from confluent_kafka import KafkaException
+
+        if not self._polled:
+            return
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as e:
+            raise PublishError(f"kafka: cannot commit the consumer's offsets: {e}") from None
+        self._polled = False
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def _admin(settings: KafkaSettings, timeout_s: float):  # type: ignore[no-untyped-def]
@@ -163,8 +243,9 @@ def consumer_lag(settings: KafkaSettings, group: str, topic: str, timeout_s: flo
 
     admin = _admin(settings, timeout_s)
     try:
-        md = admin.list_topics(topic=topic, timeout=timeout_s)
-        meta = md.topics.get(topic)
+        # All topics' metadata, not this topic's: a metadata request naming a topic makes a broker
+        # with auto.create.topics.enable create it, and measuring must never create anything.
+        meta = admin.list_topics(timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return 0
         tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]

@@ -1,9 +1,14 @@
-"""The events-out port: a transport publishes outbox rows and reports which were confirmed.
+"""The events port: a transport publishes events, hands them to consumers, and reports lag.
 
-Two adapters: :class:`~reconcile.events.kafka.KafkaTransport` (production) and
-:class:`~reconcile.events.embedded.EmbeddedTransport` (a table-backed log, the default for
-trying reconcile without infrastructure). The relay marks a row sent only when its transport
-confirmed it.
+Two adapters, made by one factory (:func:`open_transport`):
+
+* ``kafka`` — :class:`~reconcile.events.kafka.KafkaTransport`, a real broker (production);
+* ``embedded`` — :class:`~reconcile.events.embedded.EmbeddedTransport`, a table-backed log in
+  a SQL database (the default for trying reconcile without infrastructure).
+
+The relay marks an outbox row sent only when its transport confirmed it; a consumer commits
+its position only after it applied what it read, so a crash in between redelivers (ids kept,
+so a projector can dedupe).
 """
 
 from __future__ import annotations
@@ -11,10 +16,51 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
-from ..store import OutboxRow
+if TYPE_CHECKING:
+    from .kafka import KafkaSettings
 
-__all__ = ["Transport", "PublishReport"]
+__all__ = [
+    "TRANSPORTS",
+    "Outgoing",
+    "Message",
+    "PublishReport",
+    "EventConsumer",
+    "Transport",
+    "open_transport",
+]
+
+TRANSPORTS = ("kafka", "embedded")
+
+
+class Outgoing(Protocol):
+    """What a transport publishes (an outbox row has these fields)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def message_key(self) -> str: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def payload(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event as a consumer reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    headers: dict[str, str]
+    value: str | None
+    timestamp: datetime | None = None
 
 
 @dataclass
@@ -26,14 +72,65 @@ class PublishReport:
     first_error: str | None = None
 
 
+class EventConsumer(ABC):
+    """A consumer group's reader of some topics: poll, apply, then commit."""
+
+    @abstractmethod
+    def poll(self, max_messages: int = 1000, timeout_s: float = 0.5) -> list[Message]:
+        """The next messages after this consumer's position (empty after ``timeout_s``)."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Commit the group's position past every message polled so far."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group without committing."""
+
+
 class Transport(ABC):
-    """Publishes corrective events; one instance per relay run."""
+    """Publishes events, reads them back for a consumer group, and measures a group's lag."""
 
     name: str = "transport"
 
+    @property
     @abstractmethod
-    def publish(self, rows: Sequence[OutboxRow]) -> PublishReport:
+    def where(self) -> str:
+        """Where the events go, for messages (bootstrap servers, masked database URL)."""
+
+    @abstractmethod
+    def publish(self, rows: Sequence[Outgoing]) -> PublishReport:
         """Send the rows in order; report which the destination confirmed durable."""
+
+    @abstractmethod
+    def consumer(self, group: str, topics: Sequence[str]) -> EventConsumer:
+        """A consumer in ``group`` on ``topics``, starting at the group's committed position
+        (from the earliest message when the group never committed)."""
+
+    @abstractmethod
+    def lag(self, group: str, topic: str) -> int:
+        """Messages of ``topic`` the group has not committed yet (a missing topic has none)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def open_transport(
+    kind: str,
+    *,
+    kafka: KafkaSettings | None = None,
+    embedded_url: str | None = None,
+    timeout_s: float = 30.0,
+) -> Transport:
+    """The transport called ``kind`` (``kafka`` or ``embedded``), configured once by the caller."""
+    if kind == "embedded":
+        from .embedded import EmbeddedLog, EmbeddedTransport
+
+        if not embedded_url:
+            raise ValueError("the embedded transport needs the URL of its database")
+        return EmbeddedTransport(EmbeddedLog(embedded_url))
+    if kind == "kafka":
+        from .kafka import KafkaSettings, KafkaTransport
+
+        return KafkaTransport(kafka or KafkaSettings.from_env(), timeout_s=timeout_s)
+    raise ValueError(f"transport {kind!r} is not one of {', '.join(TRANSPORTS)}")

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from ..app import audit
+from ..app import Context, HealResult, audit, heal
 from ..events.kafka import KafkaSettings
 from ..findings import RunResult
-from ..heal import RunOutcome, run
 from ..spec import Spec
 from ..store import AuditStore
 from .channel import Channel
@@ -65,6 +64,7 @@ class Incident:
     def __post_init__(self) -> None:
         c = self.spec.correction
         assert c is not None and c.consumer_group
+        self.ctx = Context.of(self.store, kafka=self.kafka)
         self.truth_url = str(self.spec.truth.url)
         self.projection_url = str(self.spec.projection.url)
         self.entities = create_world(
@@ -186,13 +186,17 @@ class Incident:
     def audit(self, grace_s: float) -> tuple[RunResult, Score]:
         """Audit now; score the findings against the ground truth."""
         at = time.monotonic()
-        result = audit(self.spec, self.store)
+        result = audit(self.ctx, self.spec)
         found = {(f.key["warehouse"], f.key["sku"]) for f in result.findings}
         return result, self.truth.score(found, grace_s, at)
 
-    def heal(self, timeout: timedelta = timedelta(seconds=60)) -> RunOutcome:
-        """`reconcile run --verify` while the projector keeps consuming."""
-        return run(self.spec, self.store, verify=True, kafka=self.kafka, timeout=timeout)
+    def heal(self, timeout: timedelta = timedelta(seconds=60)) -> HealResult:
+        """`reconcile run --verify --skip-preflight` while the projector keeps consuming.
+
+        The replay skips the preflight gate: its world is built in the same second, so there is
+        no earlier full audit to hold row counts against, and the gate is tested on its own.
+        """
+        return heal(self.ctx, self.spec, verify=True, timeout=timeout, preflight=False)
 
     def close(self) -> None:
         self._stop_relay.set()
@@ -204,4 +208,4 @@ class Incident:
         self.projector.dispose()
         self.service.dispose()
         self.channel.close()
-        self.store.dispose()
+        self.ctx.close()

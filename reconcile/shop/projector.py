@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..projector import applied_events
+from ..sources.writer import applied_events
 from .channel import Channel, Message
 from .service import ORDER_PLACED
 from .world import engine, stock_base, stock_journal, stock_view

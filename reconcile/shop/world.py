@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from ..sources.sql import make_engine
+from ..db import make_engine
 
 __all__ = [
     "truth_meta",

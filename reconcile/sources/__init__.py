@@ -1,5 +1,5 @@
-"""Readers of truth and projection (rows in)."""
+"""Rows in: the SQL readers of truth and projection (read-only), key ranges, checksum pushdown."""
 
-from .sql import SqlSource, key_kind, normalize_url, open_engine, source_errors
+from .sql import SqlSource, key_kind, open_engine, source_errors
 
-__all__ = ["SqlSource", "key_kind", "normalize_url", "open_engine", "source_errors"]
+__all__ = ["SqlSource", "key_kind", "open_engine", "source_errors"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -22,18 +21,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from ..compare import key_part, to_utc
+from ..db import make_engine, map_errors
 from ..diff import Row
 from ..errors import SourceError, SpecError, mask_url
 from ..spec import Side
 
 __all__ = [
     "SqlSource",
-    "make_engine",
     "open_engine",
-    "normalize_url",
     "source_errors",
     "key_kind",
     "KEY_KINDS",
@@ -43,78 +41,13 @@ KEY_KINDS = ("int", "number", "datetime", "text")
 _BIN_COLLATION = {"postgresql": "C", "sqlite": "BINARY", "mysql": "utf8mb4_bin", "mariadb": "utf8mb4_bin"}
 
 
-def normalize_url(url: str) -> str:
-    """Pick the drivers reconcile ships with when a URL names none (psycopg 3, PyMySQL)."""
-    for plain, full in (
-        ("postgres://", "postgresql+psycopg://"),
-        ("postgresql://", "postgresql+psycopg://"),
-        ("mysql://", "mysql+pymysql://"),
-        ("mariadb://", "mariadb+pymysql://"),
-    ):
-        if url.startswith(plain):
-            return full + url[len(plain) :]
-    return url
-
-
-def _first_line(e: BaseException) -> str:
-    orig = getattr(e, "orig", None) or e
-    text = str(orig).strip().splitlines()
-    return mask_url(text[0] if text else type(orig).__name__)
-
-
-@contextmanager
-def source_errors(role: str, url: str) -> Iterator[None]:
-    """Translate driver errors raised inside into one-line SourceErrors naming side and database."""
-    where = mask_url(url)
-    try:
-        yield
-    except (SourceError, SpecError):
-        raise
-    except DBAPIError as e:
-        if e.connection_invalidated or isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
-            raise SourceError(f"{role}: database {where}: {_first_line(e)}") from None
-        raise SourceError(f"{role}: query failed on {where}: {_first_line(e)}") from None
-    except (NoSuchModuleError, ArgumentError) as e:
-        raise SourceError(f"{role}: cannot use database URL {where}: {_first_line(e)}") from None
-    except SQLAlchemyError as e:
-        raise SourceError(f"{role}: database {where}: {_first_line(e)}") from None
-    except OSError as e:
-        raise SourceError(f"{role}: database {where}: {e}") from None
-
-
-def make_engine(url: str, *, sqlite_wal: bool = False) -> Engine:
-    """An engine (no connection yet) with reconcile's defaults, for any URL it is given.
-
-    psycopg 3 / PyMySQL when the URL names no driver; PostgreSQL sessions in UTC; connect
-    timeouts so a dead host fails fast; on SQLite a busy timeout, and WAL when ``sqlite_wal``
-    (only for databases reconcile owns: the store, the embedded log, the demo shop — switching a
-    user's file to WAL would be a write, and truth and projection are read-only to reconcile).
-    """
-    u = sa.make_url(normalize_url(url))
-    kwargs: dict[str, Any] = {}
-    backend = u.get_backend_name()
-    if backend == "postgresql" and u.get_driver_name() == "psycopg":
-        kwargs["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 10}
-    elif backend in ("mysql", "mariadb"):
-        kwargs["connect_args"] = {"connect_timeout": 10}
-    elif backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30}
-    engine = sa.create_engine(u, pool_pre_ping=True, **kwargs)
-    if backend == "sqlite":
-        pragmas = ["PRAGMA busy_timeout=30000"] + (["PRAGMA journal_mode=WAL"] if sqlite_wal else [])
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            for pragma in pragmas:
-                cur.execute(pragma)
-            cur.close()
-
-    return engine
+def source_errors(role: str, url: str) -> Any:
+    """Driver errors raised inside become one-line SourceErrors naming the side and database."""
+    return map_errors(role, url, SourceError)
 
 
 def open_engine(url: str, role: str = "database") -> Engine:
-    """:func:`make_engine` for a truth or projection URL, with its errors as SourceErrors."""
+    """:func:`~reconcile.db.make_engine` for a truth or projection URL, errors as SourceErrors."""
     with source_errors(role, url):
         return make_engine(url)
 

@@ -9,28 +9,40 @@ transaction, so a crash leaves runs, findings and outbox consistent with each ot
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
+from .. import lifecycle
+from ..db import make_engine, map_errors
 from ..errors import StoreError, mask_url
 from ..findings import Finding, FindingKind, FindingStatus, Summary
-from ..sources.sql import make_engine
+from ..lifecycle import Stored, plan_run
 from . import schema
+from .port import OutboxEntry, OutboxRow, PreflightRecord, RunRecord, Store
 from .schema import findings as F
 from .schema import outbox as O
 from .schema import runs as R
 
-__all__ = ["AuditStore", "default_store_url", "RunRecord", "OutboxRow", "ACTIVE"]
+__all__ = [
+    "Store",
+    "AuditStore",
+    "open_store",
+    "default_store_url",
+    "RunRecord",
+    "OutboxRow",
+    "OutboxEntry",
+    "PreflightRecord",
+    "ACTIVE",
+]
 
 DEFAULT_STORE_URL = "sqlite:///reconcile-store.db"
-ACTIVE = (FindingStatus.OPEN.value, FindingStatus.CORRECTING.value, FindingStatus.ACKNOWLEDGED.value)
+ACTIVE = tuple(s.value for s in lifecycle.ACTIVE)
 
 
 def default_store_url(url: str | None = None) -> str:
@@ -53,37 +65,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """One stored run."""
-
-    id: str
-    spec: str
-    started_at: datetime
-    finished_at: datetime
-    status: str
-    strategy: str
-    scope: dict[str, Any]
-    summary: dict[str, int]
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One corrective event waiting in (or sent from) the outbox."""
-
-    id: int
-    event_id: str
-    spec: str
-    run_id: str
-    topic: str
-    transport: str
-    message_key: str
-    headers: dict[str, str]
-    payload: str | None
-    created_at: datetime
-    sent_at: datetime | None = None
-
-
 def _finding(row: Any, confirm_runs: int = 1) -> Finding:
     return Finding(
         kind=FindingKind(row.kind),
@@ -100,8 +81,8 @@ def _finding(row: Any, confirm_runs: int = 1) -> Finding:
     )
 
 
-class AuditStore:
-    """Runs, findings and the outbox in one SQL database, migrated on first use."""
+class AuditStore(Store):
+    """The audit store in one SQL database (SQLite, PostgreSQL, MySQL), migrated on first use."""
 
     def __init__(self, url: str | None = None):
         self.url = default_store_url(url)
@@ -117,20 +98,12 @@ class AuditStore:
     def display(self) -> str:
         return mask_url(self.url)
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except StoreError:
-            raise
-        except SQLAlchemyError as e:
-            orig = getattr(e, "orig", None) or e
-            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-            raise StoreError(f"audit store {self.display}: {mask_url(first)}") from None
+    def _errors(self) -> Any:
+        return map_errors("audit store", self.url, StoreError)
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """One transaction on a migrated store."""
+    def _begin(self) -> Iterator[Connection]:
+        """One transaction on a migrated store (private: the store's API never hands out connections)."""
         self.migrate()
         with self._errors(), self.engine.begin() as conn:
             yield conn
@@ -155,13 +128,13 @@ class AuditStore:
     # -- findings ------------------------------------------------------------------------
     def active_findings(self, spec: str) -> list[Finding]:
         """Findings of a spec not yet resolved (open, correcting, acknowledged)."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             rows = conn.execute(sa.select(F).where(F.c.spec == spec, F.c.status.in_(ACTIVE)).order_by(F.c.id))
             return [_finding(r) for r in rows]
 
     def findings(self, spec: str, statuses: Sequence[str] = ACTIVE, confirm_runs: int = 1) -> list[Finding]:
         """Findings of a spec in the given statuses, oldest first."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             rows = conn.execute(
                 sa.select(F).where(F.c.spec == spec, F.c.status.in_(list(statuses))).order_by(F.c.id)
             )
@@ -191,51 +164,58 @@ class AuditStore:
         Returns (confirmed, unconfirmed) findings with their lifecycle filled in.
         """
         now = finished_at
-        confirmed: list[Finding] = []
-        unconfirmed: list[Finding] = []
-        with self.begin() as conn:
+        with self._begin() as conn:
             active = {
-                r.key_id: r
-                for r in conn.execute(sa.select(F).where(F.c.spec == spec, F.c.status.in_(ACTIVE)))
+                r.key_id: Stored(
+                    r.id, r.key_id, FindingStatus(r.status), r.times_seen, _aware(r.first_seen), r.note
+                )
+                for r in conn.execute(
+                    sa.select(F.c.id, F.c.key_id, F.c.status, F.c.times_seen, F.c.first_seen, F.c.note).where(
+                        F.c.spec == spec, F.c.status.in_(ACTIVE)
+                    )
+                )
             }
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            for f in seen:
-                kid = f.key_id
-                values = {
-                    "kind": f.kind.value,
-                    "columns": list(f.columns),
-                    "truth": _json(f.truth),
-                    "projection": _json(f.projection),
-                    "copies": f.copies,
-                    "last_seen": now,
-                    "last_run_id": run_id,
+            plan = plan_run(
+                active,
+                seen,
+                clean=clean,
+                pending=pending,
+                resolve_unseen=resolve_unseen,
+                confirm_runs=confirm_runs,
+                now=now,
+            )
+            values = [
+                (
+                    f,
+                    {
+                        "kind": f.kind.value,
+                        "columns": list(f.columns),
+                        "truth": _json(f.truth),
+                        "projection": _json(f.projection),
+                        "copies": f.copies,
+                        "last_seen": now,
+                        "last_run_id": run_id,
+                    },
+                )
+                for f in [*plan.new, *(f for _, f in plan.again)]
+            ]
+            inserts = [
+                {
+                    **v,
+                    "spec": spec,
+                    "key_id": f.key_id,
+                    "entity_key": _json(f.key),
+                    "status": FindingStatus.OPEN.value,
+                    "times_seen": 1,
+                    "first_seen": now,
+                    "first_run_id": run_id,
                 }
-                old = active.pop(kid, None)
-                if old is None:
-                    inserts.append(
-                        {
-                            **values,
-                            "spec": spec,
-                            "key_id": kid,
-                            "entity_key": _json(f.key),
-                            "status": FindingStatus.OPEN.value,
-                            "times_seen": 1,
-                            "first_seen": now,
-                            "first_run_id": run_id,
-                        }
-                    )
-                    f = f.with_lifecycle(times_seen=1, first_seen=now, status=FindingStatus.OPEN)
-                else:
-                    updates.append({**values, "_id": old.id, "times_seen": old.times_seen + 1})
-                    f = f.with_lifecycle(
-                        times_seen=old.times_seen + 1,
-                        first_seen=_aware(old.first_seen),
-                        status=FindingStatus(old.status),
-                        note=old.note,
-                    )
-                f = f.with_lifecycle(confirmed=f.times_seen >= confirm_runs)
-                (confirmed if f.confirmed else unconfirmed).append(f)
+                for f, v in values[: len(plan.new)]
+            ]
+            updates = [
+                {**v, "_id": row_id, "times_seen": f.times_seen}
+                for (row_id, _), (f, v) in zip(plan.again, values[len(plan.new) :], strict=True)
+            ]
             if inserts:
                 conn.execute(F.insert(), inserts)
             if updates:
@@ -245,38 +225,28 @@ class AuditStore:
                     .values({c: sa.bindparam(c) for c in updates[0] if c != "_id"}),
                     updates,
                 )
-            resolve = [
-                r.id for kid, r in active.items() if kid in clean or (resolve_unseen and kid not in pending)
-            ]
-            for i in range(0, len(resolve), 1000):
+            for i in range(0, len(plan.resolve), 1000):
                 conn.execute(
                     F.update()
-                    .where(F.c.id.in_(resolve[i : i + 1000]))
+                    .where(F.c.id.in_(plan.resolve[i : i + 1000]))
                     .values(status=FindingStatus.RESOLVED.value, resolved_at=now, last_run_id=run_id)
                 )
-            for f in confirmed:
-                summary.count(f.kind)
-                if f.status is FindingStatus.ACKNOWLEDGED:
-                    summary.acknowledged += 1
-            summary.unconfirmed = len(unconfirmed)
-            status = (
-                "drift" if any(f.status is not FindingStatus.ACKNOWLEDGED for f in confirmed) else "clean"
-            )
+            plan.tally(summary)
             conn.execute(
                 R.insert().values(
                     id=run_id,
                     spec=spec,
                     started_at=started_at,
                     finished_at=finished_at,
-                    status=status,
+                    status=plan.status,
                     strategy=strategy,
                     scope=scope,
                     summary=summary.to_dict(),
                 )
             )
-        return confirmed, unconfirmed
+        return plan.confirmed, plan.unconfirmed
 
-    def set_status(
+    def _set_status(
         self,
         conn: Connection,
         spec: str,
@@ -286,7 +256,7 @@ class AuditStore:
         note: str | None = None,
         only_from: Sequence[str] = ACTIVE,
     ) -> int:
-        """Move findings (by key id) to a status inside the caller's transaction."""
+        """Move findings (by key id) to a status inside a transaction of the store's own."""
         ids = list(key_ids)
         done = 0
         values: dict[str, Any] = {"status": status.value}
@@ -303,7 +273,7 @@ class AuditStore:
 
     def acknowledge(self, spec: str, key_id: str, reason: str) -> Finding:
         """A human marks an active finding as known and not to be corrected."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             row = conn.execute(
                 sa.select(F).where(F.c.spec == spec, F.c.key_id == key_id, F.c.status.in_(ACTIVE))
             ).first()
@@ -321,7 +291,7 @@ class AuditStore:
     # -- runs ----------------------------------------------------------------------------
     def latest_run(self, spec: str) -> RunRecord | None:
         """The most recent stored audit of a spec."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             r = conn.execute(
                 sa.select(R)
                 .where(R.c.spec == spec)
@@ -343,20 +313,86 @@ class AuditStore:
 
     def last_run_times(self) -> dict[str, datetime]:
         """Spec name -> when its latest run finished (for the health check)."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             rows = conn.execute(sa.select(R.c.spec, sa.func.max(R.c.finished_at)).group_by(R.c.spec))
             return {spec: _aware(at) for spec, at in rows}  # type: ignore[misc]
 
-    def run_findings(
+    def _run_findings(
         self, conn: Connection, spec: str, run_id: str, status: str
     ) -> list[tuple[int, Finding]]:
-        """(id, finding) of a spec's findings last seen by a run, in a status."""
         rows = conn.execute(
             sa.select(F)
             .where(F.c.spec == spec, F.c.last_run_id == run_id, F.c.status == status)
             .order_by(F.c.id)
         )
         return [(r.id, _finding(r)) for r in rows]
+
+    def run_findings(self, spec: str, run_id: str, status: str) -> list[Finding]:
+        """A spec's findings last seen by a run, in a status, oldest first."""
+        with self._begin() as conn:
+            return [f for _, f in self._run_findings(conn, spec, run_id, status)]
+
+    def correct(
+        self,
+        spec: str,
+        run_id: str,
+        decide: Callable[[list[Finding]], list[OutboxEntry]],
+        *,
+        note: str,
+    ) -> tuple[list[OutboxEntry], int]:
+        """One correction, in one transaction: outbox rows written and findings marked correcting.
+
+        ``decide`` gets the open findings last seen by ``run_id`` and returns the corrective
+        events to write, each naming its finding's key id; raising (the guard) writes nothing.
+        Events whose id is already in the outbox are skipped. Returns (entries, rows written).
+        """
+        with self._begin() as conn:
+            found = self._run_findings(conn, spec, run_id, FindingStatus.OPEN.value)
+            ids = {f.key_id: fid for fid, f in found}
+            entries = decide([f for _, f in found])
+            if not entries:
+                return entries, 0
+            written = self._enqueue(
+                conn,
+                [
+                    {
+                        "event_id": e.event_id,
+                        "spec": spec,
+                        "run_id": run_id,
+                        "finding_id": ids[e.key_id],
+                        "topic": e.topic,
+                        "transport": e.transport,
+                        "message_key": e.message_key,
+                        "headers": e.headers,
+                        "payload": e.payload,
+                        "created_at": e.created_at,
+                    }
+                    for e in entries
+                ],
+            )
+            self._set_status(
+                conn,
+                spec,
+                [e.key_id for e in entries],
+                FindingStatus.CORRECTING,
+                note=note,
+                only_from=[FindingStatus.OPEN.value],
+            )
+        return entries, written
+
+    def move(
+        self,
+        spec: str,
+        moves: Sequence[tuple[Iterable[str], FindingStatus, str]],
+        *,
+        only_from: Sequence[str] = ACTIVE,
+    ) -> list[int]:
+        """Move groups of findings (key ids, new status, note) in one transaction; counts moved per group."""
+        with self._begin() as conn:
+            return [
+                self._set_status(conn, spec, list(keys), status, note=note, only_from=only_from)
+                for keys, status, note in moves
+            ]
 
     def _id_chunks(self, column: sa.Column[Any], values: Sequence[Any]) -> Iterator[sa.ColumnElement[bool]]:
         """``column IN values`` as few conditions as the database allows.
@@ -376,9 +412,9 @@ class AuditStore:
             yield column.in_(values[i : i + 1000])
 
     # -- outbox --------------------------------------------------------------------------
-    def enqueue(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert outbox rows inside the caller's transaction; rows whose event id is already
-        there are skipped (the unique constraint makes a repeated correction a no-op)."""
+    def _enqueue(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert outbox rows; rows whose event id is already there are skipped (the unique
+        constraint makes a repeated correction a no-op)."""
         if not rows:
             return 0
         existing: set[str] = set()
@@ -399,7 +435,7 @@ class AuditStore:
 
     def unsent(self, limit: int, spec: str | None = None, after_id: int = 0) -> list[OutboxRow]:
         """The oldest unsent outbox rows (optionally of one spec)."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             q = sa.select(O).where(O.c.sent_at.is_(None), O.c.id > after_id)
             if spec:
                 q = q.where(O.c.spec == spec)
@@ -409,7 +445,7 @@ class AuditStore:
     def mark_sent(self, ids: Sequence[int], at: datetime | None = None) -> None:
         """Mark rows sent (called only for rows the broker confirmed)."""
         at = at or _now()
-        with self.begin() as conn:
+        with self._begin() as conn:
             for where in self._id_chunks(O.c.id, ids):
                 conn.execute(
                     O.update().where(where).values(sent_at=at, attempts=O.c.attempts + 1, last_error=None)
@@ -417,7 +453,7 @@ class AuditStore:
 
     def mark_failed(self, ids: Sequence[int], error: str) -> None:
         """Count a failed attempt on rows that stay unsent."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             for where in self._id_chunks(O.c.id, ids):
                 conn.execute(
                     O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000])
@@ -425,7 +461,7 @@ class AuditStore:
 
     def outbox_events(self, spec: str | None = None, sent: bool | None = None) -> list[OutboxRow]:
         """Outbox rows (all, or only sent / unsent), oldest first."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             q = sa.select(O)
             if spec:
                 q = q.where(O.c.spec == spec)
@@ -435,12 +471,45 @@ class AuditStore:
 
     def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
         """(number of unsent rows, creation time of the oldest) — the relay's health."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             q = sa.select(sa.func.count(), sa.func.min(O.c.created_at)).where(O.c.sent_at.is_(None))
             if spec:
                 q = q.where(O.c.spec == spec)
             n, oldest = conn.execute(q).one()
             return int(n), _aware(oldest)
+
+    # -- preflight gates -----------------------------------------------------------------
+    def record_preflight(
+        self,
+        *,
+        check_id: str,
+        spec: str,
+        checked_at: datetime,
+        success: bool,
+        results: dict[str, Any],
+        docs: str | None,
+    ) -> None:
+        from .preflight import record_preflight
+
+        record_preflight(
+            self,
+            check_id=check_id,
+            spec=spec,
+            checked_at=checked_at,
+            success=success,
+            results=results,
+            docs=docs,
+        )
+
+    def preflight_history(self, spec: str, limit: int = 20) -> list[PreflightRecord]:
+        from .preflight import preflight_history
+
+        return preflight_history(self, spec, limit)
+
+    def baseline_run(self, spec: str) -> RunRecord | None:
+        from .preflight import baseline_run
+
+        return baseline_run(self, spec)
 
 
 def _outbox_row(r: Any) -> OutboxRow:
@@ -463,3 +532,8 @@ def _json(value: Any) -> Any:
     from ..compare import jsonable
 
     return jsonable(value)
+
+
+def open_store(url: str | None = None) -> Store:
+    """The audit store at ``url`` (``--store``), else ``$RECONCILE_STORE_URL``, else the SQLite default."""
+    return AuditStore(url)

@@ -6,29 +6,17 @@ so the gates never touch SQL themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from . import AuditStore, RunRecord, _aware
+from . import AuditStore, _aware
+from .port import PreflightRecord, RunRecord
 from .schema import preflight_checks as P
 from .schema import runs as R
 
 __all__ = ["PreflightRecord", "record_preflight", "preflight_history", "baseline_run"]
-
-
-@dataclass(frozen=True)
-class PreflightRecord:
-    """One stored preflight gate."""
-
-    id: str
-    spec: str
-    checked_at: datetime
-    success: bool
-    results: dict[str, Any]
-    docs: str | None
 
 
 def record_preflight(
@@ -42,7 +30,7 @@ def record_preflight(
     docs: str | None,
 ) -> None:
     """Store one gate's outcome and its JSON results."""
-    with store.begin() as conn:
+    with store._begin() as conn:
         conn.execute(
             P.insert().values(
                 id=check_id, spec=spec, checked_at=checked_at, success=success, results=results, docs=docs
@@ -52,7 +40,7 @@ def record_preflight(
 
 def preflight_history(store: AuditStore, spec: str, limit: int = 20) -> list[PreflightRecord]:
     """The latest stored gates of a spec, newest first."""
-    with store.begin() as conn:
+    with store._begin() as conn:
         rows = conn.execute(
             sa.select(P).where(P.c.spec == spec).order_by(P.c.checked_at.desc()).limit(limit)
         ).all()
@@ -68,7 +56,7 @@ def baseline_run(store: AuditStore, spec: str, lookback: int = 50) -> RunRecord 
     Its summary's ``truth_rows`` / ``projection_rows`` are what "the row count collapsed" is
     measured against; a scoped audit read only a slice and would make a useless baseline.
     """
-    with store.begin() as conn:
+    with store._begin() as conn:
         rows = conn.execute(
             sa.select(R)
             .where(R.c.spec == spec)

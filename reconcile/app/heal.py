@@ -1,4 +1,5 @@
-"""The healing loop: correct → relay → verify, and ``run`` (audit → correct → relay → verify).
+"""The healing loop: correct → relay → verify, and ``heal`` (preflight → audit → correct → relay
+→ verify), which the CLI's ``run`` and the scheduled DAG both call.
 
 * **correct** turns the confirmed open findings of a spec's latest run into corrective events in
   the outbox and marks those findings ``correcting`` — one transaction of the audit store, so a
@@ -20,26 +21,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .app import audit
-from .errors import GuardTripped, PublishError, ReconcileError, VerifyError
-from .events.cloudevent import CorrectiveEvent, build_event
-from .events.embedded import EmbeddedLog, EmbeddedTransport, embedded_log_url
-from .events.kafka import KafkaSettings, KafkaTransport, consumer_lag
-from .events.transport import Transport
-from .findings import FindingStatus, RunResult
-from .spec import Spec
-from .store import AuditStore
+from ..errors import PublishError, ReconcileError, VerifyError
+from ..events.cloudevent import CorrectiveEvent, build_event
+from ..findings import Finding, FindingStatus, RunResult
+from ..guard import check_guard
+from ..lifecycle import correctable, plan_verify
+from ..spec import Spec
+from ..store import OutboxEntry
+from .audit import audit
+from .context import Context
 
 __all__ = [
     "CorrectionResult",
     "RelayResult",
     "VerifyResult",
-    "RunOutcome",
+    "HealResult",
     "correct",
     "relay",
     "verify",
-    "run",
-    "check_guard",
+    "heal",
+    "projector_lag",
 ]
 
 
@@ -67,76 +68,54 @@ class CorrectionResult:
         }
 
 
-def check_guard(spec: Spec, findings: int, compared: int) -> None:
-    """Raise GuardTripped when ``findings`` corrections are more than the spec allows."""
-    c = spec.correction
-    assert c is not None
-    ratio = findings / compared if compared else (float("inf") if findings else 0.0)
-    if findings > c.max_count:
-        raise GuardTripped(
-            f"blast-radius guard: {findings:,} corrections exceed correction.max_count {c.max_count:,} "
-            f"for spec {spec.name}; nothing written (use --force if this drift is real)"
-        )
-    if ratio > c.max_ratio:
-        shown = "all" if compared == 0 else f"{ratio:.4g}"
-        raise GuardTripped(
-            f"blast-radius guard: {findings:,} corrections of {compared:,} compared (ratio {shown}) exceed "
-            f"correction.max_ratio {c.max_ratio} for spec {spec.name}; nothing written "
-            "(use --force if this drift is real)"
-        )
-
-
 def _require_correction(spec: Spec) -> None:
     if spec.correction is None:
         raise ReconcileError(f"spec {spec.label}: correction: this spec has no correction section")
 
 
 def correct(
-    spec: Spec, store: AuditStore, *, dry_run: bool = False, force: bool = False, now: datetime | None = None
+    ctx: Context, spec: Spec, *, dry_run: bool = False, force: bool = False, now: datetime | None = None
 ) -> CorrectionResult:
-    """Write corrective events for the confirmed open findings of the latest run to the outbox."""
+    """Write corrective events for the confirmed open findings of the latest run to the outbox.
+
+    One transaction of the store: the outbox rows and the findings' move to ``correcting``
+    together. The blast-radius guard runs inside it, so a refusal writes nothing.
+    """
     _require_correction(spec)
+    c = spec.correction
+    assert c is not None
+    store = ctx.store
     latest = store.latest_run(spec.name)
     if latest is None:
         raise ReconcileError(f"spec {spec.name}: no audit run yet; run `reconcile audit` first")
     compared = int(latest.summary.get("compared", 0))
-    with store.begin() as conn:
-        todo = [
-            (fid, f)
-            for fid, f in store.run_findings(conn, spec.name, latest.id, FindingStatus.OPEN.value)
-            if f.times_seen >= spec.freshness.confirm_runs
-        ]
+    events: list[CorrectiveEvent] = []
+
+    def decide(found: list[Finding]) -> list[OutboxEntry]:
+        todo = correctable(found, spec.freshness.confirm_runs)
         if not force:
-            check_guard(spec, len(todo), compared)
-        events = [build_event(spec, f, latest.id, now) for _, f in todo]
-        if dry_run or not events:
-            return CorrectionResult(spec.name, latest.id, events, 0, dry_run, compared)
-        written = store.enqueue(
-            conn,
-            [
-                {
-                    "event_id": e.id,
-                    "spec": spec.name,
-                    "run_id": latest.id,
-                    "finding_id": fid,
-                    "topic": e.topic,
-                    "transport": e.transport,
-                    "message_key": e.subject,
-                    "headers": e.headers(),
-                    "payload": e.value(),
-                    "created_at": e.time,
-                }
-                for (fid, _), e in zip(todo, events, strict=True)
-            ],
-        )
-        store.set_status(
-            conn,
-            spec.name,
-            [f.key_id for _, f in todo],
-            FindingStatus.CORRECTING,
-            note=f"correction sent by run {latest.id}",
-            only_from=[FindingStatus.OPEN.value],
-        )
+            check_guard(spec.name, len(todo), compared, max_count=c.max_count, max_ratio=c.max_ratio)
+        events.extend(build_event(spec, f, latest.id, now) for f in todo)
+        if dry_run:
+            return []
+        return [
+            OutboxEntry(
+                key_id=f.key_id,
+                event_id=e.id,
+                topic=e.topic,
+                transport=e.transport,
+                message_key=e.subject,
+                headers=e.headers(),
+                payload=e.value(),
+                created_at=e.time,
+            )
+            for f, e in zip(todo, events, strict=True)
+        ]
+
+    if dry_run:
+        decide(store.run_findings(spec.name, latest.id, FindingStatus.OPEN.value))
+        return CorrectionResult(spec.name, latest.id, events, 0, True, compared)
+    _, written = store.correct(spec.name, latest.id, decide, note=f"correction sent by run {latest.id}")
     return CorrectionResult(spec.name, latest.id, events, written, False, compared)
 
 
@@ -161,19 +140,11 @@ class RelayResult:
         }
 
 
-def _transport(kind: str, store: AuditStore, kafka: KafkaSettings | None, timeout_s: float) -> Transport:
-    if kind == "embedded":
-        return EmbeddedTransport(EmbeddedLog(embedded_log_url(store.url)))
-    return KafkaTransport(kafka or KafkaSettings.from_env(), timeout_s=timeout_s)
-
-
 def relay(
-    store: AuditStore,
+    ctx: Context,
     *,
     spec_name: str | None = None,
     once: bool = True,
-    kafka: KafkaSettings | None = None,
-    timeout_s: float = 30.0,
     batch_size: int = 20000,
     idle_s: float = 1.0,
     on_batch: Callable[[int], None] | None = None,
@@ -183,10 +154,11 @@ def relay(
 
     A row is marked sent only after its transport confirmed it. When some rows cannot be
     delivered within ``timeout_s`` (broker down), the confirmed ones are marked, the rest stay
-    unsent, and PublishError is raised.
+    unsent, and PublishError is raised. How long a broker is waited for is the context's
+    ``kafka_timeout_s``.
     """
+    store = ctx.store
     result = RelayResult()
-    transports: dict[str, Transport] = {}
     started = time.monotonic()
     # The next batch is read while this one is published: the store's query time overlaps the
     # broker's. Reads go by id after the last row taken (no rescanning rows already in flight);
@@ -213,19 +185,18 @@ def relay(
             ahead = reader.submit(store.unsent, batch_size, spec_name, after)
             for kind in dict.fromkeys(r.transport for r in rows):
                 batch = [r for r in rows if r.transport == kind]
-                if kind not in transports:
-                    transports[kind] = _transport(kind, store, kafka, timeout_s)
-                report = transports[kind].publish(batch)
+                transport = ctx.transport(kind)
+                report = transport.publish(batch)
                 if report.confirmed:
                     store.mark_sent(report.confirmed)
                     result.sent += len(report.confirmed)
                     result.by_transport[kind] = result.by_transport.get(kind, 0) + len(report.confirmed)
                 if report.failed:
                     store.mark_failed(report.failed, report.first_error or "not delivered")
-                    where = (kafka or KafkaSettings.from_env()).bootstrap_servers if kind == "kafka" else kind
                     raise PublishError(
-                        f"relay: {len(report.failed):,} event(s) not delivered to {kind} {where} within "
-                        f"{timeout_s:g}s (first error: {report.first_error}); they stay in the outbox "
+                        f"relay: {len(report.failed):,} event(s) not delivered to {kind} {transport.where} "
+                        f"within {ctx.kafka_timeout_s:g}s (first error: {report.first_error}); they stay "
+                        "in the outbox "
                         f"for the next relay ({result.sent:,} sent)"
                     )
             result.batches += 1
@@ -234,8 +205,6 @@ def relay(
     finally:
         ahead.cancel()
         reader.shutdown(wait=True)
-        for t in transports.values():
-            t.close()
         result.seconds = time.monotonic() - started
     return result
 
@@ -273,34 +242,26 @@ class VerifyResult:
         }
 
 
-def projector_lag(spec: Spec, store: AuditStore, kafka: KafkaSettings | None = None) -> int:
-    """How many corrective events the spec's projector has not consumed yet."""
+def projector_lag(ctx: Context, spec: Spec) -> int:
+    """How many events of the spec's correction topic its projector has not consumed yet."""
     _require_correction(spec)
     c = spec.correction
     assert c is not None
     if not c.consumer_group:
         raise VerifyError(f"spec {spec.label}: correction.consumer_group is needed to verify")
-    if c.transport == "embedded":
-        log = EmbeddedLog(embedded_log_url(store.url))
-        try:
-            return log.lag(c.consumer_group, c.topic)
-        finally:
-            log.dispose()
-    return consumer_lag(kafka or KafkaSettings.from_env(), c.consumer_group, c.topic)
+    return ctx.transport(c.transport).lag(c.consumer_group, c.topic)
 
 
 def verify(
+    ctx: Context,
     spec: Spec,
-    store: AuditStore,
     *,
     timeout: timedelta = timedelta(minutes=5),
-    kafka: KafkaSettings | None = None,
-    truth_url: str | None = None,
-    projection_url: str | None = None,
     poll_s: float = 0.5,
 ) -> VerifyResult:
     """Wait for the projector to consume the corrections, then re-audit the corrected keys."""
     _require_correction(spec)
+    store = ctx.store
     out = VerifyResult(spec.name)
     correcting = store.findings(spec.name, [FindingStatus.CORRECTING.value])
     if not correcting:
@@ -313,53 +274,51 @@ def verify(
     started = time.monotonic()
     deadline = started + timeout.total_seconds()
     while True:
-        out.lag = projector_lag(spec, store, kafka)
+        out.lag = projector_lag(ctx, spec)
         if out.lag == 0 or time.monotonic() >= deadline:
             break
         time.sleep(poll_s)
     out.waited_s = time.monotonic() - started
     keys = [tuple(f.key[n] for n in spec.key_truth) for f in correcting]
-    result = audit(spec, store, keys=keys, truth_url=truth_url, projection_url=projection_url)
+    result = audit(ctx, spec, keys=keys)
     out.run_id, out.checked = result.run_id, len(correcting)
-    still = {f.key_id for f in result.findings}
-    pending_now = {f.key_id for f in store.findings(spec.name, [FindingStatus.CORRECTING.value])} - still
+    plan = plan_verify(
+        (f.key_id for f in store.findings(spec.name, [FindingStatus.CORRECTING.value])),
+        (f.key_id for f in result.findings),
+    )
     group = spec.correction.consumer_group if spec.correction else ""
     why = (
         f"projector {group} still {out.lag:,} behind after {timeout.total_seconds():g}s"
         if out.lag
         else "projector consumed the correction but the projection still differs"
     )
-    with store.begin() as conn:
-        out.escalated = store.set_status(
-            conn,
-            spec.name,
-            still,
-            FindingStatus.OPEN,
-            note=f"escalated by verify {result.run_id}: {why}",
-            only_from=[FindingStatus.CORRECTING.value],
-        )
-        out.pending = store.set_status(
-            conn,
-            spec.name,
-            pending_now,
-            FindingStatus.OPEN,
-            note=f"pending at verify {result.run_id}: changed since the correction; the next audit decides",
-            only_from=[FindingStatus.CORRECTING.value],
-        )
+    out.escalated, out.pending = store.move(
+        spec.name,
+        [
+            (plan.escalate, FindingStatus.OPEN, f"escalated by verify {result.run_id}: {why}"),
+            (
+                plan.changed,
+                FindingStatus.OPEN,
+                f"pending at verify {result.run_id}: changed since the correction; the next audit decides",
+            ),
+        ],
+        only_from=[FindingStatus.CORRECTING.value],
+    )
     out.resolved = out.checked - out.escalated - out.pending
     out.escalated_keys = [f.key for f in result.findings][:50]
     return out
 
 
-# -- run -----------------------------------------------------------------------------------
+# -- heal ----------------------------------------------------------------------------------
 @dataclass
-class RunOutcome:
-    """audit → correct → relay (→ verify) of one spec."""
+class HealResult:
+    """preflight → audit → correct → relay (→ verify) of one spec."""
 
     audit: RunResult
     correction: CorrectionResult | None = None
     relay: RelayResult | None = None
     verify: VerifyResult | None = None
+    preflight: dict[str, Any] | None = None  # the gate's summary; None when skipped
 
     @property
     def exit_code(self) -> int:
@@ -372,6 +331,7 @@ class RunOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {
             "exit_code": self.exit_code,
+            "preflight": self.preflight,
             "audit": self.audit.to_dict(),
             "correction": self.correction.to_dict() if self.correction else None,
             "relay": self.relay.to_dict() if self.relay else None,
@@ -379,37 +339,41 @@ class RunOutcome:
         }
 
 
-def run(
+def heal(
+    ctx: Context,
     spec: Spec,
-    store: AuditStore,
     *,
     verify: bool = False,
     dry_run: bool = False,
     force: bool = False,
-    kafka: KafkaSettings | None = None,
+    preflight: bool = True,
     timeout: timedelta = timedelta(minutes=5),
-    truth_url: str | None = None,
-    projection_url: str | None = None,
     keys: list[tuple[Any, ...]] | None = None,
     where: str | None = None,
     on_row: Callable[[], None] | None = None,
-) -> RunOutcome:
-    """One command for cron and Airflow: audit, correct, relay, and optionally verify."""
-    _require_correction(spec)
-    result = audit(
-        spec, store, keys=keys, where=where, truth_url=truth_url, projection_url=projection_url, on_row=on_row
-    )
-    outcome = RunOutcome(result)
-    if not result.actionable:
+) -> HealResult:
+    """The whole loop for one spec: the preflight gate, audit, correct, relay, optionally verify.
+
+    The gate runs first unless ``preflight`` is False; a failed gate raises PreflightFailed
+    before anything is read for the diff or written. A spec without ``correction:`` is audited
+    only.
+    """
+    gate_summary: dict[str, Any] | None = None
+    if preflight:
+        from .preflight import gate
+
+        passed = gate(ctx, spec)
+        gate_summary = {"id": passed.id, "success": passed.success, "seconds": round(passed.seconds, 3)}
+    result = audit(ctx, spec, keys=keys, where=where, on_row=on_row)
+    outcome = HealResult(result, preflight=gate_summary)
+    if not result.actionable or spec.correction is None:
         return outcome
-    outcome.correction = correct(spec, store, dry_run=dry_run, force=force)
+    outcome.correction = correct(ctx, spec, dry_run=dry_run, force=force)
     if dry_run:
         return outcome
-    outcome.relay = relay(store, spec_name=spec.name, once=True, kafka=kafka)
+    outcome.relay = relay(ctx, spec_name=spec.name, once=True)
     if verify:
-        outcome.verify = _verify(
-            spec, store, timeout=timeout, kafka=kafka, truth_url=truth_url, projection_url=projection_url
-        )
+        outcome.verify = _verify(ctx, spec, timeout=timeout)
     return outcome
 
 

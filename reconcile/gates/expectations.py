@@ -1,4 +1,4 @@
-"""Preflight gates: Great Expectations suites run against both sides before any diff.
+"""The Great Expectations adapter of the preflight gate: suites run against both sides.
 
 A broken read (a truncated projection, a truth table full of NULL keys) must never turn into a
 flood of corrective events, so every run starts here. For each spec the gate validates, through
@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import PreflightFailed, ReconcileError, SourceError, SpecError, mask_url
-from .spec import Side, Spec
-from .store import AuditStore
+from ..errors import PreflightFailed, ReconcileError, SourceError, SpecError, mask_url
+from ..spec import Side, Spec
+from ..store import Store
 
 __all__ = [
     "Outcome",
@@ -40,8 +40,7 @@ __all__ = [
     "ExpectationConfig",
     "default_expectations",
     "user_expectations",
-    "preflight",
-    "gate",
+    "run_suites",
     "SUITES_DIR",
     "DOCS_DIR",
 ]
@@ -346,9 +345,9 @@ def _masked(value: Any) -> Any:
 
 
 # -- running GX (the adapter) -----------------------------------------------------------------
-def preflight(
+def run_suites(
     spec: Spec,
-    store: AuditStore,
+    store: Store,
     *,
     truth_url: str | None = None,
     projection_url: str | None = None,
@@ -363,9 +362,7 @@ def preflight(
     """
     started = time.monotonic()
     checked_at = datetime.now(UTC)
-    from .store.preflight import baseline_run, record_preflight
-
-    base = baseline_run(store, spec.name)
+    base = store.baseline_run(spec.name)
     baseline = (
         {
             "run_id": base.id,
@@ -404,8 +401,7 @@ def preflight(
         docs=str(docs_index) if docs_index else None,
         seconds=time.monotonic() - started,
     )
-    record_preflight(
-        store,
+    store.record_preflight(
         check_id=result.id,
         spec=spec.name,
         checked_at=checked_at,
@@ -413,31 +409,6 @@ def preflight(
         results=_masked(result.to_dict()),
         docs=result.docs,
     )
-    return result
-
-
-def gate(
-    spec: Spec,
-    store: AuditStore,
-    *,
-    truth_url: str | None = None,
-    projection_url: str | None = None,
-    docs_dir: str | Path | None = None,
-    build_docs: bool = True,
-    suites_dir: Path | None = None,
-) -> PreflightResult:
-    """Run :func:`preflight` and raise PreflightFailed (exit 2) when any expectation failed."""
-    result = preflight(
-        spec,
-        store,
-        truth_url=truth_url,
-        projection_url=projection_url,
-        docs_dir=docs_dir,
-        build_docs=build_docs,
-        suites_dir=suites_dir,
-    )
-    if not result.success:
-        raise PreflightFailed(result.message, result=result)
     return result
 
 
@@ -469,7 +440,7 @@ def _select_sql(side: Side, url: str) -> str | None:
         return None
     import sqlalchemy as sa
 
-    from .sources.sql import normalize_url
+    from ..db import normalize_url
 
     if side.table:
         src: Any = sa.table(side.table, schema=side.schema_)
@@ -493,7 +464,7 @@ def _run_gx(
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-    from .sources.sql import normalize_url
+    from ..db import normalize_url
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)

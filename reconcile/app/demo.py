@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .events.kafka import KafkaSettings, ensure_topic
-from .findings import Finding
-from .shop import EmbeddedChannel, KafkaChannel, spec_path
-from .shop.channel import Channel
-from .shop.incident import Faults, Incident
-from .shop.service import ORDERS_TOPIC
-from .spec import load_spec
-from .store import AuditStore
+from ..events.kafka import KafkaSettings, ensure_topic
+from ..findings import Finding
+from ..shop import EmbeddedChannel, KafkaChannel, spec_path
+from ..shop.channel import Channel
+from ..shop.incident import Faults, Incident
+from ..shop.service import ORDERS_TOPIC
+from ..spec import load_spec
+from ..store import AuditStore
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -65,7 +65,7 @@ def _row(f: Finding) -> str:
 def _pg_databases(base_url: str, suffix: str) -> tuple[str, str, str]:
     import sqlalchemy as sa
 
-    from .sources.sql import normalize_url
+    from ..db import normalize_url
 
     admin = sa.create_engine(normalize_url(base_url), isolation_level="AUTOCOMMIT")
     names = [f"demo_shop_{suffix}", f"demo_inventory_{suffix}", f"demo_store_{suffix}"]

@@ -1,9 +1,8 @@
-"""A reference projector: applies corrective events to a projection table, each id once.
+"""The one writer among the SQL adapters: applies corrective events to a projection table.
 
-It is what the tests and the demo use as "the service that builds the projection", and a
-template for real projectors: read a batch, apply it and record every applied event id in the
-projection database in ONE transaction, then commit the consumer offset. A crash between the
-two redelivers the batch, and the applied-ids table turns the redelivery into a no-op.
+Used only by the reference projector (:mod:`reconcile.app.project`), never by an audit (truth
+and projection are read-only to reconcile). A batch is applied, and every applied event id
+recorded, in ONE transaction of the projection database, so a redelivered batch is a no-op.
 
 * state event -> the entity's row is replaced by the key + state (deleting duplicates too);
   with ``version_field``, an event older than the row's version is skipped as stale;
@@ -12,9 +11,7 @@ two redelivers the batch, and the applied-ids table turns the redelivery into a 
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -22,13 +19,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .events.cloudevent import decode_headers
-from .events.embedded import EmbeddedLog
-from .events.kafka import KafkaSettings
-from .sources.sql import make_engine
-from .spec import Spec
+from ..db import make_engine
 
-__all__ = ["ProjectionWriter", "Projector", "ProjectorStats", "Incoming"]
+__all__ = ["ProjectionWriter", "ProjectorStats", "Incoming", "applied_events"]
 
 _applied_meta = sa.MetaData()
 applied_events = sa.Table(
@@ -164,131 +157,3 @@ def _by_key_shape(events: list[Incoming]) -> list[list[Incoming]]:
     for ev in events:
         shapes.setdefault(tuple(ev.key), []).append(ev)
     return list(shapes.values())
-
-
-def _incoming(key: str | bytes | None, headers: Mapping[str, str], value: str | bytes | None) -> Incoming:
-    event_id = headers.get("ce_id")
-    if not event_id:
-        raise ValueError("message without a ce_id header")
-    if value is None:
-        if key is None:
-            raise ValueError(f"tombstone {event_id} without a key")
-        return Incoming(event_id, json.loads(key), None)
-    data = json.loads(value)
-    if data.get("tombstone"):
-        return Incoming(event_id, dict(data["key"]), None)
-    return Incoming(event_id, dict(data["key"]), dict(data["state"] or {}))
-
-
-class Projector:
-    """Consumes a spec's corrective topic (Kafka or the embedded log) into its projection."""
-
-    def __init__(
-        self,
-        spec: Spec,
-        *,
-        projection_url: str | None = None,
-        kafka: KafkaSettings | None = None,
-        embedded_url: str | None = None,
-        version_field: str | None = None,
-        group: str | None = None,
-    ):
-        if spec.correction is None or not spec.projection.table:
-            raise ValueError(f"spec {spec.name}: the projector needs correction: and projection.table")
-        self.spec = spec
-        self.topic = spec.correction.topic
-        self.group = group or spec.correction.consumer_group or f"{spec.name}-projector"
-        self.writer = ProjectionWriter(
-            projection_url or spec.projection.url or "",
-            spec.projection.table,
-            version_field=version_field,
-            schema=spec.projection.schema_,
-        )
-        self.kafka = kafka
-        self.embedded_url = embedded_url
-        self.stats = ProjectorStats()
-
-    def run(
-        self,
-        *,
-        idle_timeout_s: float = 3.0,
-        max_seconds: float = 120.0,
-        stop: Callable[[], bool] | None = None,
-        on_batch: Callable[[ProjectorStats], None] | None = None,
-    ) -> ProjectorStats:
-        """Consume until nothing arrived for ``idle_timeout_s`` (or ``stop()``, or ``max_seconds``)."""
-        if self.spec.correction and self.spec.correction.transport == "embedded":
-            return self._run_embedded(idle_timeout_s, max_seconds, stop, on_batch)
-        return self._run_kafka(idle_timeout_s, max_seconds, stop, on_batch)
-
-    def _run_kafka(
-        self,
-        idle_timeout_s: float,
-        max_seconds: float,
-        stop: Callable[[], bool] | None,
-        on_batch: Callable[[ProjectorStats], None] | None,
-    ) -> ProjectorStats:
-        from confluent_kafka import Consumer
-
-        settings = self.kafka or KafkaSettings.from_env()
-        consumer = Consumer(
-            settings.config(
-                **{
-                    "group.id": self.group,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": 10000,
-                }
-            )
-        )
-        consumer.subscribe([self.topic])
-        started = last = time.monotonic()
-        try:
-            while time.monotonic() - started < max_seconds and not (stop and stop()):
-                msgs = consumer.consume(num_messages=2000, timeout=0.5)
-                batch = []
-                for m in msgs:
-                    if m.error() is not None:
-                        continue
-                    batch.append(_incoming(m.key(), decode_headers(m.headers()), m.value()))
-                if batch:
-                    self.writer.apply(batch, self.stats)
-                    consumer.commit(asynchronous=False)
-                    last = time.monotonic()
-                    if on_batch:
-                        on_batch(self.stats)
-                elif time.monotonic() - last >= idle_timeout_s:
-                    break
-        finally:
-            consumer.close()
-        return self.stats
-
-    def _run_embedded(
-        self,
-        idle_timeout_s: float,
-        max_seconds: float,
-        stop: Callable[[], bool] | None,
-        on_batch: Callable[[ProjectorStats], None] | None,
-    ) -> ProjectorStats:
-        log = EmbeddedLog(self.embedded_url or "")
-        started = last = time.monotonic()
-        try:
-            while time.monotonic() - started < max_seconds and not (stop and stop()):
-                records = log.read(self.group, [self.topic], limit=2000)
-                if records:
-                    self.writer.apply([_incoming(r.key, r.headers, r.value) for r in records], self.stats)
-                    with log.engine.begin() as conn:
-                        log.commit(conn, self.group, self.topic, records[-1].offset + 1)
-                    last = time.monotonic()
-                    if on_batch:
-                        on_batch(self.stats)
-                elif time.monotonic() - last >= idle_timeout_s:
-                    break
-                else:
-                    time.sleep(0.05)
-        finally:
-            log.dispose()
-        return self.stats
-
-    def close(self) -> None:
-        self.writer.dispose()

@@ -1,0 +1,467 @@
+"""Use cases: validate a spec, and audit it — whole, one key range, or a merge of ranges.
+
+Every function takes the shell's :class:`~reconcile.app.context.Context` and a
+:class:`~reconcile.spec.Spec`, does one job, and returns a value. An audit reads both sides
+(read-only), diffs them, re-reads the drifted keys once (so an entity that changed during the
+scan is pending, not drift), and records one run in the audit store.
+
+Fan-out: a large audit splits into independent key ranges (:func:`plan_ranges`); each range is
+diffed anywhere, in any order (:func:`audit_range`, which writes nothing), and the outcomes
+merge into one stored run (:func:`merge_ranges`) equal to a single-pass audit, recheck
+included::
+
+    ranges = plan_ranges(ctx, spec, 8)
+    parts = [audit_range(ctx, spec, r, now=t0) for r in ranges]      # anywhere, any order
+    result = merge_ranges(ctx, spec, parts, started_at=t0)           # one run in the store
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..compare import ColumnRule, jsonable, key_part
+from ..diff import DiffOutcome, diff_rows
+from ..errors import SpecError
+from ..findings import Finding, FindingKind, RunResult, Summary
+from ..keys import canonical_keys
+from ..sources.ranges import KeyRange, range_filter, split_ranges
+from ..sources.sql import ReadPlan, SqlSource, key_kind
+from ..spec import Spec
+from ..store import Store
+from .context import Context
+
+__all__ = [
+    "STRATEGIES",
+    "Pair",
+    "open_pair",
+    "validate",
+    "audit",
+    "plan_ranges",
+    "audit_range",
+    "merge_ranges",
+    "audit_fanout",
+    "outcome_to_dict",
+    "outcome_from_dict",
+]
+
+STRATEGIES = ("auto", "stream", "checksum")
+
+
+@dataclass
+class Pair:
+    """Both sides of a spec, opened and checked against the spec's names."""
+
+    spec: Spec
+    truth: SqlSource
+    projection: SqlSource
+    kinds: list[str]
+    rules: list[ColumnRule]
+
+    def plans(self) -> tuple[ReadPlan, ReadPlan]:
+        s = self.spec
+        t = ReadPlan(s.key_truth, self.kinds, list(s.columns), s.freshness.truth_column)
+        p = ReadPlan(
+            s.key_projection,
+            self.kinds,
+            [s.projection_name(c) for c in s.columns],
+            s.freshness.projection_column,
+        )
+        return t, p
+
+    def close(self) -> None:
+        self.truth.dispose()
+        self.projection.dispose()
+
+
+def open_pair(ctx: Context, spec: Spec) -> Pair:
+    """Connect to both sides and check that every table and column the spec names exists.
+
+    Raises SpecError (a name that does not exist, with the spec field) or SourceError
+    (a database that cannot be reached). Reads nothing but the catalogs.
+    """
+    where = spec.label
+    urls = ctx.urls(spec)
+    truth = SqlSource(spec.truth, "truth", urls["truth_url"])
+    try:
+        projection = SqlSource(spec.projection, "projection", urls["projection_url"])
+    except BaseException:
+        truth.dispose()
+        raise
+    try:
+        for src in (truth, projection):
+            try:
+                src.columns()
+            except SpecError as e:
+                raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
+        checks: list[tuple[SqlSource, str, list[str]]] = [
+            (truth, "key", spec.key_truth),
+            (projection, "key", spec.key_projection),
+        ]
+        for name, col in spec.columns.items():
+            checks.append((truth, f"columns.{name}", [name]))
+            field = f"columns.{name}.projection" if col.projection else f"columns.{name}"
+            checks.append((projection, field, [spec.projection_name(name)]))
+        if spec.freshness.truth_column:
+            checks.append((truth, "freshness.truth_column", [spec.freshness.truth_column]))
+        if spec.freshness.projection_column:
+            checks.append((projection, "freshness.projection_column", [spec.freshness.projection_column]))
+        for src, field, names in checks:
+            try:
+                src.require(field, names)
+            except SpecError as e:
+                raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
+        tcols, pcols = truth.columns(), projection.columns()
+        kinds = [key_kind(tcols.get(k.truth), pcols.get(k.projection)) for k in spec.key]
+        rules = [ColumnRule(n, c.tolerance, tuple(c.normalize)) for n, c in spec.columns.items()]
+        return Pair(spec, truth, projection, kinds, rules)
+    except BaseException:
+        truth.dispose()
+        projection.dispose()
+        raise
+
+
+def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
+    """Check a spec against both databases without auditing; describe what would be compared."""
+    pair = open_pair(ctx, spec)
+    try:
+        return {
+            "spec": spec.name,
+            "truth": spec.truth.display,
+            "projection": spec.projection.display,
+            "key": [
+                {"truth": k.truth, "projection": k.projection, "kind": kind}
+                for k, kind in zip(spec.key, pair.kinds, strict=True)
+            ],
+            "columns": {n: spec.projection_name(n) for n in spec.columns},
+        }
+    finally:
+        pair.close()
+
+
+def audit(
+    ctx: Context,
+    spec: Spec,
+    *,
+    keys: Sequence[tuple[Any, ...]] | None = None,
+    where: str | None = None,
+    now: datetime | None = None,
+    on_row: Callable[[], None] | None = None,
+    strategy: str = "auto",
+) -> RunResult:
+    """Compare truth with projection, store the run and move findings along their lifecycle.
+
+    ``keys`` restricts the audit to those entities, ``where`` to rows matching a SQL filter on
+    both sides. ``strategy``: ``stream`` merges both whole streams; ``checksum`` pushes bucket
+    checksums down to two PostgreSQL databases and streams only the buckets that differ
+    (:mod:`reconcile.sources.checksum`); ``auto`` uses checksums where they can help. Bad input
+    raises before anything is written to the store.
+    """
+    if strategy not in STRATEGIES:
+        raise SpecError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    store = ctx.store
+    pair = open_pair(ctx, spec)
+    try:
+        started = datetime.now(UTC)
+        now = now or started
+        canon = canonical_keys(keys, pair.kinds) if keys is not None else None
+        watch = _watch(store, spec, pair.kinds)
+        outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
+        outcome = _recheck(pair, outcome, where, set(watch))
+        clean = {watch[k] for k in outcome.clean}
+        pending = {watch[k] for k in outcome.pending_keys}
+        if canon is not None:  # watched keys asked for but absent on both sides are consistent
+            seen = {f.key_id for f in outcome.findings}
+            asked = set(canon)
+            clean |= {
+                kid for k, kid in watch.items() if k in asked and kid not in seen and kid not in pending
+            }
+        scope = {"keys": len(canon) if canon is not None else None, "where": where}
+        return _record(
+            store,
+            spec,
+            outcome,
+            started_at=started,
+            strategy=used,
+            scope=scope,
+            clean=clean,
+            pending=pending,
+            resolve_unseen=canon is None and where is None,
+        )
+    finally:
+        pair.close()
+
+
+def _record(
+    store: Store,
+    spec: Spec,
+    outcome: DiffOutcome,
+    *,
+    started_at: datetime,
+    strategy: str,
+    scope: dict[str, Any],
+    clean: set[str],
+    pending: set[str],
+    resolve_unseen: bool,
+) -> RunResult:
+    summary = Summary(
+        compared=outcome.compared,
+        pending=outcome.pending,
+        truth_rows=outcome.truth_rows,
+        projection_rows=outcome.projection_rows,
+    )
+    run_id = str(uuid.uuid4())
+    finished = datetime.now(UTC)
+    confirmed, unconfirmed = store.record_run(
+        run_id=run_id,
+        spec=spec.name,
+        started_at=started_at,
+        finished_at=finished,
+        strategy=strategy,
+        scope=scope,
+        summary=summary,
+        seen=outcome.findings,
+        clean=clean,
+        pending=pending,
+        resolve_unseen=resolve_unseen,
+        confirm_runs=spec.freshness.confirm_runs,
+    )
+    return RunResult(
+        run_id=run_id,
+        spec=spec.name,
+        started_at=started_at,
+        finished_at=finished,
+        summary=summary,
+        findings=confirmed,
+        unconfirmed=unconfirmed,
+        scope=scope,
+        strategy=strategy,
+    )
+
+
+def _watch(store: Store, spec: Spec, kinds: Sequence[str]) -> dict[tuple[Any, ...], str]:
+    """Canonical key -> key id of the spec's active findings (their keys are always re-judged)."""
+    names = spec.key_truth
+    return {
+        tuple(key_part(f.key.get(n), k) for n, k in zip(names, kinds, strict=True)): f.key_id
+        for f in store.active_findings(spec.name)
+    }
+
+
+RECHECK_LIMIT = 10_000
+
+
+def _recheck(pair: Pair, first: DiffOutcome, where: str | None, watch: set[tuple[Any, ...]]) -> DiffOutcome:
+    """Read the drifted keys again, from both sides, before calling them drift.
+
+    The two sides are read at slightly different instants, so an entity that changed while the
+    scan ran can look drifted (say, the projection already applied an event for a truth row
+    read just before it changed). Re-reading just those keys settles it: what still differs
+    and is not fresh is a finding; what changed meanwhile is pending; the rest was the race.
+    Skipped above RECHECK_LIMIT findings (then the guard and confirm_runs are the safety net).
+    """
+    if not first.findings or len(first.findings) > RECHECK_LIMIT:
+        return first
+    names = pair.spec.key_truth
+    keys = sorted({tuple(f.key[n] for n in names) for f in first.findings})
+    tplan, pplan = pair.plans()
+    second = diff_rows(
+        pair.truth.stream(tplan, where=where, keys=keys),
+        pair.projection.stream(pplan, where=where, keys=keys),
+        pair.rules,
+        names,
+        now=datetime.now(UTC),
+        grace=pair.spec.freshness.grace,
+        watch=watch & set(keys),
+    )
+    return DiffOutcome(
+        findings=second.findings,
+        compared=first.compared,
+        pending=first.pending + second.pending,
+        truth_rows=first.truth_rows,
+        projection_rows=first.projection_rows,
+        clean=first.clean | second.clean,
+        pending_keys=first.pending_keys | second.pending_keys,
+    )
+
+
+# -- fan-out --------------------------------------------------------------------------------
+def plan_ranges(ctx: Context, spec: Spec, n: int) -> list[KeyRange]:
+    """Up to ``n`` key ranges of the pair, cut at quantiles of the truth's first key column."""
+    pair = open_pair(ctx, spec)
+    try:
+        tplan, _ = pair.plans()
+        return split_ranges(pair.truth, tplan, max(1, n))
+    finally:
+        pair.close()
+
+
+def key_kinds(ctx: Context, spec: Spec) -> list[str]:
+    """The canonical kind of each key column (decided from both sides' types)."""
+    pair = open_pair(ctx, spec)
+    try:
+        return list(pair.kinds)
+    finally:
+        pair.close()
+
+
+def audit_range(ctx: Context, spec: Spec, rng: KeyRange, *, now: datetime | None = None) -> DiffOutcome:
+    """Diff one key range and re-check its drifted keys, like a single-pass audit. Writes nothing."""
+    pair = open_pair(ctx, spec)
+    try:
+        tplan, pplan = pair.plans()
+        watch = set(_watch(ctx.store, spec, pair.kinds))
+        first = diff_rows(
+            pair.truth.stream(tplan, extra_filter=range_filter(pair.truth, tplan, rng)),
+            pair.projection.stream(pplan, extra_filter=range_filter(pair.projection, pplan, rng)),
+            pair.rules,
+            spec.key_truth,
+            now=now or datetime.now(UTC),
+            grace=spec.freshness.grace,
+            watch=watch,
+        )
+        return _recheck(pair, first, None, watch)
+    finally:
+        pair.close()
+
+
+def merge_ranges(
+    ctx: Context,
+    spec: Spec,
+    parts: Sequence[DiffOutcome],
+    *,
+    started_at: datetime,
+    kinds: Sequence[str] | None = None,
+) -> RunResult:
+    """Merge the outcomes of disjoint ranges covering every key and store them as one run."""
+    outcome = DiffOutcome()
+    for part in parts:
+        outcome = outcome.merge(part)
+    watch = _watch(ctx.store, spec, kinds if kinds is not None else key_kinds(ctx, spec))
+    return _record(
+        ctx.store,
+        spec,
+        outcome,  # ranges arrive in key order: the same order as one pass
+        started_at=started_at,
+        strategy="fanout",
+        scope={"keys": None, "where": None, "ranges": len(parts)},
+        clean={watch[k] for k in outcome.clean if k in watch},
+        pending={watch[k] for k in outcome.pending_keys if k in watch},
+        resolve_unseen=True,
+    )
+
+
+def audit_fanout(ctx: Context, spec: Spec, n: int) -> RunResult:
+    """Plan, diff every range in turn and merge them (what the Airflow fan-out does, in-process)."""
+    started = datetime.now(UTC)
+    pair = open_pair(ctx, spec)
+    try:
+        tplan, _ = pair.plans()
+        ranges, kinds = split_ranges(pair.truth, tplan, max(1, n)), list(pair.kinds)
+    finally:
+        pair.close()
+    parts = [audit_range(ctx, spec, r, now=started) for r in ranges]
+    return merge_ranges(ctx, spec, parts, started_at=started, kinds=kinds)
+
+
+# -- outcomes between workers (XCom) --------------------------------------------------------
+def outcome_to_dict(outcome: DiffOutcome, kinds: Sequence[str]) -> dict[str, Any]:
+    """A JSON form of one range's outcome, for passing between workers."""
+    return {
+        "kinds": list(kinds),
+        "findings": [
+            {
+                "kind": f.kind.value,
+                "key": jsonable(f.key),
+                "columns": list(f.columns),
+                "truth": jsonable(f.truth),
+                "projection": jsonable(f.projection),
+                "copies": f.copies,
+            }
+            for f in outcome.findings
+        ],
+        "compared": outcome.compared,
+        "pending": outcome.pending,
+        "truth_rows": outcome.truth_rows,
+        "projection_rows": outcome.projection_rows,
+        "clean": [jsonable(list(k)) for k in outcome.clean],
+        "pending_keys": [jsonable(list(k)) for k in outcome.pending_keys],
+    }
+
+
+def outcome_from_dict(data: dict[str, Any], names: Sequence[str]) -> DiffOutcome:
+    """Rebuild an outcome from :func:`outcome_to_dict`; keys become canonical tuples again."""
+    kinds = data["kinds"]
+
+    def canon(values: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(key_part(v, k) for v, k in zip(values, kinds, strict=True))
+
+    findings = [
+        Finding(
+            FindingKind(f["kind"]),
+            dict(zip(names, canon([f["key"][n] for n in names]), strict=True)),
+            columns=tuple(f["columns"]),
+            truth=f["truth"],
+            projection=f["projection"],
+            copies=int(f["copies"]),
+        )
+        for f in data["findings"]
+    ]
+    return DiffOutcome(
+        findings=findings,
+        compared=int(data["compared"]),
+        pending=int(data["pending"]),
+        truth_rows=int(data["truth_rows"]),
+        projection_rows=int(data["projection_rows"]),
+        clean={canon(k) for k in data["clean"]},
+        pending_keys={canon(k) for k in data["pending_keys"]},
+    )
+
+
+def _diff(
+    pair: Pair,
+    keys: list[tuple[Any, ...]] | None,
+    where: str | None,
+    now: datetime,
+    watch: set[tuple[Any, ...]],
+    on_row: Callable[[], None] | None,
+    strategy: str = "auto",
+) -> tuple[DiffOutcome, str]:
+    """Run the diff with the strategy asked for; returns the outcome and the strategy used."""
+    tplan, pplan = pair.plans()
+    if strategy != "stream":
+        from ..sources.checksum import checksum_diff, unsupported_reason
+
+        why = "a --keys audit reads only those keys" if keys is not None else None
+        why = why or unsupported_reason(pair.truth, pair.projection)
+        if why and strategy == "checksum":
+            raise SpecError(f"spec {pair.spec.label}: --strategy checksum: {why} (use auto or stream)")
+        if not why:
+            got = checksum_diff(
+                pair.truth,
+                pair.projection,
+                (tplan, pplan),
+                pair.rules,
+                pair.spec.key_truth,
+                now=now,
+                grace=pair.spec.freshness.grace,
+                where=where,
+                watch=watch,
+                on_row=on_row,
+                fallback=strategy == "auto",
+            )
+            if got is not None:
+                return got.outcome, "checksum"
+    return diff_rows(
+        pair.truth.stream(tplan, where=where, keys=keys),
+        pair.projection.stream(pplan, where=where, keys=keys),
+        pair.rules,
+        pair.spec.key_truth,
+        now=now,
+        grace=pair.spec.freshness.grace,
+        watch=watch,
+        on_row=on_row,
+    ), "stream"

@@ -1,0 +1,209 @@
+"""The store port: state (runs, findings with their lifecycle, the outbox) as one small interface.
+
+The use cases in :mod:`reconcile.app` talk to the audit store only through these methods. No
+method hands out a connection or a transaction: each one that changes state is one
+transaction of its own, so a crash leaves runs, findings and outbox consistent with each other.
+What the lifecycle *decides* lives in :mod:`reconcile.lifecycle`; a store carries it out.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..findings import Finding, FindingStatus, Summary
+from ..lifecycle import ACTIVE
+
+__all__ = ["Store", "RunRecord", "OutboxRow", "OutboxEntry", "PreflightRecord"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One stored run."""
+
+    id: str
+    spec: str
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    strategy: str
+    scope: dict[str, Any]
+    summary: dict[str, int]
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A corrective event to write to the outbox, for the finding with ``key_id``."""
+
+    key_id: str
+    event_id: str
+    topic: str
+    transport: str
+    message_key: str
+    headers: dict[str, str]
+    payload: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One corrective event waiting in (or sent from) the outbox."""
+
+    id: int
+    event_id: str
+    spec: str
+    run_id: str
+    topic: str
+    transport: str
+    message_key: str
+    headers: dict[str, str]
+    payload: str | None
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PreflightRecord:
+    """One stored preflight gate."""
+
+    id: str
+    spec: str
+    checked_at: datetime
+    success: bool
+    results: dict[str, Any]
+    docs: str | None
+
+
+class Store(ABC):
+    """Runs, findings and the outbox of every spec."""
+
+    url: str
+
+    @property
+    @abstractmethod
+    def display(self) -> str:
+        """Where the store is, password masked."""
+
+    @abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the store's tables (idempotent); the schema version."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError when the store cannot be reached."""
+
+    @abstractmethod
+    def dispose(self) -> None:
+        """Release connections."""
+
+    # -- findings ------------------------------------------------------------------------
+    @abstractmethod
+    def active_findings(self, spec: str) -> list[Finding]:
+        """Findings of a spec whose episode has not ended (open, correcting, acknowledged)."""
+
+    @abstractmethod
+    def findings(self, spec: str, statuses: Sequence[str], confirm_runs: int = 1) -> list[Finding]:
+        """Findings of a spec in the given statuses, oldest first."""
+
+    @abstractmethod
+    def record_run(
+        self,
+        *,
+        run_id: str,
+        spec: str,
+        started_at: datetime,
+        finished_at: datetime,
+        strategy: str,
+        scope: dict[str, Any],
+        summary: Summary,
+        seen: Sequence[Finding],
+        clean: set[str],
+        pending: set[str],
+        resolve_unseen: bool,
+        confirm_runs: int,
+    ) -> tuple[list[Finding], list[Finding]]:
+        """Store a run and apply :func:`~reconcile.lifecycle.plan_run`; (confirmed, unconfirmed)."""
+
+    @abstractmethod
+    def run_findings(self, spec: str, run_id: str, status: str) -> list[Finding]:
+        """A spec's findings last seen by a run, in a status."""
+
+    @abstractmethod
+    def correct(
+        self,
+        spec: str,
+        run_id: str,
+        decide: Callable[[list[Finding]], list[OutboxEntry]],
+        *,
+        note: str,
+    ) -> tuple[list[OutboxEntry], int]:
+        """Write ``decide``'s events to the outbox and mark their findings correcting, atomically."""
+
+    @abstractmethod
+    def move(
+        self,
+        spec: str,
+        moves: Sequence[tuple[Iterable[str], FindingStatus, str]],
+        *,
+        only_from: Sequence[str] = tuple(ACTIVE),
+    ) -> list[int]:
+        """Move groups of findings (key ids, status, note) in one transaction; counts per group."""
+
+    @abstractmethod
+    def acknowledge(self, spec: str, key_id: str, reason: str) -> Finding:
+        """A human marks an active finding as known and not to be corrected."""
+
+    # -- runs ----------------------------------------------------------------------------
+    @abstractmethod
+    def latest_run(self, spec: str) -> RunRecord | None:
+        """The most recent stored run of a spec."""
+
+    @abstractmethod
+    def last_run_times(self) -> dict[str, datetime]:
+        """Spec name -> when its latest run finished."""
+
+    # -- outbox --------------------------------------------------------------------------
+    @abstractmethod
+    def unsent(self, limit: int, spec: str | None = None, after_id: int = 0) -> list[OutboxRow]:
+        """The oldest unsent outbox rows (of one spec), after a row id."""
+
+    @abstractmethod
+    def mark_sent(self, ids: Sequence[int], at: datetime | None = None) -> None:
+        """Mark rows sent (only rows their destination confirmed)."""
+
+    @abstractmethod
+    def mark_failed(self, ids: Sequence[int], error: str) -> None:
+        """Count a failed attempt on rows that stay unsent."""
+
+    @abstractmethod
+    def outbox_events(self, spec: str | None = None, sent: bool | None = None) -> list[OutboxRow]:
+        """Outbox rows (all, or only sent / unsent), oldest first."""
+
+    @abstractmethod
+    def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
+        """(unsent rows, creation time of the oldest)."""
+
+    # -- preflight gates -----------------------------------------------------------------
+    @abstractmethod
+    def record_preflight(
+        self,
+        *,
+        check_id: str,
+        spec: str,
+        checked_at: datetime,
+        success: bool,
+        results: dict[str, Any],
+        docs: str | None,
+    ) -> None:
+        """Store one gate's outcome and its JSON results."""
+
+    @abstractmethod
+    def preflight_history(self, spec: str, limit: int = 20) -> list[PreflightRecord]:
+        """The latest stored gates of a spec, newest first."""
+
+    @abstractmethod
+    def baseline_run(self, spec: str) -> RunRecord | None:
+        """The latest run of a spec that covered the whole pair (what row counts are held against)."""

@@ -1,0 +1,148 @@
+"""The store port's contract, run against every adapter: SQLite and the real PostgreSQL.
+
+Lifecycle transitions, an idempotent enqueue, a guard that writes nothing, concurrent writers."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconcile.errors import GuardTripped, StoreError
+from reconcile.findings import Finding, FindingKind, FindingStatus, Summary
+from reconcile.store import AuditStore, OutboxEntry, Store
+
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+def finding(sku: str) -> Finding:
+    return Finding(FindingKind.MISSING, {"sku": sku}, truth={"on_hand": 3})
+
+
+def record(store: Store, spec: str, seen: list[Finding], **kw: object) -> str:
+    run_id = str(uuid.uuid4())
+    store.record_run(
+        run_id=run_id,
+        spec=spec,
+        started_at=NOW,
+        finished_at=datetime.now(UTC),
+        strategy="stream",
+        scope={"keys": None, "where": None},
+        summary=Summary(compared=10),
+        seen=seen,
+        clean=set(kw.get("clean", set())),  # type: ignore[call-overload]
+        pending=set(kw.get("pending", set())),  # type: ignore[call-overload]
+        resolve_unseen=bool(kw.get("resolve_unseen", True)),
+        confirm_runs=int(kw.get("confirm_runs", 1)),  # type: ignore[call-overload]
+    )
+    return run_id
+
+
+def entries(found: list[Finding], tag: str = "") -> list[OutboxEntry]:
+    return [
+        OutboxEntry(f.key_id, f"ev-{tag}{f.key['sku']}", "t", "embedded", f.key_id, {"ce_id": "x"}, "{}", NOW)
+        for f in found
+    ]
+
+
+class StoreContract:
+    """Every audit store adapter passes these."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[Store]:
+        raise NotImplementedError
+
+    def test_a_run_opens_findings_and_a_clean_run_resolves_them(self, store: Store) -> None:
+        record(store, "s", [finding("a"), finding("b")])
+        assert {f.key["sku"] for f in store.active_findings("s")} == {"a", "b"}
+        record(store, "s", [finding("a")])
+        assert [f.times_seen for f in store.findings("s", ["open"])] == [2]
+        assert [f.key["sku"] for f in store.findings("s", ["resolved"])] == ["b"]
+        assert store.latest_run("s") is not None and store.latest_run("s").status == "drift"  # type: ignore[union-attr]
+
+    def test_correct_writes_outbox_and_moves_findings_together_and_once(self, store: Store) -> None:
+        run = record(store, "s", [finding("a"), finding("b")])
+        got, written = store.correct("s", run, entries, note="n")
+        assert written == 2 and {f.status for f in store.findings("s", ["correcting"])} == {
+            FindingStatus.CORRECTING
+        }
+        # again: nothing open any more, nothing written
+        assert store.correct("s", run, entries, note="n") == ([], 0)
+        assert len(store.outbox_events("s")) == 2
+
+    def test_enqueue_is_idempotent_by_event_id(self, store: Store) -> None:
+        run = record(store, "s", [finding("a")])
+        store.correct("s", run, entries, note="n")
+        store.move("s", [([finding("a").key_id], FindingStatus.OPEN, "escalated")])
+        _, written = store.correct("s", run, entries, note="n")  # same event ids: skipped
+        assert written == 0 and len(store.outbox_events("s")) == 1
+
+    def test_a_refusal_inside_correct_writes_nothing(self, store: Store) -> None:
+        run = record(store, "s", [finding("a")])
+
+        def refuse(found: list[Finding]) -> list[OutboxEntry]:
+            raise GuardTripped("too much")
+
+        with pytest.raises(GuardTripped):
+            store.correct("s", run, refuse, note="n")
+        assert store.outbox_events("s") == [] and store.findings("s", ["open"])
+
+    def test_move_respects_from_statuses_and_acknowledge(self, store: Store) -> None:
+        record(store, "s", [finding("a"), finding("b")])
+        a, b = finding("a").key_id, finding("b").key_id
+        assert store.move("s", [([a], FindingStatus.OPEN, "x")], only_from=["correcting"]) == [0]
+        ack = store.acknowledge("s", b, "known")
+        assert ack.status is FindingStatus.ACKNOWLEDGED
+        with pytest.raises(StoreError, match="no open finding"):
+            store.acknowledge("s", "nope", "x")
+        record(store, "s", [finding("a"), finding("b")])
+        statuses = {f.key["sku"]: f.status for f in store.active_findings("s")}
+        assert statuses == {"a": FindingStatus.OPEN, "b": FindingStatus.ACKNOWLEDGED}
+
+    def test_outbox_marks_sent_and_backlog(self, store: Store) -> None:
+        run = record(store, "s", [finding("a"), finding("b")])
+        store.correct("s", run, entries, note="n")
+        rows = store.unsent(10, "s")
+        assert store.outbox_backlog("s")[0] == 2
+        store.mark_failed([rows[0].id], "broker down")
+        store.mark_sent([rows[1].id])
+        assert store.outbox_backlog("s")[0] == 1 and [r.id for r in store.unsent(10, "s")] == [rows[0].id]
+
+    def test_concurrent_corrections_never_double_the_outbox(self, store: Store) -> None:
+        run = record(store, "s", [finding(f"k{i}") for i in range(50)])
+        errors: list[BaseException] = []
+
+        def go() -> None:
+            try:
+                store.correct("s", run, entries, note="n")
+            except StoreError as e:  # a writer that lost the race says so; it never doubles
+                errors.append(e)
+
+        threads = [threading.Thread(target=go) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(store.outbox_events("s")) == 50
+        assert len({r.event_id for r in store.outbox_events("s")}) == 50
+
+
+class TestSqliteStore(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[Store]:
+        s = AuditStore(f"sqlite:///{tmp_path / 'store.db'}")
+        yield s
+        s.dispose()
+
+
+@pytest.mark.integration
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def store(self, make_pg_db) -> Iterator[Store]:  # type: ignore[no-untyped-def]
+        s = AuditStore(make_pg_db("store"))
+        yield s
+        s.dispose()
