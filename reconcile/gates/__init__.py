@@ -1,0 +1,1 @@
+"""Data-quality gates: the Great Expectations adapter of the preflight gate."""
