@@ -1,8 +1,9 @@
 """Event schemas: where they live, loading them, validating one event's data.
 
-Schemas are Avro (``.avsc``), one file per version: ``checks/schemas/<subject>/v<N>.avsc``.
-A breaking change is a new subject or version, never an edit. The directory is found at
-``$RECONCILE_SCHEMAS_DIR``, else ``checks/schemas`` beside this package (the repo checkout).
+Schemas are Avro (``.avsc``), one file per version: ``<dir>/<subject>/v<N>.avsc``.
+A breaking change is a new subject or version, never an edit. The directory is
+``$RECONCILE_SCHEMAS_DIR``, else ``event_schemas/`` inside this package (package data, so a
+wheel install has it too; the repo's ``checks/schemas`` is a link to it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CORRECTIVE_EVENT = "reconcile.CorrectiveEvent"
 _VERSION_FILE = re.compile(r"^v(?P<n>\d+)\.avsc$")
 
 
-_DEFAULT_DIR = Path(__file__).resolve().parent.parent / "checks" / "schemas"
+_DEFAULT_DIR = Path(__file__).resolve().parent / "event_schemas"
 
 
 def schemas_dir() -> Path:

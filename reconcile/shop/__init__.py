@@ -29,9 +29,9 @@ __all__ = [
 
 
 def spec_path() -> str:
-    """The worked-example spec (specs/shop-inventory.yaml in the repo)."""
+    """The worked-example spec: package data here (the repo's specs/shop-inventory.yaml links to it)."""
     import os
     from pathlib import Path
 
     env = os.environ.get("RECONCILE_SHOP_SPEC")
-    return env or str(Path(__file__).resolve().parents[2] / "specs" / "shop-inventory.yaml")
+    return env or str(Path(__file__).resolve().parent / "shop-inventory.yaml")
