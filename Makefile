@@ -63,17 +63,12 @@ lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.
 bench: $(STAMP) services  ## run the benchmarks (see bench/README.md)
 	$(BIN)/python bench/run.py
 
-AIRFLOW_PORT ?= 8080
-airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/ on http://localhost:$(AIRFLOW_PORT)
-	mkdir -p .airflow
-	AIRFLOW_HOME=$(CURDIR)/.airflow \
-	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
-	AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
-	RECONCILE_SPECS_DIR=$${RECONCILE_SPECS_DIR:-$(CURDIR)/specs} \
-	RECONCILE_STORE_URL=$${RECONCILE_STORE_URL:-sqlite:///$(CURDIR)/.airflow/reconcile-store.db} \
-	PYTHONPATH=$(CURDIR) PATH=$(CURDIR)/$(BIN):$$PATH \
-	$(BIN)/airflow standalone
+# Airflow opens three ports: AIRFLOW_PORT (API and UI, default 8080; tasks call its execution API),
+# AIRFLOW_WORKER_LOG_PORT (8793) and AIRFLOW_TRIGGER_LOG_PORT (8794), its log servers. Set them in
+# the environment or on the command line; scripts/airflow.sh derives every Airflow setting from them.
+airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/; AIRFLOW_PORT=... moves it
+	AIRFLOW_PORT=$(AIRFLOW_PORT) AIRFLOW_WORKER_LOG_PORT=$(AIRFLOW_WORKER_LOG_PORT) \
+	AIRFLOW_TRIGGER_LOG_PORT=$(AIRFLOW_TRIGGER_LOG_PORT) scripts/airflow.sh standalone
 
 clean:  ## remove caches and local state (not .venv or the services' data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache gx-docs reconcile-store.db
