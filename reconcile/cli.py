@@ -698,7 +698,8 @@ def check_schemas(
         str | None,
         typer.Argument(
             help="Schema directory: one folder per subject holding v1.avsc, v2.avsc, ... and an optional "
-            "compatibility.yaml. Default: $RECONCILE_SCHEMAS_DIR, else the schemas shipped with reconcile (checks/schemas in a checkout).",
+            "compatibility.yaml. Default: $RECONCILE_SCHEMAS_DIR, else the schemas shipped with "
+            "reconcile (checks/schemas in a checkout).",
             metavar="DIR",
             show_default=False,
         ),
