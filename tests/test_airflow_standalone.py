@@ -190,7 +190,7 @@ class Api:
         import httpx
 
         self.af = af
-        self.http = httpx.Client(base_url=af.url, timeout=20)
+        self.http = httpx.Client(base_url=af.url, timeout=60)
 
     def wait_up(self) -> None:
         import httpx
@@ -244,9 +244,15 @@ class Api:
         base = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
         states: dict[str, str] = {}
         state = None
+        import httpx
+
         while self.af.left() > 0:
-            state = self.get(base)["state"]
-            tis = self.get(f"{base}/taskInstances")["task_instances"]
+            try:
+                state = self.get(base)["state"]
+                tis = self.get(f"{base}/taskInstances")["task_instances"]
+            except httpx.TransportError:  # a busy API server (a loaded machine): ask again
+                time.sleep(2)
+                continue
             states = {ti["task_id"]: str(ti["state"]) for ti in tis}
             bad = {t: s for t, s in states.items() if s in BAD_TI_STATES}
             if state == "failed" or bad:
