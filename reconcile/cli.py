@@ -313,6 +313,14 @@ KafkaOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[str, typer.Option("--timeout", help="How long to wait: 30s, 5m, 1h ...")]
+VerifyTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout",
+        help="How long verify waits for the projector's lag to reach 0: 30s, 5m ... "
+        "Default: the spec's correction.verify_timeout (5m).",
+    ),
+]
 
 
 def _seconds(text: str, option: str) -> float:
@@ -323,6 +331,12 @@ def _seconds(text: str, option: str) -> float:
     except ValueError as e:
         _fail(f"{option}: {e}")
         raise  # unreachable
+
+
+def _timeout(text: str | None) -> Any:
+    from datetime import timedelta
+
+    return None if text is None else timedelta(seconds=_seconds(text, "--timeout"))
 
 
 def _print_events(result: Any) -> None:
@@ -425,13 +439,14 @@ def verify(
     fmt: FormatOpt = None,
     store: StoreOpt = None,
     bootstrap: KafkaOpt = None,
-    timeout: TimeoutOpt = "5m",
+    timeout: VerifyTimeoutOpt = None,
 ) -> None:
     """Wait until the projector consumed the corrections (lag 0), re-audit those keys, resolve or escalate.
 
-    Exit 0 when every correction healed, 1 when some did not (escalated to open), 2 on trouble.
+    Exit 0 when every correction healed, 1 when some did not (escalated to open), 2 when it
+    cannot tell: the projector still lags after --timeout (the message names its consumer group
+    and lag; the findings stay `correcting`), or the broker cannot be read.
     """
-    from datetime import timedelta
 
     from .app import verify as do_verify
 
@@ -439,7 +454,7 @@ def verify(
         fmt = _format(fmt)
         s = _spec(spec)
         with _context(store, bootstrap) as ctx:
-            result = do_verify(ctx, s, timeout=timedelta(seconds=_seconds(timeout, "--timeout")))
+            result = do_verify(ctx, s, timeout=_timeout(timeout))
         if fmt == "json":
             _print_json(result.to_dict())
         else:
@@ -466,7 +481,7 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Correct even when the blast-radius guard trips.")
     ] = False,
-    timeout: TimeoutOpt = "5m",
+    timeout: VerifyTimeoutOpt = None,
     keys: Annotated[
         str | None, typer.Option("--keys", help="Only these entities (see `audit --keys`).")
     ] = None,
@@ -486,7 +501,6 @@ def run(
 
     Exit 0 no drift (or all of it verified healed), 1 drift found / not healed / guard refused, 2 trouble.
     """
-    from datetime import timedelta
 
     from .app import heal
     from .keys import parse_keys
@@ -504,7 +518,7 @@ def run(
                 dry_run=dry_run,
                 force=force,
                 preflight=not skip_preflight,
-                timeout=timedelta(seconds=_seconds(timeout, "--timeout")),
+                timeout=_timeout(timeout),
                 keys=parse_keys(keys, s),
                 where=where,
                 on_row=tick,
@@ -806,8 +820,21 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log every library's messages (Great Expectations, Kafka) on stderr."
+        ),
+    ] = False,
 ) -> None:
     """reconcile: a consistency auditor for event-driven systems."""
+    if verbose:
+        import logging
+
+        os.environ["RECONCILE_VERBOSE"] = "1"
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
 
 
 def main() -> None:

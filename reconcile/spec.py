@@ -139,6 +139,12 @@ class Correction(_Model):
     payload: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     transport: Literal["kafka", "embedded"] = "kafka"
+    verify_timeout: timedelta = timedelta(minutes=5)  # how long verify waits for the projector
+
+    @field_validator("verify_timeout", mode="before")
+    @classmethod
+    def _verify_timeout(cls, v: Any) -> timedelta:
+        return parse_duration(v)
 
 
 class Expectation(_Model):
@@ -166,8 +172,9 @@ class Checks(_Model):
     suites: dict[Literal["truth", "projection"], str] = Field(default_factory=dict)
 
 
-AlertEvent = Literal["drift", "guard", "preflight", "health"]
-ALERT_EVENTS: tuple[AlertEvent, ...] = ("drift", "guard", "preflight", "health")
+AlertEvent = Literal["drift", "guard", "preflight", "health", "verify", "resolved"]
+# Sent unless `on:` says otherwise. "resolved" (a healed incident) is sent only when asked for.
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("drift", "guard", "preflight", "health", "verify")
 
 
 class EmailAlert(_Model):

@@ -44,7 +44,7 @@ from .heal import (
 from .health import HealthReport, SpecHealth, Thresholds, health
 from .preflight import gate, preflight
 from .project import Projector, ProjectorStats
-from .report import Report, report
+from .report import Report, Verdict, audit_verdict, lag_verdict, report, verify_verdict
 
 __all__ = [
     "Context",
@@ -78,6 +78,10 @@ __all__ = [
     "acknowledge",
     "report",
     "Report",
+    "Verdict",
+    "audit_verdict",
+    "verify_verdict",
+    "lag_verdict",
     "Projector",
     "ProjectorStats",
 ]

@@ -453,12 +453,25 @@ def _select_sql(side: Side, url: str) -> str | None:
     return str(stmt.compile(dialect=dialect))
 
 
+def _quiet_gx() -> None:
+    """Great Expectations logs hundreds of INFO lines per validation: keep them at WARNING (in
+    the CLI and in Airflow task logs alike) unless RECONCILE_VERBOSE asks for everything."""
+    import logging
+    import os
+
+    if os.environ.get("RECONCILE_VERBOSE"):
+        return
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _run_gx(
     spec: Spec,
     urls: Mapping[str, str | None],
     expectations: Sequence[ExpectationConfig],
     docs: Path | None,
 ) -> tuple[dict[str, list[dict[str, Any]]], Path | None]:
+    _quiet_gx()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
