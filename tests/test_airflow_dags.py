@@ -148,7 +148,7 @@ ALERTS = """
 alerts:
   email: {to: [oncall@example.com], conn_id: smtp_test, from: reconcile@example.com}
   webhook: {conn_id: slack_test}
-  on: [drift, guard, preflight, health]
+  on: [drift, guard, preflight, health, verify]
 """
 
 
@@ -485,7 +485,8 @@ def test_cli_run_and_the_scheduled_dag_decide_the_same(
     name = _name("same")
     spec = write_spec(specs_dir, name, f"url: {truth}", f"url: {proj}")
     dr = run(f"reconcile_{name}")
-    assert states(dr)["preflight"] == "success" and states(dr)["audit"] == "success"
+    # audit-only drift: the DAG's audit is red, `reconcile run` exits 1; both saw the same
+    assert states(dr)["preflight"] == "success" and states(dr)["audit"] == "failed"
     by_dag = xcom(dr, "audit")
     by_cli = cli_run(spec, make_pg_db("clistore"))
     assert by_cli.returncode == 1, by_cli.stderr  # drift, audit-only spec

@@ -182,3 +182,29 @@ def test_a_keyed_run_is_guarded_against_the_whole_pair(tmp_path: Path) -> None:
     cli("audit", str(spec), cwd=tmp_path)  # the whole pair: 200 entities
     again = cli(*keyed, cwd=tmp_path)
     assert json.loads(again.stdout)["correction"]["written"] == 2, again.stderr
+
+
+def test_project_runs_until_stopped_and_logs_what_it_applies(tmp_path: Path, pair: tuple[Path, str]) -> None:
+    import signal
+    import time
+
+    spec, _ = pair
+    cli("audit", str(spec), cwd=tmp_path)
+    cli("correct", str(spec), cwd=tmp_path)
+    cli("relay", cwd=tmp_path)
+    proc = subprocess.Popen(
+        [*RECONCILE, "project", str(spec)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RECONCILE_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}"},
+    )
+    try:
+        time.sleep(12)  # well past the old 5 s idle stop
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Ctrl-C stops" in err and f"{expected_findings()} applied" in err + out
