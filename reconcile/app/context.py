@@ -134,7 +134,7 @@ class Context:
     def transport(self, kind: str) -> Transport:
         """The transport called ``kind`` (``kafka`` or ``embedded``), made once per context."""
         if kind not in self._transports:
-            from ..events.transport import open_transport
+            from ..events import open_transport
 
             self._transports[kind] = open_transport(
                 kind,

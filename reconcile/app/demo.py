@@ -21,10 +21,10 @@ from ..events.kafka import KafkaSettings, ensure_topic
 from ..findings import Finding
 from ..shop import EmbeddedChannel, KafkaChannel, spec_path
 from ..shop.channel import Channel
-from ..shop.incident import Faults, Incident
 from ..shop.service import ORDERS_TOPIC
 from ..spec import load_spec
 from ..store import AuditStore
+from .incident import Faults, Incident
 
 __all__ = ["DemoSettings", "run_demo"]
 
