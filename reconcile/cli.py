@@ -809,6 +809,12 @@ def check(
             _fail(result.message, result.exit_code)
 
 
+# Aliases in the product's own words (DESIGN.md): the whole loop is "heal", the GX gate is the
+# "preflight". The older names stay, so nobody's cron line breaks.
+app.command("heal", short_help="Alias of `run`: preflight → audit → correct → relay (→ verify).")(run)
+app.command("preflight", short_help="Alias of `check`: the preflight gate alone.")(check)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"reconcile {__version__}")
