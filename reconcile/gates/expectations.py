@@ -34,7 +34,7 @@ from ..spec import Side, Spec
 from ..store import Store
 
 __all__ = [
-    "Outcome",
+    "ExpectationResult",
     "SideResult",
     "PreflightResult",
     "ExpectationConfig",
@@ -157,7 +157,7 @@ def _suite_file(spec: Spec, side: str, path: Path) -> list[ExpectationConfig]:
 
 # -- results (pure) ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Outcome:
+class ExpectationResult:
     """One expectation's verdict on one side, with what GX observed."""
 
     side: str
@@ -172,7 +172,7 @@ class Outcome:
     error: str | None = None
 
     @classmethod
-    def from_gx(cls, side: str, result: Mapping[str, Any]) -> Outcome:
+    def from_gx(cls, side: str, result: Mapping[str, Any]) -> ExpectationResult:
         """Build from one entry of GX's ``ValidationResult.to_json_dict()["results"]``."""
         cfg = result.get("expectation_config") or {}
         kwargs = {k: v for k, v in (cfg.get("kwargs") or {}).items() if k != "batch_id"}
@@ -244,14 +244,14 @@ class SideResult:
 
     side: str
     source: str  # masked: "table stock_view at sqlite:///..."
-    outcomes: tuple[Outcome, ...]
+    outcomes: tuple[ExpectationResult, ...]
 
     @property
     def success(self) -> bool:
         return all(o.success for o in self.outcomes)
 
     @property
-    def failures(self) -> list[Outcome]:
+    def failures(self) -> list[ExpectationResult]:
         return [o for o in self.outcomes if not o.success]
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,7 +286,7 @@ class PreflightResult:
         return 0 if self.success else PreflightFailed.exit_code
 
     @property
-    def failures(self) -> list[Outcome]:
+    def failures(self) -> list[ExpectationResult]:
         return [o for s in self.sides for o in s.failures]
 
     def side(self, name: str) -> SideResult:
@@ -388,7 +388,7 @@ def run_suites(
         SideResult(
             side,
             _display(getattr(spec, side), str(urls[side])),
-            tuple(Outcome.from_gx(side, r) for r in raw[side]),
+            tuple(ExpectationResult.from_gx(side, r) for r in raw[side]),
         )
         for side in SIDES
     )
