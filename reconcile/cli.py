@@ -840,6 +840,9 @@ def check(
                 for o in side.outcomes:
                     t.add_row(o.side, o.type, o.columns, "ok" if o.success else "FAILED", escape(o.detail()))
             out.print(t)
+            for side in result.sides:
+                if side.note:
+                    out.print(f"{side.side}: {side.source}: {side.note}", markup=False)
             if result.baseline is None:
                 out.print("row counts: no full audit stored yet, so no baseline to compare with")
         if result.docs:  # on stderr with --format json, so stdout stays one JSON document
