@@ -31,6 +31,8 @@ __all__ = [
     "MESSAGE_PARTS",
     "cloudevent_envelope",
     "structured_data",
+    "header_value",
+    "is_binary_cloudevent",
     "lookup",
 ]
 
@@ -84,14 +86,42 @@ def parse_field(text: Any) -> Field:
     )
 
 
-def cloudevent_envelope(headers: Mapping[str, Any], data: Any) -> dict[str, Any] | None:
+def header_value(headers: Any, name: str) -> str | None:
+    """The text of header ``name`` (the last one when it repeats) from a dict or a list of
+    (name, bytes) pairs as Kafka clients hand them over; None when absent."""
+    if not headers:
+        return None
+    if headers.__class__ is list:  # what confluent-kafka hands over: the fast path
+        raw = None
+        for k, v in headers:
+            if k == name:
+                raw = v
+    elif isinstance(headers, Mapping):
+        raw = headers.get(name)
+    else:
+        raw = None
+        for k, v in headers:
+            if k == name:
+                raw = v
+    if raw is None or isinstance(raw, str):
+        return raw
+    return bytes(raw).decode("utf-8", "replace")
+
+
+def is_binary_cloudevent(headers: Any) -> bool:
+    """Whether the message is a CloudEvent in binary mode (``ce_specversion`` or ``ce_id`` header)."""
+    return header_value(headers, "ce_specversion") is not None or header_value(headers, "ce_id") is not None
+
+
+def cloudevent_envelope(headers: Any, data: Any) -> dict[str, Any] | None:
     """The structured-mode view of a binary-mode CloudEvent (``ce_*`` headers + ``data``), or None
     when the message is no binary-mode CloudEvent."""
-    if "ce_specversion" not in headers and "ce_id" not in headers:
+    if not is_binary_cloudevent(headers):
         return None
-    env: dict[str, Any] = {k[3:]: v for k, v in headers.items() if k.startswith("ce_")}
-    if "content-type" in headers:
-        env.setdefault("datacontenttype", headers["content-type"])
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    env: dict[str, Any] = {k[3:]: header_value(headers, k) for k, _ in items if k.startswith("ce_")}
+    if (ct := header_value(headers, "content-type")) is not None:
+        env.setdefault("datacontenttype", ct)
     env["data"] = data
     return env
 
@@ -103,18 +133,31 @@ def structured_data(value: Any) -> Any:
     return MISSING
 
 
-def lookup(path: JsonPath, value: Any, headers: Mapping[str, Any]) -> Any:
+def lookup(path: JsonPath, value: Any, headers: Any, binary: bool | None = None) -> Any:
     """Evaluate ``path`` on a decoded value, falling back to the other CloudEvents mode's view.
 
-    Returns MISSING when the path names nothing in either view (a wildcard path: a list).
+    ``headers``: a dict or a list of (name, bytes) pairs; ``binary``: whether they make the
+    message a binary-mode CloudEvent, when the caller knows already. Returns MISSING when the
+    path names nothing in either view (a wildcard path: an empty list).
     """
     got = path.first(value)
     if got is not MISSING and not (path.wildcard and not got):
         return got
-    alt = structured_data(value)
-    if alt is MISSING:
-        alt = cloudevent_envelope(headers, value) if headers else None
-        if alt is None:
-            return got
-    other = path.first(alt)
-    return other if other is not MISSING else got
+    if type(value) is dict and "specversion" in value:  # structured: try inside data
+        data = value.get("data", MISSING)
+        other = path.first(data) if data is not MISSING else MISSING
+    elif not (is_binary_cloudevent(headers) if binary is None else binary):
+        return got
+    elif path.head == "data":  # binary: the value is the data
+        assert path.after_head is not None
+        other = path.after_head.first(value)
+    elif len(path.steps) == 1 and path.head is not None:  # binary: an attribute is a header
+        other = header_value(headers, "ce_" + path.head)
+        if other is None and path.head == "datacontenttype":
+            other = header_value(headers, "content-type")
+        other = MISSING if other is None else other
+    else:
+        other = path.first(cloudevent_envelope(headers, value))
+    if other is MISSING or (path.wildcard and not other):
+        return got
+    return other

@@ -20,7 +20,8 @@ the path is parsed, so a typo fails when a spec loads, not silently at run time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final
 
 __all__ = ["JsonPath", "JsonPathError", "compile_path", "MISSING"]
@@ -62,14 +63,42 @@ class JsonPath:
 
     text: str
     steps: tuple[tuple[int, Any], ...]
+    # Derived once (paths are evaluated once per message): does it name several values, and the
+    # member names when it is nothing but member names (the common case, walked without dispatch).
+    wildcard: bool = field(init=False, compare=False)
+    names: tuple[str, ...] | None = field(init=False, compare=False)
 
-    @property
-    def wildcard(self) -> bool:
-        """True when the path can name more than one value (it has ``[*]`` or ``.*``)."""
-        return any(kind == _ALL for kind, _ in self.steps)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wildcard", any(kind == _ALL for kind, _ in self.steps))
+        plain = all(kind == _NAME for kind, _ in self.steps)
+        object.__setattr__(self, "names", tuple(arg for _, arg in self.steps) if plain else None)
+
+    @cached_property
+    def head(self) -> str | None:
+        """The first member name, when the path starts with one (``data`` of ``$.data.x``)."""
+        return self.steps[0][1] if self.steps and self.steps[0][0] == _NAME else None
+
+    @cached_property
+    def after_head(self) -> JsonPath | None:
+        """:meth:`tail` when the path starts with a member name, else None (computed once)."""
+        return self.tail() if self.head is not None else None
+
+    def tail(self) -> JsonPath:
+        """The path without its first step (``$.x`` of ``$.data.x``)."""
+        return JsonPath(_render(self.steps[1:]), self.steps[1:])
 
     def first(self, doc: Any) -> Any:
         """The value the path names, or :data:`MISSING` (for a wildcard path: :meth:`find`'s list)."""
+        names = self.names
+        if names is not None:
+            cur = doc
+            for name in names:
+                if type(cur) is not dict:
+                    return MISSING
+                cur = cur.get(name, MISSING)
+                if cur is MISSING:
+                    return MISSING
+            return cur
         if self.wildcard:
             return self.find(doc)
         cur = doc
@@ -163,6 +192,20 @@ def compile_path(text: str) -> JsonPath:
         else:
             raise JsonPathError(f"{text!r}: unexpected {c!r} at position {i} (use .name or ['name'])")
     return JsonPath(src, tuple(steps))
+
+
+def _render(steps: tuple[tuple[int, Any], ...]) -> str:
+    """The text of a path made of these steps."""
+    out = ["$"]
+    for kind, arg in steps:
+        if kind == _NAME:
+            plain = _DOT_NAME.fullmatch(arg) and arg != "*"
+            out.append(f".{arg}" if plain else "['" + arg.replace("\\", "\\\\").replace("'", "\\'") + "']")
+        elif kind == _INDEX:
+            out.append(f"[{arg}]")
+        else:
+            out.append("[*]")
+    return "".join(out)
 
 
 def _quoted(src: str, j: int, text: str) -> tuple[str, int]:

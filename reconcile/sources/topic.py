@@ -50,11 +50,11 @@ from ..compare import key_part
 from ..db import map_errors
 from ..diff import Row
 from ..errors import SourceError, SpecError
-from ..fields import Field, lookup, parse_field
+from ..fields import Field, header_value, is_binary_cloudevent, lookup, parse_field
 from ..findings import Finding
 from ..jsonpath import MISSING
 from ..spec import Side
-from .sql import ReadPlan, SqlSource
+from .sql import ReadPlan, SqlSource, _as_time
 
 __all__ = ["TopicSource", "TopicStats", "topic_scope", "locate", "DEFAULT_CACHE_MB", "IN_FLIGHT"]
 
@@ -81,25 +81,14 @@ _PART_TYPES: dict[str, Callable[[], Any]] = {
     "offset": sa.BigInteger,
     "timestamp": sa.DateTime,
 }
+_JSON, _HEADER, _KEY, _PARTITION, _OFFSET = range(5)
+_CODES = {"json": _JSON, "header": _HEADER, "key": _KEY, "partition": _PARTITION, "offset": _OFFSET}
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _text(raw: Any) -> str | None:
-    if raw is None or isinstance(raw, str):
-        return raw
-    return bytes(raw).decode("utf-8", "replace")
-
-
-def _headers(raw: Any) -> dict[str, str]:
-    if not raw:
-        return {}
-    items = raw.items() if isinstance(raw, dict) else raw
-    return {str(k): _text(v) for k, v in items if v is not None}  # type: ignore[misc]
 
 
 def _iso(ms: int) -> str | None:
@@ -280,30 +269,57 @@ class TopicSource(SqlSource):
         extra_filter: Callable[[sa.FromClause], Any] | None = None,
         session: Sequence[str] = (),
     ) -> Iterator[Row]:
-        """The topic's rows ordered by canonical key, read from the spill (made on the first call)."""
+        """The topic's rows ordered by canonical key, read from the spill (made on the first call).
+
+        The statement is the SQL reader's own (same filters, same order), run on a plain
+        read-only sqlite3 cursor: the stored keys are canonical already, so the rows need no
+        per-value conversion except JSON containers, timestamps and non-text, non-integer keys.
+        """
         self.load(plan)
         kinds = list(plan.kinds)
-        stored = None
+        nk, nv = len(plan.key), len(plan.values)
+        fix_key = [None if k in ("text", "int") else k for k in kinds]
+        plain_keys = all(k is None for k in fix_key)
+        convert = self._converters(plan.values)
+        full = replace(plan, changed_at=_CHANGED)
+        dedupe = self.role == "truth"
+        batches: list[Sequence[tuple[Any, ...]] | None] = [None]
         if keys is not None:
             stored = [tuple(_store_key(v, k) for v, k in zip(key, kinds, strict=True)) for key in keys]
-        convert = self._converters(plan.values)
-        dedupe = self.role == "truth"
+            batches = [stored[i : i + 500] for i in range(0, len(stored), 500)]
         last: tuple[Any, ...] | None = None
-        rows = super().stream(
-            replace(plan, changed_at=_CHANGED),
-            where=where,
-            keys=stored,
-            extra_filter=extra_filter,
-            session=session,
-        )
-        for row in rows:
-            if dedupe:
-                if row.key == last:
-                    continue
-                last = row.key
-            if convert is not None:
-                row = Row(row.key, convert(row.values), row.changed_at)
-            yield row
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            for batch in batches:
+                stmt = self.select(full, where=where, keys=batch, extra_filter=extra_filter)
+                compiled = stmt.compile(
+                    dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True}
+                )
+                args = [compiled.params[name] for name in compiled.positiontup or ()]
+                try:
+                    cursor = conn.execute(str(compiled), args)
+                except sqlite3.Error as e:
+                    raise SourceError(f"{self.role} topic {self.topic}: cannot read its rows: {e}") from None
+                while chunk := cursor.fetchmany(self.chunk_rows):
+                    for r in chunk:
+                        if plain_keys:
+                            key = tuple(r[:nk])
+                        else:
+                            key = tuple(
+                                v if f is None or v is None else key_part(v, f)
+                                for v, f in zip(r[:nk], fix_key, strict=True)
+                            )
+                        if dedupe:
+                            if key == last:
+                                continue
+                            last = key
+                        values = tuple(r[nk : nk + nv])
+                        if convert is not None:
+                            values = convert(values)
+                        changed = r[nk + nv]
+                        yield Row(key, values, None if changed is None else _as_time(changed))
+        finally:
+            conn.close()
 
     def dispose(self) -> None:
         engine = getattr(self, "engine", None)
@@ -458,14 +474,19 @@ class TopicSource(SqlSource):
     def _extractor(
         self, stored: Sequence[str], key_kind: dict[str, str]
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...] | None]:
-        """A function from one raw message to its stored field values (None: not a row)."""
+        """A function from one raw message to its stored field values (None: not a row).
+
+        It runs once per message, so it dispatches on small ints and keeps the common cases
+        (plain JSON member paths, text and integer keys) free of calls.
+        """
         fields = [self.fields[n] for n in stored]
-        specs: list[tuple[str, Any, str | None]] = []
+        specs: list[tuple[int, Any, str | None]] = []
         for n, f in zip(stored, fields, strict=True):
-            arg: Any = f.header if f.part == "header" else f.path
-            specs.append((f.part, arg, key_kind.get(n)))
+            code = _CODES[f.part]
+            specs.append((code, f.header if code == _HEADER else f.path, key_kind.get(n)))
         needs_json = any(f.uses_value for f in fields)
         stats = self.stats
+        big = 2**63
 
         def extract(msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
             p, o, _ms, key, value, raw_headers = msg
@@ -478,30 +499,35 @@ class TopicSource(SqlSource):
                     if len(stats.invalid) < SAMPLES:
                         stats.invalid.append({"partition": p, "offset": o, "error": str(e)[:200]})
                     return None
-            headers: dict[str, str] | None = None
             out: list[Any] = []
-            for part, arg, kind in specs:
-                if part == "json":
+            binary: bool | None = None  # a binary-mode CloudEvent? decided once, on the first miss
+            for code, arg, kind in specs:
+                if code == _JSON:
                     x = arg.first(doc)
                     if x is MISSING or (arg.wildcard and not x):
-                        if headers is None:
-                            headers = _headers(raw_headers)
-                        x = lookup(arg, doc, headers)
-                    if x is MISSING:
-                        x = None
-                elif part == "header":
-                    if headers is None:
-                        headers = _headers(raw_headers)
-                    x = headers.get(arg)
-                    if x is None and arg.startswith("ce_") and value is not None:
+                        if binary is None:
+                            binary = is_binary_cloudevent(raw_headers)
+                        x = lookup(arg, doc, raw_headers, binary)
+                        if x is MISSING:
+                            x = None
+                elif code == _HEADER:
+                    x = header_value(raw_headers, arg)
+                    if x is None and arg[:3] == "ce_" and value is not None:
                         x = _structured_attribute(doc if needs_json else _try_decode(value), arg[3:])
-                elif part == "key":
-                    x = _text(key)
-                elif part == "partition":
+                elif code == _KEY:
+                    x = key if key is None or key.__class__ is str else bytes(key).decode("utf-8", "replace")
+                elif code == _PARTITION:
                     x = p
-                else:  # offset
+                else:
                     x = o
-                if kind is not None and x is not None:
+                if kind is None:
+                    t = x.__class__
+                    if t is dict or t is list or (t is int and not -big <= x < big):
+                        x = _store_value(x)
+                elif x is not None and not (
+                    (kind == "text" and x.__class__ is str)
+                    or (kind == "int" and x.__class__ is int and -big <= x < big)
+                ):
                     try:
                         x = _store_key(x, kind)
                     except (ValueError, TypeError) as e:
@@ -509,8 +535,6 @@ class TopicSource(SqlSource):
                         if len(stats.bad_keys) < SAMPLES:
                             stats.bad_keys.append({"partition": p, "offset": o, "error": str(e)[:200]})
                         return None
-                else:
-                    x = _store_value(x)
                 out.append(x)
             return tuple(out)
 
