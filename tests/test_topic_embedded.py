@@ -252,3 +252,16 @@ def test_preflight_skips_a_topic_side_with_a_note(
     proj = result.side("projection")
     assert proj.outcomes == () and proj.note and "topic side" in proj.note
     assert result.side("truth").outcomes and result.to_dict()["sides"]["projection"]["skipped"]
+
+
+def test_the_shops_stage_specs_load_as_shipped() -> None:
+    from reconcile.shop import stage_spec_paths
+    from reconcile.spec import load_spec
+
+    published = load_spec(stage_spec_paths()["published"])
+    applied = load_spec(stage_spec_paths()["applied"])
+    assert published.projection.is_topic and published.projection.transport == "embedded"
+    assert published.key_truth == ["order_id"] and published.projection.where == "type = 'OrderPlaced'"
+    assert applied.truth.is_topic and applied.freshness.consumer_group == "inventory-projector"
+    for name in ("shop-orders-published.yaml", "shop-orders-applied.yaml"):
+        assert (Path(__file__).resolve().parent.parent / "specs" / name).resolve().is_file()
