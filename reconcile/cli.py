@@ -257,7 +257,12 @@ def audit(
         ),
     ] = None,
     where: Annotated[
-        str | None, typer.Option("--where", help="SQL filter applied to both truth and projection.")
+        str | None,
+        typer.Option(
+            "--where",
+            help="SQL filter applied to both truth and projection "
+            "(on a topic side: SQLite SQL over its fields).",
+        ),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -272,7 +277,12 @@ def audit(
         ),
     ] = "auto",
 ) -> None:
-    """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble)."""
+    """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
+
+    Either side may be a Kafka topic (`topic:` in the spec): it is read from the end offsets
+    taken when the run starts back to `since:` (or the earliest offset), every partition, and
+    that extent is recorded with the run.
+    """
     from .app import audit as do_audit
     from .keys import parse_keys
 
@@ -815,6 +825,9 @@ def check(
     ] = None,
 ) -> None:
     """Run the preflight gates alone (Great Expectations on both sides; exit 0 pass, 2 failed).
+
+    A topic side is skipped, with a note in the result: GX validates databases, and the audit
+    counts and reports the messages of a topic it cannot read.
 
     The default suite: truth keys not null and unique, every key/compared/freshness column
     present on its side, each side's row count at least checks.min_row_ratio (default 0.5) of

@@ -265,3 +265,44 @@ def test_the_shops_stage_specs_load_as_shipped() -> None:
     assert applied.truth.is_topic and applied.freshness.consumer_group == "inventory-projector"
     for name in ("shop-orders-published.yaml", "shop-orders-applied.yaml"):
         assert (Path(__file__).resolve().parent.parent / "specs" / name).resolve().is_file()
+
+
+def test_json_objects_and_lists_compare_with_a_json_column(
+    world: tuple[Context, EmbeddedLog, str, str],
+) -> None:
+    import sqlalchemy as sa
+
+    from .builders import make_table
+
+    ctx, log, db, topic = world
+    payloads: dict[str, dict[str, Any]] = {
+        f"e{i}": {"order_id": i, "lines": [{"sku": "A"}, {"sku": f"S{i}"}]} for i in range(3)
+    }
+    make_table(
+        db,
+        "outbox_json",
+        [
+            sa.Column("event_id", sa.String, primary_key=True),
+            sa.Column("payload", sa.Text),
+            sa.Column("skus", sa.Text),
+        ],
+        [
+            {"event_id": k, "payload": json.dumps(v), "skus": json.dumps([ln["sku"] for ln in v["lines"]])}
+            for k, v in payloads.items()
+        ],
+    )
+    changed = {**payloads["e2"], "lines": [{"sku": "A"}]}
+    put(log, topic, [event(k, changed if k == "e2" else v) for k, v in payloads.items()])
+    doc = {
+        "name": "json",
+        "truth": {"url": db, "table": "outbox_json"},
+        "projection": side(
+            topic, fields={"event_id": "header:ce_id", "payload": "$.data", "skus": "$.data.lines[*].sku"}
+        ),
+        "key": ["event_id"],
+        "columns": ["payload", "skus"],
+    }
+    result = audit(ctx, spec(doc))
+    assert [(f.key["event_id"], f.columns) for f in result.findings] == [("e2", ("payload", "skus"))]
+    f = result.findings[0]
+    assert f.projection is not None and f.projection["payload"] == changed and f.projection["skus"] == ["A"]
