@@ -306,3 +306,33 @@ def test_json_objects_and_lists_compare_with_a_json_column(
     assert [(f.key["event_id"], f.columns) for f in result.findings] == [("e2", ("payload", "skus"))]
     f = result.findings[0]
     assert f.projection is not None and f.projection["payload"] == changed and f.projection["skus"] == ["A"]
+
+
+def test_a_corrective_event_from_a_topic_truth_carries_only_compared_columns() -> None:
+    from datetime import UTC, datetime
+
+    from reconcile.events.cloudevent import build_event
+    from reconcile.findings import Finding, FindingKind
+
+    s = spec(
+        {
+            "name": "stock-from-cdc",
+            "truth": {
+                "topic": "stock.cdc",
+                "latest_per_key": True,
+                "fields": {"sku": "key", "on_hand": "$.on_hand"},
+            },
+            "projection": {"url": "sqlite://", "table": "stock_view"},
+            "key": ["sku"],
+            "columns": ["on_hand"],
+            "correction": {"topic": "stock.reconciled", "event_type": "StockReconciled"},
+        }
+    )
+    plain = Finding(FindingKind.MISSING, {"sku": "A"}, truth={"on_hand": 3})
+    located = Finding(
+        FindingKind.MISSING,
+        {"sku": "A"},
+        truth={"on_hand": 3, "_partition": 1, "_offset": 9, "_timestamp": datetime.now(UTC)},
+    )
+    a, b = build_event(s, plain, "run-1"), build_event(s, located, "run-1")
+    assert b.data["state"] == {"on_hand": 3} and a.id == b.id
