@@ -156,19 +156,68 @@ def _value(v: Any) -> str:
     return "NULL" if v is None else str(v)
 
 
+_LOCATION = ("_partition", "_offset", "_timestamp", "_copies")  # where a topic side's message sits
+
+
+def _at(f: Finding) -> str:
+    """``p1@42`` (or every copy) for a finding on a topic side, else ""."""
+    out = []
+    for side in (f.truth, f.projection):
+        if side and "_partition" in side:
+            copies = side.get("_copies") or [{"partition": side["_partition"], "offset": side["_offset"]}]
+            out.append(", ".join(f"p{c['partition']}@{c['offset']}" for c in copies))
+    return "; ".join(out)
+
+
 def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
     t = Table(show_lines=False, pad_edge=False)
-    for col in ("kind", "key", "columns", "truth", "projection", "status", "seen"):
+    located = any(_at(f) for f in findings[:limit])
+    for col in (
+        "kind",
+        "key",
+        "columns",
+        "truth",
+        "projection",
+        *(["at"] if located else []),
+        "status",
+        "seen",
+    ):
         t.add_column(col, overflow="fold")
     for f in findings[:limit]:
         key = ", ".join(f"{k}={_value(v)}" for k, v in f.key.items())
-        cols = list(f.columns) or list((f.truth or f.projection or {}).keys())
+        cols = list(f.columns) or [c for c in (f.truth or f.projection or {}) if c not in _LOCATION]
         truth = "—" if f.truth is None else ", ".join(f"{c}={_value(f.truth.get(c))}" for c in cols)
         proj = "—" if f.projection is None else ", ".join(f"{c}={_value(f.projection.get(c))}" for c in cols)
         if f.copies > 1:
             proj += f" (x{f.copies})"
-        t.add_row(f.kind.value, key, ", ".join(f.columns), truth, proj, f.status.value, str(f.times_seen))
+        at = [_at(f)] if located else []
+        t.add_row(
+            f.kind.value, key, ", ".join(f.columns), truth, proj, *at, f.status.value, str(f.times_seen)
+        )
     return t
+
+
+def _topic_lines(topics: dict[str, Any]) -> list[str]:
+    """One line per topic side: its recorded extent and what reading it met, then any problems."""
+    lines = []
+    for role, t in topics.items():
+        parts = t.get("partitions") or {}
+        window = f"since {t['since']}" if t.get("since") else "from the earliest offset"
+        line = (
+            f"  {role}: topic {t['topic']} ({t['where']}), {len(parts)} partition(s), {window}, "
+            f"{t.get('offsets', 0):,} offsets up to the end offsets at {t['taken_at']}"
+        )
+        read = t.get("read")
+        if read:
+            rate = read["messages_per_second"]
+            line += f"; read {read['messages']:,} messages ({rate:,}/s) into {read['rows']:,} rows"
+        if t.get("consumer_group"):
+            line += f"; group {t['consumer_group']}"
+            if read:
+                line += f": {read['in_flight']:,} in flight"
+        lines.append(line)
+        lines += [f"  warning: {p}" for p in t.get("problems") or []]
+    return lines
 
 
 def print_run(result: RunResult, fmt: str) -> None:
@@ -185,6 +234,8 @@ def print_run(result: RunResult, fmt: str) -> None:
         + (f"  unconfirmed {s.unconfirmed:,}" if s.unconfirmed else "")
         + (f"  acknowledged {s.acknowledged:,}" if s.acknowledged else "")
     )
+    for line in _topic_lines(result.scope.get("topics") or {}):
+        out.print(line, markup=False)
     if result.findings:
         out.print(_findings_table(result.findings))
         if len(result.findings) > 50:
@@ -206,7 +257,12 @@ def audit(
         ),
     ] = None,
     where: Annotated[
-        str | None, typer.Option("--where", help="SQL filter applied to both truth and projection.")
+        str | None,
+        typer.Option(
+            "--where",
+            help="SQL filter applied to both truth and projection "
+            "(on a topic side: SQLite SQL over its fields).",
+        ),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -221,7 +277,12 @@ def audit(
         ),
     ] = "auto",
 ) -> None:
-    """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble)."""
+    """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
+
+    Either side may be a Kafka topic (`topic:` in the spec): it is read from the end offsets
+    taken when the run starts back to `since:` (or the earliest offset), every partition, and
+    that extent is recorded with the run.
+    """
     from .app import audit as do_audit
     from .keys import parse_keys
 
@@ -239,7 +300,7 @@ def audit(
 
 @app.command()
 def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
-    """Check a spec, and that both tables and every named column exist, without auditing."""
+    """Check a spec, and that both sides exist (tables, columns; topics, consumer group), without auditing."""
     from .app import validate as do_validate
 
     with _errors():
@@ -258,6 +319,8 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
             out.print(f"  key         {keys}")
             cols = ", ".join(t if t == p else f"{t}->{p}" for t, p in info["columns"].items())
             out.print(f"  columns     {cols or '(none: presence only)'}")
+            for line in _topic_lines(info.get("topics") or {}):
+                out.print(line, markup=False)
 
 
 @app.command()
@@ -777,6 +840,9 @@ def check(
 ) -> None:
     """Run the preflight gates alone (Great Expectations on both sides; exit 0 pass, 2 failed).
 
+    A topic side is skipped, with a note in the result: GX validates databases, and the audit
+    counts and reports the messages of a topic it cannot read.
+
     The default suite: truth keys not null and unique, every key/compared/freshness column
     present on its side, each side's row count at least checks.min_row_ratio (default 0.5) of
     the last full audit's and never 0 when that audit had rows. Add your own expectations under
@@ -801,6 +867,9 @@ def check(
                 for o in side.outcomes:
                     t.add_row(o.side, o.type, o.columns, "ok" if o.success else "FAILED", escape(o.detail()))
             out.print(t)
+            for side in result.sides:
+                if side.note:
+                    out.print(f"{side.side}: {side.source}: {side.note}", markup=False)
             if result.baseline is None:
                 out.print("row counts: no full audit stored yet, so no baseline to compare with")
         if result.docs:  # on stderr with --format json, so stdout stays one JSON document

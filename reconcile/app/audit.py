@@ -30,6 +30,7 @@ from ..findings import Finding, FindingKind, RunResult, Summary
 from ..keys import canonical_keys
 from ..sources.ranges import KeyRange, range_filter, split_ranges
 from ..sources.sql import ReadPlan, SqlSource, key_kind
+from ..sources.topic import TopicSource, locate, topic_scope
 from ..spec import Spec
 from ..store import Store
 from .context import Context
@@ -84,12 +85,16 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
     (a database that cannot be reached). Reads nothing but the catalogs.
     """
     where = spec.label
-    urls = ctx.urls(spec)
-    truth = SqlSource(spec.truth, "truth", urls["truth_url"])
     try:
-        projection = SqlSource(spec.projection, "projection", urls["projection_url"])
-    except BaseException:
+        truth = _open_side(ctx, spec, "truth")
+    except SpecError as e:
+        raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
+    try:
+        projection = _open_side(ctx, spec, "projection")
+    except BaseException as e:
         truth.dispose()
+        if isinstance(e, SpecError):
+            raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
         raise
     try:
         for src in (truth, projection):
@@ -124,6 +129,14 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
         raise
 
 
+def _open_side(ctx: Context, spec: Spec, role: str) -> SqlSource:
+    """A side's reader: a SQL table or query, or a Kafka topic read as a table (its extent fixed now)."""
+    side = getattr(spec, role)
+    if side.is_topic:
+        return TopicSource(side, role, ctx.topic_reader(side), consumer_group=spec.freshness.consumer_group)
+    return SqlSource(side, role, ctx.side_url(side))
+
+
 def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
     """Check a spec against both databases without auditing; describe what would be compared."""
     pair = open_pair(ctx, spec)
@@ -137,6 +150,7 @@ def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
                 for k, kind in zip(spec.key, pair.kinds, strict=True)
             ],
             "columns": {n: spec.projection_name(n) for n in spec.columns},
+            **({"topics": topics} if (topics := topic_scope(pair.truth, pair.projection)) else {}),
         }
     finally:
         pair.close()
@@ -171,6 +185,7 @@ def audit(
         watch = _watch(store, spec, pair.kinds)
         outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
         outcome = _recheck(pair, outcome, where, set(watch))
+        outcome.findings = locate(outcome.findings, (pair.truth, pair.projection), spec.key_truth)
         clean = {watch[k] for k in outcome.clean}
         pending = {watch[k] for k in outcome.pending_keys}
         if canon is not None:  # watched keys asked for but absent on both sides are consistent
@@ -179,7 +194,9 @@ def audit(
             clean |= {
                 kid for k, kid in watch.items() if k in asked and kid not in seen and kid not in pending
             }
-        scope = {"keys": len(canon) if canon is not None else None, "where": where}
+        scope: dict[str, Any] = {"keys": len(canon) if canon is not None else None, "where": where}
+        if topics := topic_scope(pair.truth, pair.projection):
+            scope["topics"] = topics
         return _record(
             store,
             spec,

@@ -26,6 +26,7 @@ from ..store import Store, open_store
 
 if TYPE_CHECKING:
     from ..events.kafka import KafkaSettings
+    from ..events.reader import TopicReader
     from ..events.transport import Transport
 
 __all__ = ["Context", "env_connection_url"]
@@ -57,6 +58,11 @@ def env_connection_url(conn_id: str) -> str:
     kind = str(c.get("conn_type") or "")
     if kind == "sqlite":
         return f"sqlite:///{c.get('host') or c.get('schema') or ''}"
+    if kind == "kafka":  # a topic side's broker: librdkafka settings travel as the query
+        from urllib.parse import urlencode
+
+        where = f"{c.get('host') or ''}{':' + str(c['port']) if c.get('port') else ''}"
+        return f"kafka://{where}/?{urlencode({str(k): str(v) for k, v in extra.items()})}"
     auth = ""
     if c.get("login"):
         auth = quote(str(c["login"]), safe="")
@@ -126,6 +132,28 @@ class Context:
 
             self.kafka = KafkaSettings.from_env()
         return self.kafka
+
+    def topic_reader(self, side: Side) -> TopicReader:
+        """A reader of a topic side's broker (or the embedded log); the caller closes it.
+
+        Kafka settings: the side's ``bootstrap:``, else its ``conn_id:`` resolved like a database
+        connection (an Airflow Kafka connection: ``kafka://host:port`` or ``kafka:///?bootstrap.servers=...``),
+        else the context's (``KAFKA_BOOTSTRAP_SERVERS``, ``RECONCILE_KAFKA_*``).
+        """
+        from ..events.reader import open_reader
+
+        if side.transport == "embedded":
+            return open_reader("embedded", embedded_url=self.log_url())
+        from ..events.kafka import KafkaSettings
+        from ..events.kafka_reader import settings_from_uri
+
+        if side.bootstrap:
+            settings = KafkaSettings(side.bootstrap, dict(self.kafka_settings().extra))
+        elif side.conn_id:
+            settings = settings_from_uri(self.resolve_conn(side.conn_id), self.kafka_settings())
+        else:
+            settings = self.kafka_settings()
+        return open_reader("kafka", kafka=settings, timeout_s=self.kafka_timeout_s)
 
     def log_url(self) -> str:
         """Where the embedded log lives."""

@@ -245,6 +245,7 @@ class SideResult:
     side: str
     source: str  # masked: "table stock_view at sqlite:///..."
     outcomes: tuple[ExpectationResult, ...]
+    note: str | None = None  # why this side was not validated (a topic side)
 
     @property
     def success(self) -> bool:
@@ -262,6 +263,7 @@ class SideResult:
             "evaluated": len(self.outcomes),
             "failed": len(self.failures),
             "results": [o.to_dict() for o in self.outcomes],
+            **({"skipped": self.note} if self.note else {}),
         }
 
 
@@ -375,7 +377,18 @@ def run_suites(
         else None
     )
     expectations = default_expectations(spec, baseline) + user_expectations(spec, suites_dir)
-    urls = {"truth": truth_url or spec.truth.url, "projection": projection_url or spec.projection.url}
+    # GX validates databases; a topic side is read whole by the audit, which counts and reports
+    # what it could not read (invalid JSON, unreadable keys), so its suite is skipped here.
+    topics = {side: getattr(spec, side) for side in SIDES if getattr(spec, side).is_topic}
+    expectations = [e for e in expectations if e.side not in topics]
+    urls = {
+        side: url
+        for side, url in (
+            ("truth", truth_url or spec.truth.url),
+            ("projection", projection_url or spec.projection.url),
+        )
+        if side not in topics
+    }
     for side, url in urls.items():
         if not url:
             raise SpecError(
@@ -383,9 +396,19 @@ def run_suites(
                 "must be resolved by the caller)"
             )
     docs = Path(docs_dir) if docs_dir is not None else DOCS_DIR / spec.name
-    raw, docs_index = _run_gx(spec, urls, expectations, docs.resolve() if build_docs else None)
+    raw, docs_index = (
+        _run_gx(spec, urls, expectations, docs.resolve() if build_docs else None) if urls else ({}, None)
+    )
     sides = tuple(
         SideResult(
+            side,
+            topics[side].display,
+            (),
+            note="preflight (Great Expectations) does not apply to a topic side: skipped; the audit "
+            "reports messages it cannot read",
+        )
+        if side in topics
+        else SideResult(
             side,
             _display(getattr(spec, side), str(urls[side])),
             tuple(ExpectationResult.from_gx(side, r) for r in raw[side]),
@@ -492,7 +515,7 @@ def _run_gx(
     definitions = []
     datasources: list[Any] = []
     try:
-        for side in SIDES:
+        for side in (s for s in SIDES if s in urls):
             s: Side = getattr(spec, side)
             url = normalize_url(str(urls[side]))
             ds: Any
@@ -544,7 +567,7 @@ def _run_gx(
         )
         with _gx_errors(f"preflight {spec.name}: validation"):
             result = checkpoint.run()
-        raw: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+        raw: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES if side in urls}
         for vr in result.run_results.values():
             doc = vr.to_json_dict()
             side = str(doc.get("suite_name", "")).rsplit(".", 1)[-1]
