@@ -103,9 +103,10 @@ def _spec(path: str) -> Spec:
 
 def _context(store: str | None, bootstrap: str | None = None, timeout_s: float | None = None) -> Context:
     """The one place the CLI resolves where state and events live (flags over environment)."""
-    from .app import Context
+    from .app.context import Context, started_by_env
 
-    ctx = Context(store_url=store)
+    # Airflow's BashOperator running this CLI on a schedule is the schedule, not a person.
+    ctx = Context(store_url=store, started_by=started_by_env() or "cli")
     if bootstrap is not None:
         from .events.kafka import KafkaSettings
 
