@@ -259,3 +259,36 @@ def test_world_builds_spec_files(world: World) -> None:
         "gated.yaml",
         "stock.yaml",
     ]
+
+
+def test_heal_cache_recounts_a_spec_only_when_it_has_new_runs(ctx: Context, world: World) -> None:
+    from reconcile.app.metrics import HealCache
+
+    asked: list[list[str] | None] = []
+    store = ctx.store
+    real = store.heal_histograms
+
+    def counting(bounds, specs=None):  # type: ignore[no-untyped-def]
+        asked.append(None if specs is None else sorted(specs))
+        return real(bounds, specs)
+
+    store.heal_histograms = counting  # type: ignore[method-assign]
+    try:
+        cache = HealCache()
+        first = snapshot(ctx, specs(world), lag=False, heal_cache=cache)
+        again = snapshot(ctx, specs(world), lag=False, heal_cache=cache)
+        assert asked == [["clean", "stock"]] and again.heal == first.heal
+        runs = dict(store.run_counts())
+        runs[("stock", "clean")] += 1  # as if stock had one more run
+        assert cache.histograms(store, runs, HEAL_BUCKETS)["stock"].count == HEALED
+        assert asked[-1] == ["stock"]
+    finally:
+        del store.heal_histograms  # type: ignore[method-assign]
+
+
+def test_the_store_counts_findings_from_an_index(ctx: Context) -> None:
+    import sqlalchemy as sa
+
+    engine = ctx.store.engine  # type: ignore[attr-defined]
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("reconcile_findings")}
+    assert "ix_reconcile_findings_status_spec_kind" in names

@@ -367,7 +367,7 @@ class SecurityHeaders:
 def create_app(settings: ServeSettings = ServeSettings(), *, ctx: Context | None = None) -> ASGIApp:
     """The dashboard as an ASGI application (``uvicorn`` serves it in ``reconcile serve``)."""
     from ..app import dashboard
-    from ..app.metrics import snapshot
+    from ..app.metrics import HealCache, snapshot
     from .metrics import CONTENT_TYPE, render
 
     ctx = ctx or ServeContext(
@@ -376,6 +376,7 @@ def create_app(settings: ServeSettings = ServeSettings(), *, ctx: Context | None
     store = ctx.store
     store.migrate()  # opened once, before the first request, so no two threads race to do it
     catalog = SpecCatalog(settings.specs)
+    heal_cache = HealCache()
     env = _env()
     env.globals["store"] = store.display
 
@@ -584,7 +585,7 @@ def create_app(settings: ServeSettings = ServeSettings(), *, ctx: Context | None
     @guarded
     def metrics(request: Request) -> Response:
         specs, _ = catalog.load()
-        snap = snapshot(ctx, specs)
+        snap = snapshot(ctx, specs, heal_cache=heal_cache)
         for name, why in snap.lag_errors.items():
             log.warning("metrics: %s: projector lag unknown: %s", name, why)
         return Response(render(snap), media_type=CONTENT_TYPE)

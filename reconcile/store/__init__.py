@@ -579,10 +579,12 @@ class AuditStore(Store):
 
         return outbox_backlogs(self)
 
-    def heal_histograms(self, bounds: Sequence[float]) -> dict[str, HealHistogram]:
+    def heal_histograms(
+        self, bounds: Sequence[float], specs: Sequence[str] | None = None
+    ) -> dict[str, HealHistogram]:
         from .queries import heal_histograms
 
-        return heal_histograms(self, bounds)
+        return heal_histograms(self, bounds, specs)
 
 
 def _outbox_row(r: Any) -> OutboxRow:

@@ -301,5 +301,7 @@ class Store(ABC):
         """Spec name -> (unsent rows, creation time of the oldest), for every spec with a backlog."""
 
     @abstractmethod
-    def heal_histograms(self, bounds: Sequence[float]) -> dict[str, HealHistogram]:
-        """Spec name -> the time-to-heal histogram of its resolved findings."""
+    def heal_histograms(
+        self, bounds: Sequence[float], specs: Sequence[str] | None = None
+    ) -> dict[str, HealHistogram]:
+        """Spec name -> the time-to-heal histogram of its resolved findings (of ``specs`` only)."""

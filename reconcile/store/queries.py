@@ -49,11 +49,13 @@ def _run(r: Any) -> RunRecord:
 
 
 def spec_names(store: AuditStore) -> list[str]:
-    """Every spec the store has runs, findings or preflight gates of, sorted."""
+    """Every spec the store has runs, findings or preflight gates of, sorted.
+
+    A finding is only ever stored with the run that saw it, so the runs and the gates name them
+    all (and their indexes lead with the spec: no row is read).
+    """
     with store._begin() as conn:
-        q = sa.union(
-            sa.select(R.c.spec).distinct(), sa.select(F.c.spec).distinct(), sa.select(P.c.spec).distinct()
-        )
+        q = sa.union(sa.select(R.c.spec).group_by(R.c.spec), sa.select(P.c.spec).group_by(P.c.spec))
         return sorted({name for (name,) in conn.execute(q)})
 
 
@@ -183,8 +185,8 @@ def outbox_backlogs(store: AuditStore) -> dict[str, tuple[int, datetime | None]]
 
 def _seconds_between(dialect: str, start: Any, end: Any) -> Any:
     """``end - start`` in seconds, as SQL of this dialect (None when it has no such function)."""
-    if dialect == "postgresql":
-        return sa.func.extract("epoch", end - start)
+    if dialect == "postgresql":  # date_part: double precision (extract() is numeric, and slower)
+        return sa.func.date_part("epoch", end - start)
     if dialect == "sqlite":
         return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
     if dialect in ("mysql", "mariadb"):
@@ -192,10 +194,17 @@ def _seconds_between(dialect: str, start: Any, end: Any) -> Any:
     return None
 
 
-def heal_histograms(store: AuditStore, bounds: Sequence[float]) -> dict[str, HealHistogram]:
-    """Spec name -> the time-to-heal histogram of its resolved findings, counted in the database."""
+def heal_histograms(
+    store: AuditStore, bounds: Sequence[float], specs: Sequence[str] | None = None
+) -> dict[str, HealHistogram]:
+    """Spec name -> the time-to-heal histogram of its resolved findings (of ``specs`` only, when
+    given), counted in the database."""
     edges = tuple(sorted(float(b) for b in bounds))
     resolved = sa.and_(F.c.status == "resolved", F.c.resolved_at.is_not(None))
+    if specs is not None:
+        if not specs:
+            return {}
+        resolved = sa.and_(resolved, F.c.spec.in_(list(specs)))
     d = _seconds_between(store.engine.dialect.name, F.c.first_seen, F.c.resolved_at)
     out: dict[str, HealHistogram] = {}
     with store._begin() as conn:
