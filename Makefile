@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export RECONCILE_TEST_PG_URL ?= postgresql://postgres:postgres@127.0.0.1:5432/postgres
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: help venv demo test unit integration lint services services-down services-status lock bench clean airflow
+.PHONY: help venv debs demo test unit integration lint services services-down services-status lock bench clean airflow
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[airflow,dev]'
 	$(BIN)/python -m pip check
 	@touch $@
+
+debs:  ## install Debian's chromium and prometheus (promtool) when absent: the dashboard's tests drive them
+	scripts/debs.sh
 
 demo: $(STAMP)  ## run the inventory-desync story on the embedded default (no services needed)
 	$(BIN)/reconcile demo
@@ -44,14 +47,15 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check reconcile tests dags checks bench
 	$(BIN)/mypy
 
-unit: $(STAMP)  ## the unit tests alone (no services)
+unit: $(STAMP) debs  ## the unit tests alone (no services)
 	$(BIN)/pytest -m "not integration and not airflow" -q
 
 integration: $(STAMP) services  ## the tests against real PostgreSQL and Kafka
 	$(BIN)/pytest -m "integration or airflow" -q
 
-test: $(STAMP) services lint  ## set up everything and run the whole suite
+test: $(STAMP) debs services lint  ## set up everything and run the whole suite
 	$(BIN)/reconcile check-schemas checks/schemas --format table
+	promtool test rules docker/prometheus/alerts.test.yml
 	$(BIN)/pytest -q
 
 lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.txt

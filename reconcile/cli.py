@@ -89,11 +89,11 @@ def _errors() -> Iterator[None]:
         _fail(f"unexpected {type(e).__name__}: {e} (set RECONCILE_DEBUG=1 for a traceback)")
 
 
-def _format(fmt: str | None) -> str:
+def _format(fmt: str | None, allowed: tuple[str, ...] = ("table", "json")) -> str:
     if fmt is None:
         return "table" if sys.stdout.isatty() else "json"
-    if fmt not in ("table", "json"):
-        _fail(f"--format: {fmt!r} is not one of table, json")
+    if fmt not in allowed:
+        _fail(f"--format: {fmt!r} is not one of {', '.join(allowed)}")
     return fmt
 
 
@@ -103,9 +103,10 @@ def _spec(path: str) -> Spec:
 
 def _context(store: str | None, bootstrap: str | None = None, timeout_s: float | None = None) -> Context:
     """The one place the CLI resolves where state and events live (flags over environment)."""
-    from .app import Context
+    from .app.context import Context, started_by_env
 
-    ctx = Context(store_url=store)
+    # Airflow's BashOperator running this CLI on a schedule is the schedule, not a person.
+    ctx = Context(store_url=store, started_by=started_by_env() or "cli")
     if bootstrap is not None:
         from .events.kafka import KafkaSettings
 
@@ -326,7 +327,15 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
 @app.command()
 def findings(
     spec: SpecArg,
-    fmt: FormatOpt = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, json or csv (one row per finding: key columns, kind, status, both sides' "
+            "values as truth.<column> / projection.<column>). Default: table on a terminal, json otherwise.",
+        ),
+    ] = None,
     store: StoreOpt = None,
     status: Annotated[
         list[str] | None,
@@ -345,7 +354,7 @@ def findings(
     from .app import list_findings
 
     with _errors():
-        fmt = _format(fmt)
+        fmt = _format(fmt, ("table", "json", "csv"))
         s = _spec(spec)
         ctx = _context(store)
         if acknowledge is not None:
@@ -358,7 +367,12 @@ def findings(
                 out.print(f"acknowledged {f.kind.value} {f.key_id}: {reason}")
             return
         items = list_findings(ctx, s, status)
-        if fmt == "json":
+        if fmt == "csv":
+            from .app.dashboard import findings_csv
+
+            sys.stdout.write(findings_csv(s.name, items))
+            sys.stdout.flush()
+        elif fmt == "json":
             _print_json({"spec": s.name, "findings": [f.to_dict() for f in items]})
         else:
             out.print(f"spec {s.name}: {len(items)} finding(s)")
@@ -882,6 +896,64 @@ def check(
 # "preflight". The older names stay, so nobody's cron line breaks.
 app.command("heal", short_help="Alias of `run`: preflight → audit → correct → relay (→ verify).")(run)
 app.command("preflight", short_help="Alias of `check`: the preflight gate alone.")(check)
+
+
+@app.command()
+def serve(
+    store: StoreOpt = None,
+    specs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--specs",
+            metavar="DIR",
+            help="Spec folder or file (repeatable). Default: $RECONCILE_SPECS_DIR, else ./specs.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; set a token).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8765,
+    days: Annotated[
+        int, typer.Option("--days", min=1, max=366, help="Default window of the charts and run history.")
+    ] = 7,
+) -> None:
+    """Serve the drift dashboard, its JSON API (/api/...) and Prometheus metrics (/metrics).
+
+    Read-only, from the audit store and the spec files: every spec's state, drift over time,
+    open findings with both sides' values, runs, the healing funnel, each finding's lifecycle and
+    its corrective events. Times are UTC. Binds 127.0.0.1 unless told otherwise. When
+    RECONCILE_SERVE_TOKEN is set, every route (/metrics too) needs `Authorization: Bearer <token>`
+    (browsers get a form that sets a cookie). Stop with Ctrl-C.
+    """
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    from .serve import ServeSettings, is_loopback, run, token_from_env
+    from .store import default_store_url
+
+    with _errors():
+        url = default_store_url(store)
+        if url.startswith("sqlite:"):
+            db = sa.make_url(url).database
+            if db and db != ":memory:" and not Path(db).exists():
+                _fail(f"serve: no audit store at {db} (give --store or RECONCILE_STORE_URL)")
+        token = token_from_env()
+        if not is_loopback(host) and not token:
+            err.print(
+                f"reconcile serve: warning: listening on {host} with no token: anyone who can reach it "
+                "reads the findings; set RECONCILE_SERVE_TOKEN",
+                markup=False,
+            )
+        settings = ServeSettings(store_url=url, specs=tuple(specs or ()), token=token, days=days)
+        shown = f"[{host}]" if ":" in host else host
+        err.print(
+            f"reconcile serve: http://{shown}:{port}/  store {mask_url(url)}, specs "
+            f"{', '.join(specs or []) or 'the default folder'}" + (", token required" if token else ""),
+            markup=False,
+        )
+        run(settings, host=host, port=port)
 
 
 def _version(value: bool) -> None:

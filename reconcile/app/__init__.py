@@ -14,6 +14,11 @@ DAGs) parse their input, make a :class:`Context`, call one of these, and render 
     list_findings / acknowledge
     report                   a scheduled run's story and the alert it raises
     Projector                the reference projector (``reconcile project``)
+
+Imported by their module, not from here (so an audit never loads pandas):
+
+    dashboard                read-only views behind ``reconcile serve``'s pages, and CSV exports
+    metrics                  one snapshot of every spec for ``/metrics``
 """
 
 from .audit import (

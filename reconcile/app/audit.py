@@ -194,7 +194,11 @@ def audit(
             clean |= {
                 kid for k, kid in watch.items() if k in asked and kid not in seen and kid not in pending
             }
-        scope: dict[str, Any] = {"keys": len(canon) if canon is not None else None, "where": where}
+        scope: dict[str, Any] = {
+            "keys": len(canon) if canon is not None else None,
+            "where": where,
+            "started_by": ctx.who(),
+        }
         if topics := topic_scope(pair.truth, pair.projection):
             scope["topics"] = topics
         return _record(
@@ -364,7 +368,7 @@ def merge_ranges(
         outcome,  # ranges arrive in key order: the same order as one pass
         started_at=started_at,
         strategy="fanout",
-        scope={"keys": None, "where": None, "ranges": len(parts)},
+        scope={"keys": None, "where": None, "ranges": len(parts), "started_by": ctx.who()},
         clean={watch[k] for k in outcome.clean if k in watch},
         pending={watch[k] for k in outcome.pending_keys if k in watch},
         resolve_unseen=True,

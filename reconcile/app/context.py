@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..events.reader import TopicReader
     from ..events.transport import Transport
 
-__all__ = ["Context", "env_connection_url"]
+__all__ = ["Context", "env_connection_url", "started_by_env"]
 
 ConnResolver = Callable[[str], str]
 
@@ -73,6 +73,25 @@ def env_connection_url(conn_id: str) -> str:
     return _uri(f"{kind}://{auth}{c.get('host') or ''}{port}/{c.get('schema') or ''}")
 
 
+# Airflow exports the running task's dag run id (``AIRFLOW_CTX_DAG_RUN_ID``) to its environment;
+# the id's prefix says what made the run.
+_RUN_ID_PREFIXES = (
+    ("scheduled__", "schedule"),
+    ("manual__", "on demand"),
+    ("backfill__", "backfill"),
+    ("asset_triggered__", "asset"),
+    ("dataset_triggered__", "asset"),
+)
+
+
+def started_by_env() -> str | None:
+    """What started this process's runs, as Airflow's environment tells (None outside Airflow)."""
+    run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    if not run_id:
+        return None
+    return next((who for prefix, who in _RUN_ID_PREFIXES if run_id.startswith(prefix)), "airflow")
+
+
 def _uri(uri: str) -> str:
     from ..db import normalize_url
 
@@ -89,7 +108,9 @@ class Context:
     ``$RECONCILE_STORE_URL``, else a SQLite file in the working folder). ``kafka``: the broker's
     settings (default from the environment). ``embedded_url``: the database of the embedded
     log (default ``$RECONCILE_EMBEDDED_LOG_URL``, else the store's). ``resolve_conn`` turns a
-    side's ``conn_id`` into a URL (default: :func:`env_connection_url`).
+    side's ``conn_id`` into a URL (default: :func:`env_connection_url`). ``started_by`` is
+    recorded with every run (``cli``, ``schedule``, ``on demand`` ...; default: what Airflow's
+    environment says, else ``api``).
     """
 
     store_url: str | None = None
@@ -97,6 +118,7 @@ class Context:
     embedded_url: str | None = None
     resolve_conn: ConnResolver = env_connection_url
     kafka_timeout_s: float = 30.0
+    started_by: str | None = None
     _store: Store | None = field(default=None, repr=False)
     _transports: dict[str, Transport] = field(default_factory=dict, repr=False)
 
@@ -112,6 +134,10 @@ class Context:
         if self._store is None:
             self._store = open_store(self.store_url)
         return self._store
+
+    def who(self) -> str:
+        """What started the runs of this context (stored in each run's scope)."""
+        return self.started_by or started_by_env() or "api"
 
     # -- sides -----------------------------------------------------------------------------
     def side_url(self, side: Side) -> str | None:
