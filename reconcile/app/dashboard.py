@@ -135,7 +135,7 @@ def spec_state(
     if open_findings:
         flags["drift"] = f"{open_findings} open finding(s)"
     if pipe is not None:
-        piped = [p for p in pipe.problems if not p.startswith("audit:")] + pipe.unknown
+        piped = [p for p in pipe.problems if not p.startswith(("audit:", "preflight:"))] + pipe.unknown
         if piped:
             flags["pipe unhealthy"] = "; ".join(piped)
         stale = [p for p in pipe.problems if p.startswith("audit:")] + [
