@@ -68,11 +68,13 @@ bench: $(STAMP) services  ## run the benchmarks (see bench/README.md)
 	$(BIN)/python bench/run.py
 
 # Airflow opens three ports: AIRFLOW_PORT (API and UI, default 8080; tasks call its execution API),
-# AIRFLOW_WORKER_LOG_PORT (8793) and AIRFLOW_TRIGGER_LOG_PORT (8794), its log servers. Set them in
-# the environment or on the command line; scripts/airflow.sh derives every Airflow setting from them.
-airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/; AIRFLOW_PORT=... moves it
+# AIRFLOW_WORKER_LOG_PORT (8793) and AIRFLOW_TRIGGER_LOG_PORT (8794), its log servers; the dashboard
+# beside it listens on RECONCILE_DASHBOARD_PORT (8765). Set them in the environment or on the command
+# line; scripts/airflow.sh derives every Airflow setting from them.
+airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/, and the dashboard beside it
 	AIRFLOW_PORT=$(AIRFLOW_PORT) AIRFLOW_WORKER_LOG_PORT=$(AIRFLOW_WORKER_LOG_PORT) \
-	AIRFLOW_TRIGGER_LOG_PORT=$(AIRFLOW_TRIGGER_LOG_PORT) scripts/airflow.sh standalone
+	AIRFLOW_TRIGGER_LOG_PORT=$(AIRFLOW_TRIGGER_LOG_PORT) RECONCILE_DASHBOARD_PORT=$(RECONCILE_DASHBOARD_PORT) \
+	scripts/airflow.sh standalone
 
 clean:  ## remove caches and local state (not .venv or the services' data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache gx-docs reconcile-store.db

@@ -764,11 +764,19 @@ def demo(
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long orders flow.")] = 5.0,
     rate: Annotated[float, typer.Option("--rate", min=1, help="Orders per second.")] = 80.0,
     bootstrap: KafkaOpt = None,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Then keep the dashboard open over the demo's store (Ctrl-C stops)."),
+    ] = False,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="The dashboard's port (--serve).")
+    ] = 8765,
 ) -> None:
     """The inventory-desync incident: events lost in a broker blip, the drift found and healed.
 
     Runs on the embedded default (SQLite + reconcile's table-backed event log; no services).
-    Exit 0 when the audit found exactly the lost entities and the run healed them all.
+    Exit 0 when the audit found exactly the lost entities and the run healed them all. With
+    --serve, the dashboard (`reconcile serve`) then shows the story on http://127.0.0.1:PORT/.
     """
     from pathlib import Path
 
@@ -780,6 +788,16 @@ def demo(
         )
         settings.blip_at = min(settings.blip_at, seconds / 3)
         code = run_demo(settings, lambda line: out.print(line, markup=False, highlight=False))
+        if serve and settings.store_url:
+            from .serve import ServeSettings, run, token_from_env
+            from .shop import spec_path
+
+            out.print(f"dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops)", markup=False)
+            run(
+                ServeSettings(store_url=settings.store_url, specs=(spec_path(),), token=token_from_env()),
+                port=port,
+                log_level="warning",
+            )
     raise typer.Exit(code)
 
 

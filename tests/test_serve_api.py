@@ -327,3 +327,38 @@ def test_findings_format_csv_from_the_cli(world: World) -> None:
 def test_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
+
+
+def test_demo_tells_how_to_open_the_dashboard_and_serve_keeps_it_open(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(BIN / "reconcile"),
+            "demo",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--seconds",
+            "2",
+            "--serve",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SHOP_"))},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(base + "/api", proc)
+        status, body = _get(base + "/api/specs/shop-inventory")
+        assert status == 200
+        doc = json.loads(body)
+        assert doc["status"]["state"] == "healthy" and doc["funnel"]["resolved"] > 0
+        assert doc["spec"] is not None  # the demo's spec file is served with its store
+    finally:
+        out = _stop(proc)
+    assert f"reconcile serve --store sqlite:///{tmp_path / 'demo' / 'store.db'}" in out
+    assert f"dashboard: http://127.0.0.1:{port}/" in out
+    assert proc.returncode == 0, out[-2000:]

@@ -97,7 +97,8 @@ class SpecStatus:
     outbox_oldest_age_s: float | None = None
     lag: int | None = None
     consumer_group: str | None = None
-    drift_by_hour: list[tuple[datetime, int]] = field(default_factory=list)
+    recent_drift: list[tuple[datetime, int]] = field(default_factory=list)  # the largest per step
+    recent_step: str = "6h"
     spec_file: bool = True
     error: str | None = None  # the spec file did not load
 
@@ -109,7 +110,7 @@ class SpecStatus:
         d = asdict(self)
         d["open"] = self.open
         d["last_run"] = self.last_run.to_dict() if self.last_run else None
-        d["drift_by_hour"] = [{"at": _iso(t), "drift": n} for t, n in self.drift_by_hour]
+        d["recent_drift"] = [{"at": _iso(t), "drift": n} for t, n in self.recent_drift]
         return d
 
 
@@ -263,12 +264,20 @@ def drift_series(runs: Sequence[RunRecord], *, max_points: int = 120) -> tuple[s
     return resolution, points
 
 
-def _drift_by_hour(runs: Sequence[RunRecord], start: datetime, end: datetime) -> list[tuple[datetime, int]]:
-    """The largest drift of each hour in [start, end] (0 for hours without a whole-pair run)."""
-    hours = pd.date_range(pd.Timestamp(start).floor("1h"), pd.Timestamp(end).floor("1h"), freq="1h")
+def recent_step(days: int) -> str:
+    """The step of the overview's small drift chart: about 24 to 60 bars whatever the window."""
+    return "1h" if days <= 2 else "6h" if days <= 14 else "1D"
+
+
+def recent_drift(
+    runs: Sequence[RunRecord], start: datetime, end: datetime, step: str
+) -> list[tuple[datetime, int]]:
+    """The largest drift of each step (``1h``, ``6h``, ``1D``) in [start, end], 0 for steps
+    without a whole-pair run."""
+    edges = pd.date_range(pd.Timestamp(start).floor(step), pd.Timestamp(end).floor(step), freq=step)
     df = runs_frame([r for r in runs if _whole(r)])
-    drift = df["drift"].resample("1h").max() if len(df) else pd.Series(dtype="float64")
-    drift = drift.reindex(hours).fillna(0)
+    drift = df["drift"].resample(step).max() if len(df) else pd.Series(dtype="float64")
+    drift = drift.reindex(edges).fillna(0)
     return [(t.to_pydatetime(), int(v)) for t, v in drift.items()]
 
 
@@ -346,7 +355,8 @@ def _statuses(
                 outbox_oldest_age_s=_age(now, oldest),
                 lag=pipe.lag if pipe else None,
                 consumer_group=c.consumer_group if c else None,
-                drift_by_hour=_drift_by_hour(store.runs(name, since=since), since, now),
+                recent_drift=recent_drift(store.runs(name, since=since), since, now, recent_step(days)),
+                recent_step=recent_step(days),
                 spec_file=spec is not None,
             )
         )

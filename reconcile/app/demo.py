@@ -46,6 +46,7 @@ class DemoSettings:
         "RECONCILE_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
     )
     bootstrap: str | None = None
+    store_url: str | None = None  # where the run left its audit store (set by run_demo)
 
 
 def _fmt(values: dict[str, Any] | None) -> str:
@@ -145,6 +146,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
         orders_topic = ORDERS_TOPIC
         channel = EmbeddedChannel(store_url)
         where = f"SQLite files in {wd}/, events on the embedded log ({wd}/store.db)"
+    settings.store_url = store_url
     spec = load_spec(spec_path())
     assert spec.correction is not None
     if kafka is not None:
@@ -231,6 +233,13 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
         )
         store_at = store_url.split("///")[-1]
         say(f"   demo finished in {time.monotonic() - t0:.1f}s; the audit store is {store_at}")
+        from ..errors import mask_url
+
+        say(
+            "6. See it on the dashboard: reconcile serve --store "
+            f"{mask_url(store_url) if settings.real else store_url} (then http://127.0.0.1:8765/), "
+            "or run the demo with --serve."
+        )
         return 0 if ok else 1
     finally:
         incident.close()

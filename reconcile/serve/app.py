@@ -253,12 +253,15 @@ class _BadRequest(Exception):
     pass
 
 
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="reconcile"'}
+
+
 # -- the token gate ------------------------------------------------------------------------
 class TokenGate:
     """When a token is set, every request needs it: ``Authorization: Bearer <token>`` or the
     session cookie. ``POST /login`` (the form on the 401 page) trades the token for the cookie."""
 
-    def __init__(self, app: ASGIApp, token: str | None, page: Callable[[str], str]):
+    def __init__(self, app: ASGIApp, token: str | None, page: Callable[[str, str | None], str]):
         self.app, self.token, self.page = app, token, page
         self.session = (
             hmac.new(token.encode(), b"reconcile serve session", hashlib.sha256).hexdigest() if token else ""
@@ -296,18 +299,20 @@ class TokenGate:
                 resp.set_cookie(COOKIE, self.session, httponly=True, samesite="strict", path="/")
                 await resp(scope, receive, send)
                 return
+            page = self.page(target, "That is not the token.")
+            await HTMLResponse(page, status_code=401, headers=CHALLENGE)(scope, receive, send)
+            return
         await self._deny(scope, headers)(scope, receive, send)
 
     def _deny(self, scope: Scope, headers: Headers) -> Response:
-        challenge = {"WWW-Authenticate": 'Bearer realm="reconcile"'}
         path = scope["path"]
         if "text/html" in headers.get("accept", "") and not path.startswith(("/api", "/metrics")):
             nxt = path + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
-            return HTMLResponse(self.page(nxt), status_code=401, headers=challenge)
+            return HTMLResponse(self.page(nxt, None), status_code=401, headers=CHALLENGE)
         return JSONResponse(
             {"error": "unauthorized: send Authorization: Bearer <RECONCILE_SERVE_TOKEN>"},
             status_code=401,
-            headers=challenge,
+            headers=CHALLENGE,
         )
 
 
@@ -388,8 +393,8 @@ def create_app(settings: ServeSettings = ServeSettings(), *, ctx: Context | None
         html = env.get_template(name).render(refresh=refresh, now=datetime.now(UTC), **values)
         return HTMLResponse(html, status_code=status)
 
-    def login_page(next_path: str) -> str:
-        return env.get_template("login.html").render(refresh=None, now=datetime.now(UTC), next=next_path)
+    def login_page(next_path: str, error: str | None) -> str:
+        return env.get_template("login.html").render(next=next_path, error=error)
 
     def guarded(fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
         """Expected errors become a page (or JSON) naming them, never a traceback."""

@@ -133,7 +133,7 @@ def lines(
 
 
 def sparkbars(values: Sequence[tuple[Any, int]], *, title: str, width: int = 168, height: int = 28) -> Markup:
-    """A small bar per (time, value): drift per hour on the overview."""
+    """A small bar per (time, value): recent drift on the overview."""
     top = max((v for _, v in values), default=0)
     step = width / max(len(values), 1)
     parts = [
@@ -147,7 +147,7 @@ def sparkbars(values: Sequence[tuple[Any, int]], *, title: str, width: int = 168
             continue
         h = max((height - 2) * v / top, 1.5)
         parts.append(
-            f'<rect x="{i * step:.2f}" y="{height - h:.2f}" width="{max(step, 1):.2f}" height="{h:.2f}" '
+            f'<rect x="{i * step:.2f}" y="{height - h:.2f}" width="{max(step - 1, 1):.2f}" height="{h:.2f}" '
             f'fill="{KIND_COLOURS["missing"]}" data-value="{v}">'
             f"<title>{escape(_label(at))}: {v}</title></rect>"
         )
