@@ -25,7 +25,7 @@ from typing import Any
 
 from ..compare import ColumnRule, jsonable, key_part
 from ..diff import DiffOutcome, diff_rows
-from ..errors import SpecError
+from ..errors import SourceError, SpecError
 from ..findings import Finding, FindingKind, RunResult, Summary
 from ..keys import canonical_keys
 from ..sources.ranges import KeyRange, range_filter, split_ranges
@@ -85,9 +85,11 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
     """
     where = spec.label
     urls = ctx.urls(spec)
-    truth = SqlSource(spec.truth, "truth", urls["truth_url"])
+    _not_the_same_table(spec, urls["truth_url"], urls["projection_url"])
+    tnames, pnames = filter_columns(spec)
+    truth = SqlSource(spec.truth, "truth", urls["truth_url"], filter_columns=tnames)
     try:
-        projection = SqlSource(spec.projection, "projection", urls["projection_url"])
+        projection = SqlSource(spec.projection, "projection", urls["projection_url"], filter_columns=pnames)
     except BaseException:
         truth.dispose()
         raise
@@ -95,6 +97,7 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
         for src in (truth, projection):
             try:
                 src.columns()
+                src.side_filter()
             except SpecError as e:
                 raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
         checks: list[tuple[SqlSource, str, list[str]]] = [
@@ -122,6 +125,60 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
         truth.dispose()
         projection.dispose()
         raise
+
+
+def filter_columns(spec: Spec) -> tuple[dict[str, str], dict[str, str]]:
+    """The names a run's filter (``--where``) may use — the key and compared columns, by truth
+    name — mapped to each side's own names."""
+    truth = {k.truth: k.truth for k in spec.key} | {c: c for c in spec.columns}
+    projection = {k.truth: k.projection for k in spec.key} | {
+        c: spec.projection_name(c) for c in spec.columns
+    }
+    return truth, projection
+
+
+def check_where(spec: Spec, where: str | None) -> None:
+    """Raise SpecError (exit 2) unless ``where`` is an acceptable filter over the spec's columns."""
+    if where is not None:
+        from ..filters import parse_filter
+
+        parse_filter(where, origin="--where", columns=list(filter_columns(spec)[0]))
+
+
+def _not_the_same_table(spec: Spec, truth_url: str | None, projection_url: str | None) -> None:
+    """Truth and projection reading the same rows compare a table with itself: always "no
+    drift", whatever the data. That is a mistake in the spec, not a result."""
+    t, p = spec.truth, spec.projection
+    if not truth_url or not projection_url or _database(truth_url) != _database(projection_url):
+        return
+    if t.table and p.table:
+        same = t.table == p.table and (t.schema_ or "") == (p.schema_ or "")
+        what = f"table {t.table!r}"
+    else:
+        same = bool(t.query) and " ".join((t.query or "").split()) == " ".join((p.query or "").split())
+        what = "query"
+    if same:
+        raise SpecError(
+            f"spec {spec.label}: truth and projection both read {what} of the same database; "
+            "an audit would compare it with itself (point projection: at the read model)"
+        )
+
+
+def _database(url: str) -> tuple[Any, ...]:
+    import os
+
+    import sqlalchemy as sa
+
+    from ..db import normalize_url
+
+    try:
+        u = sa.make_url(normalize_url(url))
+    except Exception:  # noqa: BLE001 - a bad URL fails later, with its own message
+        return (url,)
+    db = u.database or ""
+    if u.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+        db = os.path.realpath(db)
+    return (u.get_backend_name(), (u.host or "").lower(), u.port, db)
 
 
 def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
@@ -162,12 +219,17 @@ def audit(
     """
     if strategy not in STRATEGIES:
         raise SpecError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    check_where(spec, where)
+    if keys is not None and not keys:
+        raise SpecError("--keys: no keys given (leave --keys out to audit every entity)")
     store = ctx.store
     pair = open_pair(ctx, spec)
     try:
         started = datetime.now(UTC)
         now = now or started
         canon = canonical_keys(keys, pair.kinds) if keys is not None else None
+        if canon is None:
+            refuse_null_keys(pair, where)
         watch = _watch(store, spec, pair.kinds)
         outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
         outcome = _recheck(pair, outcome, where, set(watch))
@@ -193,6 +255,21 @@ def audit(
         )
     finally:
         pair.close()
+
+
+def refuse_null_keys(pair: Pair, where: str | None = None) -> None:
+    """Raise SourceError when a side has rows with a NULL key part: they name no entity, so
+    they could be neither compared nor corrected, and dropping them would hide them."""
+    tplan, pplan = pair.plans()
+    for src, plan in ((pair.truth, tplan), (pair.projection, pplan)):
+        n = src.null_keys(plan, where)
+        if n:
+            what = f"table {src._table_name()}" if src.side.table else "the query's result"
+            raise SourceError(
+                f"spec {pair.spec.label}: {src.role}: {n:,} row(s) of {what} have a NULL key "
+                f"({', '.join(plan.key)}) and name no entity; fix them, or exclude them on purpose "
+                f"with `{src.role}.where: {plan.key[0]} IS NOT NULL`"
+            )
 
 
 def _record(
@@ -293,6 +370,7 @@ def plan_ranges(ctx: Context, spec: Spec, n: int) -> list[KeyRange]:
     """Up to ``n`` key ranges of the pair, cut at quantiles of the truth's first key column."""
     pair = open_pair(ctx, spec)
     try:
+        refuse_null_keys(pair)
         tplan, _ = pair.plans()
         return split_ranges(pair.truth, tplan, max(1, n))
     finally:
@@ -359,6 +437,7 @@ def audit_fanout(ctx: Context, spec: Spec, n: int) -> RunResult:
     started = datetime.now(UTC)
     pair = open_pair(ctx, spec)
     try:
+        refuse_null_keys(pair)
         tplan, _ = pair.plans()
         ranges, kinds = split_ranges(pair.truth, tplan, max(1, n)), list(pair.kinds)
     finally:
