@@ -208,8 +208,12 @@ def audit(
     now: datetime | None = None,
     on_row: Callable[[], None] | None = None,
     strategy: str = "auto",
+    wait: bool = False,
 ) -> RunResult:
     """Compare truth with projection, store the run and move findings along their lifecycle.
+
+    One audit of a spec at a time: another one running raises ConcurrentRun (exit 2), or is
+    waited for when ``wait``.
 
     ``keys`` restricts the audit to those entities, ``where`` to rows matching a SQL filter on
     both sides. ``strategy``: ``stream`` merges both whole streams; ``checksum`` pushes bucket
@@ -222,6 +226,20 @@ def audit(
     check_where(spec, where)
     if keys is not None and not keys:
         raise SpecError("--keys: no keys given (leave --keys out to audit every entity)")
+    store = ctx.store
+    with store.audit_lock(spec.name, wait=wait):
+        return _audit(ctx, spec, keys, where, now, on_row, strategy)
+
+
+def _audit(
+    ctx: Context,
+    spec: Spec,
+    keys: Sequence[tuple[Any, ...]] | None,
+    where: str | None,
+    now: datetime | None,
+    on_row: Callable[[], None] | None,
+    strategy: str,
+) -> RunResult:
     store = ctx.store
     pair = open_pair(ctx, spec)
     try:
@@ -419,17 +437,18 @@ def merge_ranges(
     for part in parts:
         outcome = outcome.merge(part)
     watch = _watch(ctx.store, spec, kinds if kinds is not None else key_kinds(ctx, spec))
-    return _record(
-        ctx.store,
-        spec,
-        outcome,  # ranges arrive in key order: the same order as one pass
-        started_at=started_at,
-        strategy="fanout",
-        scope={"keys": None, "where": None, "ranges": len(parts)},
-        clean={watch[k] for k in outcome.clean if k in watch},
-        pending={watch[k] for k in outcome.pending_keys if k in watch},
-        resolve_unseen=True,
-    )
+    with ctx.store.audit_lock(spec.name, wait=True):  # the ranges' reads are done: only the write waits
+        return _record(
+            ctx.store,
+            spec,
+            outcome,  # ranges arrive in key order: the same order as one pass
+            started_at=started_at,
+            strategy="fanout",
+            scope={"keys": None, "where": None, "ranges": len(parts)},
+            clean={watch[k] for k in outcome.clean if k in watch},
+            pending={watch[k] for k in outcome.pending_keys if k in watch},
+            resolve_unseen=True,
+        )
 
 
 def audit_fanout(ctx: Context, spec: Spec, n: int) -> RunResult:
