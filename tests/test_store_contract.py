@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 import sqlalchemy as sa
 
 from reconcile.errors import ConcurrentRun, GuardTripped, StoreError
