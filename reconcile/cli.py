@@ -153,8 +153,18 @@ def _print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+MAX_CELL = 80  # characters of one value shown in a table; --format json has them whole
+
+
+def _cut(text: str, limit: int = MAX_CELL) -> str:
+    """A long value cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(text):,} chars)"
+
+
 def _value(v: Any) -> str:
-    return "NULL" if v is None else str(v)
+    return "NULL" if v is None else _cut(str(v))
 
 
 _LOCATION = ("_partition", "_offset", "_timestamp", "_copies")  # where a topic side's message sits
@@ -243,6 +253,25 @@ def print_run(result: RunResult, fmt: str) -> None:
             out.print(f"  ... and {len(result.findings) - 50:,} more (use --format json for all)")
 
 
+WhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--where",
+        help="Only rows matching this filter, on both sides: one boolean expression over the spec's "
+        "key and compared columns (by truth name), e.g. \"warehouse = 'W1' AND on_hand > 0\". "
+        "Comparisons, IN, BETWEEN, LIKE, IS NULL, AND/OR/NOT and lower/upper/length/abs/coalesce/trim; "
+        "no subqueries, casts or other functions (exit 2). On a topic side the names are its fields.",
+    ),
+]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="When another audit of this spec is running, wait for it (default: exit 2 at once).",
+    ),
+]
+
+
 # -- commands ------------------------------------------------------------------------------
 @app.command()
 def audit(
@@ -257,14 +286,7 @@ def audit(
             "composite keys as W1:A-1 or JSON objects.",
         ),
     ] = None,
-    where: Annotated[
-        str | None,
-        typer.Option(
-            "--where",
-            help="SQL filter applied to both truth and projection "
-            "(on a topic side: SQLite SQL over its fields).",
-        ),
-    ] = None,
+    where: WhereOpt = None,
     progress: Annotated[
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress on stderr (default: on a terminal)."),
@@ -277,6 +299,7 @@ def audit(
             "both sides and reads only the buckets that differ; auto uses it where it helps.",
         ),
     ] = "auto",
+    wait: WaitOpt = False,
 ) -> None:
     """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
 
@@ -294,7 +317,7 @@ def audit(
         ctx = _context(store)
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
-            result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy)
+            result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy, wait=wait)
         print_run(result, fmt)
     raise typer.Exit(result.exit_code)
 
@@ -424,7 +447,7 @@ def _print_events(result: Any) -> None:
         t.add_column(col, overflow="fold")
     for e in result.events[:50]:
         state = "tombstone" if e.tombstone else json.dumps(jsonable(e.data["state"]), sort_keys=True)
-        t.add_row(e.id, e.kind.value, json.dumps(e.data["key"], sort_keys=True), state)
+        t.add_row(e.id, e.kind.value, _cut(json.dumps(e.data["key"], sort_keys=True)), _cut(state, 200))
     out.print(t)
     if len(result.events) > 50:
         out.print(f"  ... and {len(result.events) - 50:,} more (use --format json for all)")
@@ -562,13 +585,14 @@ def run(
     keys: Annotated[
         str | None, typer.Option("--keys", help="Only these entities (see `audit --keys`).")
     ] = None,
-    where: Annotated[str | None, typer.Option("--where", help="SQL filter applied to both sides.")] = None,
+    where: WhereOpt = None,
     skip_preflight: Annotated[
         bool,
         typer.Option(
             "--skip-preflight", help="Do not run the preflight gate first (said on stderr when used)."
         ),
     ] = False,
+    wait: WaitOpt = False,
 ) -> None:
     """preflight → audit → correct → relay (→ verify): one command for cron, as the scheduled DAG runs it.
 
@@ -599,8 +623,11 @@ def run(
                 keys=parse_keys(keys, s),
                 where=where,
                 on_row=tick,
+                wait=wait,
             )
         if fmt == "json":
+            # The whole document, whatever stopped the loop after the audit (a tripped guard, a
+            # broker down): its `error` says what, and the exit code is the error's.
             _print_json(outcome.to_dict())
         else:
             if outcome.preflight is not None:
@@ -619,6 +646,8 @@ def run(
                 out.print(
                     f"verify: {v.resolved:,} resolved, {v.escalated:,} escalated, {v.pending:,} changed since"
                 )
+        if outcome.error is not None:
+            _fail(str(outcome.error), outcome.exit_code)
     raise typer.Exit(outcome.exit_code)
 
 

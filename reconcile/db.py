@@ -74,27 +74,69 @@ def map_errors(what: str, url: str, error: type[ReconcileError] = SourceError) -
         raise error(f"{what}: database {where}: {mask_url(str(e))}") from None
 
 
-def make_engine(url: str, *, sqlite_wal: bool = False) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    sqlite_wal: bool = False,
+    read_only: bool = False,
+    statement_timeout_s: float | None = None,
+) -> Engine:
     """An engine (no connection yet) with reconcile's defaults, for any URL it is given.
 
     psycopg 3 / PyMySQL when the URL names no driver; PostgreSQL sessions in UTC; connect
     timeouts so a dead host fails fast; on SQLite a busy timeout, and WAL when ``sqlite_wal``
     (only for databases reconcile owns: the store, the embedded log, the demo shop — switching a
     user's file to WAL would be a write, and truth and projection are read-only to reconcile).
+
+    ``read_only`` (truth and projection): every transaction of every connection is read-only,
+    enforced by the database itself — PostgreSQL ``default_transaction_read_only``, MySQL and
+    MariaDB ``SET SESSION TRANSACTION READ ONLY``, SQLite ``PRAGMA query_only`` — so no statement
+    reconcile runs there (a query side, a filter, a function) can write. ``statement_timeout_s``
+    bounds each statement on PostgreSQL (``statement_timeout``), MySQL (``max_execution_time``)
+    and MariaDB (``max_statement_time``); SQLite has no such setting.
     Call it inside :func:`map_errors`: a URL that cannot be used raises SQLAlchemy's errors.
     """
     u = sa.make_url(normalize_url(url))
     kwargs: dict[str, Any] = {}
     backend = u.get_backend_name()
+    session: list[str] = []
     if backend == "postgresql" and u.get_driver_name() == "psycopg":
-        kwargs["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 10}
+        options = "-c timezone=UTC"
+        if read_only:
+            options += " -c default_transaction_read_only=on"
+        if statement_timeout_s:
+            options += f" -c statement_timeout={int(statement_timeout_s * 1000)}"
+        kwargs["connect_args"] = {"options": options, "connect_timeout": 10}
     elif backend in ("mysql", "mariadb"):
         kwargs["connect_args"] = {"connect_timeout": 10}
+        if read_only:
+            session.append("SET SESSION TRANSACTION READ ONLY")
     elif backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
+    elif read_only and backend == "postgresql":
+        kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
     engine = sa.create_engine(u, pool_pre_ping=True, **kwargs)
+    if backend in ("mysql", "mariadb") and (session or statement_timeout_s):
+        timeout_ms = int(statement_timeout_s * 1000) if statement_timeout_s else 0
+
+        @sa.event.listens_for(engine, "connect")
+        def _mysql_session(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            for sql in session:
+                cur.execute(sql)
+            if timeout_ms:
+                cur.execute("SELECT VERSION()")
+                maria = "mariadb" in str(cur.fetchone()[0]).lower()
+                if maria:
+                    cur.execute(f"SET SESSION max_statement_time = {timeout_ms / 1000:.3f}")
+                else:
+                    cur.execute(f"SET SESSION max_execution_time = {timeout_ms}")
+            cur.close()
+
     if backend == "sqlite":
         pragmas = ["PRAGMA busy_timeout=30000"] + (["PRAGMA journal_mode=WAL"] if sqlite_wal else [])
+        if read_only:
+            pragmas.append("PRAGMA query_only=ON")
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

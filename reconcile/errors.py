@@ -9,6 +9,7 @@ with ``raise ... from e``.
     ├── SpecError                  a spec file is unreadable, malformed or names something absent
     ├── SourceError                reading truth or projection failed (connect, table, column, order)
     ├── StoreError                 the audit store cannot be opened, migrated or written
+    │   └── ConcurrentRun          another audit of the same spec holds its lock (--wait waits)
     ├── PublishError               corrective events could not be delivered to the broker
     ├── VerifyError                verification could not run (no lag reading, timeout)
     ├── PreflightFailed            a data-quality gate failed before the diff
@@ -25,6 +26,7 @@ __all__ = [
     "SpecError",
     "SourceError",
     "StoreError",
+    "ConcurrentRun",
     "PublishError",
     "VerifyError",
     "PreflightFailed",
@@ -50,6 +52,10 @@ class SourceError(ReconcileError):
 
 class StoreError(ReconcileError):
     """The audit store cannot be opened, migrated, read or written."""
+
+
+class ConcurrentRun(StoreError):
+    """Another audit of the same spec is running; one audit per spec at a time."""
 
 
 class PublishError(ReconcileError):

@@ -56,6 +56,7 @@ class Finding:
     times_seen: int = 1
     first_seen: datetime | None = None
     note: str | None = None
+    episode: int = 1  # 1 for an entity's first drift; drift that comes back after resolving: 2, 3...
 
     @property
     def key_id(self) -> str:
@@ -80,6 +81,8 @@ class Finding:
             out["first_seen"] = jsonable(self.first_seen)
         if self.note:
             out["note"] = self.note
+        if self.episode > 1:
+            out["episode"] = self.episode
         return out
 
 

@@ -46,6 +46,8 @@ TRANSITIONS: Mapping[FindingStatus, frozenset[FindingStatus]] = {
     ACKNOWLEDGED: frozenset({RESOLVED}),  # a known drift ends when the entity is consistent again
     RESOLVED: frozenset(),  # drift that comes back is a new episode, a new finding
 }
+"""A resolved finding never reopens: when the entity drifts again, the store opens a new finding
+whose ``episode`` is one more than the entity's last, and its corrective events get new ids."""
 
 
 def can_move(src: FindingStatus, dst: FindingStatus) -> bool:
@@ -63,6 +65,7 @@ class Stored:
     times_seen: int
     first_seen: datetime | None = None
     note: str | None = None
+    episode: int = 1
 
 
 @dataclass
@@ -117,7 +120,11 @@ def plan_run(
             plan.new.append(f)
         else:
             f = f.with_lifecycle(
-                times_seen=old.times_seen + 1, first_seen=old.first_seen, status=old.status, note=old.note
+                times_seen=old.times_seen + 1,
+                first_seen=old.first_seen,
+                status=old.status,
+                note=old.note,
+                episode=old.episode,
             )
             plan.again.append((old.row_id, f))
         f = f.with_lifecycle(confirmed=f.times_seen >= confirm_runs)

@@ -133,6 +133,15 @@ class Side(_Model):
             )
         if bool(self.table) == bool(self.query):
             raise ValueError("needs exactly one of `table:` or `query:`")
+        if self.where is not None:
+            # Checked as an expression here (columns are checked against the side when it is
+            # opened): a `where:` is rebuilt from its parse tree, never pasted into SQL.
+            from .filters import parse_filter
+
+            try:
+                parse_filter(self.where, origin="where")
+            except SpecError as e:
+                raise ValueError(str(e)) from None
         return self
 
     def _topic_side(self) -> Side:

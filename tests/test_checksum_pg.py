@@ -122,7 +122,6 @@ def _accounts(truth: str, proj: str, n: int = 4000) -> Spec:
         if i in (60, 3333):  # duplicate
             prows.append(dict(q))
     prows += [{**prows[0], "account_id": 10_000 + j, "region": "eu"} for j in range(3)]  # orphans
-    prows.append({**prows[0], "account_id": None})  # a NULL key is no entity on either path
     make_table(
         proj,
         "account_view",

@@ -102,8 +102,9 @@ def test_guard_trips_on_an_empty_projection_and_writes_nothing(world) -> None:  
         correct(Context.of(store), spec)
     assert store.outbox_events() == []
     assert {f.status for f in store.findings(spec.name)} == {FindingStatus.OPEN}
-    with pytest.raises(GuardTripped):
-        heal(Context.of(store), spec, preflight=False)
+    refused = heal(Context.of(store), spec, preflight=False)  # the audit is kept, the refusal reported
+    assert isinstance(refused.error, GuardTripped) and refused.exit_code == 1
+    assert refused.to_dict()["error"]["type"] == "GuardTripped" and refused.audit.findings
     assert store.outbox_events() == []
     forced = correct(Context.of(store), spec, force=True)
     assert forced.written == 200

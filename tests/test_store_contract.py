@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from reconcile.errors import GuardTripped, StoreError
+from reconcile.errors import ConcurrentRun, GuardTripped, StoreError
 from reconcile.findings import Finding, FindingKind, FindingStatus, Summary
 from reconcile.store import AuditStore, OutboxEntry, Store
 
@@ -129,6 +130,70 @@ class StoreContract:
             t.join()
         assert len(store.outbox_events("s")) == 50
         assert len({r.event_id for r in store.outbox_events("s")}) == 50
+
+    # -- issue 15, case 2: concurrent runs of one spec ----------------------------------------
+    def test_concurrent_recordings_never_duplicate_and_count_every_sighting(self, store: Store) -> None:
+        seen = [finding(f"k{i:04d}") for i in range(2000)]
+        errors: list[BaseException] = []
+
+        def go() -> None:
+            try:
+                record(store, "s", seen)
+            except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=go) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        active = store.active_findings("s")
+        assert len(active) == 2000
+        assert {f.times_seen for f in active} == {3}
+
+    def test_a_second_active_finding_of_one_entity_is_impossible(self, store: Store) -> None:
+        record(store, "s", [finding("a")])
+        assert isinstance(store, AuditStore)
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO reconcile_findings (spec, key_id, entity_key, kind, columns, copies, status,"
+                    " times_seen, first_seen, last_seen, first_run_id, last_run_id, episode) SELECT spec,"
+                    " key_id, entity_key, kind, columns, copies, 'correcting', 1, first_seen, last_seen,"
+                    " first_run_id, last_run_id, 1 FROM reconcile_findings"
+                )
+            )
+
+    def test_one_audit_per_spec_at_a_time(self, store: Store) -> None:
+        with store.audit_lock("s"):
+            with pytest.raises(ConcurrentRun, match=r"spec s: another audit is running \(pid \d+ on "):
+                with store.audit_lock("s"):
+                    pass
+            with store.audit_lock("other"):  # other specs are not held up
+                pass
+            got: list[str] = []
+            waiter = threading.Thread(target=lambda: _wait_for(store, got))
+            waiter.start()
+            waiter.join(0.6)
+            assert got == [] and waiter.is_alive()
+        waiter.join(10)
+        assert got == ["ran"]
+
+    # -- issue 15, case 3: drift that comes back --------------------------------------------------
+    def test_drift_that_comes_back_is_a_new_episode(self, store: Store) -> None:
+        record(store, "s", [finding("a")])
+        record(store, "s", [])  # healed
+        record(store, "s", [finding("a")])  # back, in the same form
+        (again,) = store.active_findings("s")
+        assert again.episode == 2 and again.times_seen == 1
+        (first,) = store.findings("s", ["resolved"])
+        assert first.episode == 1
+
+
+def _wait_for(store: Store, got: list[str]) -> None:
+    with store.audit_lock("s", wait=True):
+        got.append("ran")
 
 
 class TestSqliteStore(StoreContract):

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..compare import ColumnRule, jsonable, key_part
 from ..diff import DiffOutcome, diff_rows
-from ..errors import SpecError
+from ..errors import SourceError, SpecError
 from ..findings import Finding, FindingKind, RunResult, Summary
 from ..keys import canonical_keys
 from ..sources.ranges import KeyRange, range_filter, split_ranges
@@ -85,12 +85,15 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
     (a database that cannot be reached). Reads nothing but the catalogs.
     """
     where = spec.label
+    urls = ctx.urls(spec)
+    _not_the_same_table(spec, urls["truth_url"], urls["projection_url"])
+    tnames, pnames = filter_columns(spec)
     try:
-        truth = _open_side(ctx, spec, "truth")
+        truth = _open_side(ctx, spec, "truth", tnames)
     except SpecError as e:
         raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
     try:
-        projection = _open_side(ctx, spec, "projection")
+        projection = _open_side(ctx, spec, "projection", pnames)
     except BaseException as e:
         truth.dispose()
         if isinstance(e, SpecError):
@@ -100,6 +103,7 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
         for src in (truth, projection):
             try:
                 src.columns()
+                src.side_filter()
             except SpecError as e:
                 raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
         checks: list[tuple[SqlSource, str, list[str]]] = [
@@ -129,12 +133,72 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
         raise
 
 
-def _open_side(ctx: Context, spec: Spec, role: str) -> SqlSource:
+def _open_side(ctx: Context, spec: Spec, role: str, names: dict[str, str]) -> SqlSource:
     """A side's reader: a SQL table or query, or a Kafka topic read as a table (its extent fixed now)."""
     side = getattr(spec, role)
     if side.is_topic:
-        return TopicSource(side, role, ctx.topic_reader(side), consumer_group=spec.freshness.consumer_group)
-    return SqlSource(side, role, ctx.side_url(side))
+        return TopicSource(
+            side,
+            role,
+            ctx.topic_reader(side),
+            consumer_group=spec.freshness.consumer_group,
+            filter_columns=names,
+        )
+    return SqlSource(side, role, ctx.side_url(side), filter_columns=names)
+
+
+def filter_columns(spec: Spec) -> tuple[dict[str, str], dict[str, str]]:
+    """The names a run's filter (``--where``) may use — the key and compared columns, by truth
+    name — mapped to each side's own names."""
+    truth = {k.truth: k.truth for k in spec.key} | {c: c for c in spec.columns}
+    projection = {k.truth: k.projection for k in spec.key} | {
+        c: spec.projection_name(c) for c in spec.columns
+    }
+    return truth, projection
+
+
+def check_where(spec: Spec, where: str | None) -> None:
+    """Raise SpecError (exit 2) unless ``where`` is an acceptable filter over the spec's columns."""
+    if where is not None:
+        from ..filters import parse_filter
+
+        parse_filter(where, origin="--where", columns=list(filter_columns(spec)[0]))
+
+
+def _not_the_same_table(spec: Spec, truth_url: str | None, projection_url: str | None) -> None:
+    """Truth and projection reading the same rows compare a table with itself: always "no
+    drift", whatever the data. That is a mistake in the spec, not a result."""
+    t, p = spec.truth, spec.projection
+    if not truth_url or not projection_url or _database(truth_url) != _database(projection_url):
+        return
+    if t.table and p.table:
+        same = t.table == p.table and (t.schema_ or "") == (p.schema_ or "")
+        what = f"table {t.table!r}"
+    else:
+        same = bool(t.query) and " ".join((t.query or "").split()) == " ".join((p.query or "").split())
+        what = "query"
+    if same:
+        raise SpecError(
+            f"spec {spec.label}: truth and projection both read {what} of the same database; "
+            "an audit would compare it with itself (point projection: at the read model)"
+        )
+
+
+def _database(url: str) -> tuple[Any, ...]:
+    import os
+
+    import sqlalchemy as sa
+
+    from ..db import normalize_url
+
+    try:
+        u = sa.make_url(normalize_url(url))
+    except Exception:  # noqa: BLE001 - a bad URL fails later, with its own message
+        return (url,)
+    db = u.database or ""
+    if u.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+        db = os.path.realpath(db)
+    return (u.get_backend_name(), (u.host or "").lower(), u.port, db)
 
 
 def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
@@ -165,8 +229,12 @@ def audit(
     now: datetime | None = None,
     on_row: Callable[[], None] | None = None,
     strategy: str = "auto",
+    wait: bool = False,
 ) -> RunResult:
     """Compare truth with projection, store the run and move findings along their lifecycle.
+
+    One audit of a spec at a time: another one running raises ConcurrentRun (exit 2), or is
+    waited for when ``wait``.
 
     ``keys`` restricts the audit to those entities, ``where`` to rows matching a SQL filter on
     both sides. ``strategy``: ``stream`` merges both whole streams; ``checksum`` pushes bucket
@@ -176,12 +244,31 @@ def audit(
     """
     if strategy not in STRATEGIES:
         raise SpecError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    check_where(spec, where)
+    if keys is not None and not keys:
+        raise SpecError("--keys: no keys given (leave --keys out to audit every entity)")
+    store = ctx.store
+    with store.audit_lock(spec.name, wait=wait):
+        return _audit(ctx, spec, keys, where, now, on_row, strategy)
+
+
+def _audit(
+    ctx: Context,
+    spec: Spec,
+    keys: Sequence[tuple[Any, ...]] | None,
+    where: str | None,
+    now: datetime | None,
+    on_row: Callable[[], None] | None,
+    strategy: str,
+) -> RunResult:
     store = ctx.store
     pair = open_pair(ctx, spec)
     try:
         started = datetime.now(UTC)
         now = now or started
         canon = canonical_keys(keys, pair.kinds) if keys is not None else None
+        if canon is None:
+            refuse_null_keys(pair, where)
         watch = _watch(store, spec, pair.kinds)
         outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
         outcome = _recheck(pair, outcome, where, set(watch))
@@ -214,6 +301,21 @@ def audit(
         )
     finally:
         pair.close()
+
+
+def refuse_null_keys(pair: Pair, where: str | None = None) -> None:
+    """Raise SourceError when a side has rows with a NULL key part: they name no entity, so
+    they could be neither compared nor corrected, and dropping them would hide them."""
+    tplan, pplan = pair.plans()
+    for src, plan in ((pair.truth, tplan), (pair.projection, pplan)):
+        n = src.null_keys(plan, where)
+        if n:
+            what = f"table {src._table_name()}" if src.side.table else "the query's result"
+            raise SourceError(
+                f"spec {pair.spec.label}: {src.role}: {n:,} row(s) of {what} have a NULL key "
+                f"({', '.join(plan.key)}) and name no entity; fix them, or exclude them on purpose "
+                f"with `{src.role}.where: {plan.key[0]} IS NOT NULL`"
+            )
 
 
 def _record(
@@ -314,6 +416,7 @@ def plan_ranges(ctx: Context, spec: Spec, n: int) -> list[KeyRange]:
     """Up to ``n`` key ranges of the pair, cut at quantiles of the truth's first key column."""
     pair = open_pair(ctx, spec)
     try:
+        refuse_null_keys(pair)
         tplan, _ = pair.plans()
         return split_ranges(pair.truth, tplan, max(1, n))
     finally:
@@ -362,17 +465,18 @@ def merge_ranges(
     for part in parts:
         outcome = outcome.merge(part)
     watch = _watch(ctx.store, spec, kinds if kinds is not None else key_kinds(ctx, spec))
-    return _record(
-        ctx.store,
-        spec,
-        outcome,  # ranges arrive in key order: the same order as one pass
-        started_at=started_at,
-        strategy="fanout",
-        scope={"keys": None, "where": None, "ranges": len(parts), "started_by": ctx.who()},
-        clean={watch[k] for k in outcome.clean if k in watch},
-        pending={watch[k] for k in outcome.pending_keys if k in watch},
-        resolve_unseen=True,
-    )
+    with ctx.store.audit_lock(spec.name, wait=True):  # the ranges' reads are done: only the write waits
+        return _record(
+            ctx.store,
+            spec,
+            outcome,  # ranges arrive in key order: the same order as one pass
+            started_at=started_at,
+            strategy="fanout",
+            scope={"keys": None, "where": None, "ranges": len(parts), "started_by": ctx.who()},
+            clean={watch[k] for k in outcome.clean if k in watch},
+            pending={watch[k] for k in outcome.pending_keys if k in watch},
+            resolve_unseen=True,
+        )
 
 
 def audit_fanout(ctx: Context, spec: Spec, n: int) -> RunResult:
@@ -380,6 +484,7 @@ def audit_fanout(ctx: Context, spec: Spec, n: int) -> RunResult:
     started = datetime.now(UTC)
     pair = open_pair(ctx, spec)
     try:
+        refuse_null_keys(pair)
         tplan, _ = pair.plans()
         ranges, kinds = split_ranges(pair.truth, tplan, max(1, n)), list(pair.kinds)
     finally:

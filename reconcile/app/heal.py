@@ -310,7 +310,7 @@ def verify(
             "stay `correcting` (is the projector running?)"
         )
     keys = [tuple(f.key[n] for n in spec.key_truth) for f in correcting]
-    result = audit(ctx, spec, keys=keys)
+    result = audit(ctx, spec, keys=keys, wait=True)  # a scheduled audit running now: after it
     out.run_id, out.checked = result.run_id, len(correcting)
     plan = plan_verify(
         (f.key_id for f in store.findings(spec.name, [FindingStatus.CORRECTING.value])),
@@ -344,9 +344,12 @@ class HealResult:
     relay: RelayResult | None = None
     verify: VerifyResult | None = None
     preflight: dict[str, Any] | None = None  # the gate's summary; None when skipped
+    error: ReconcileError | None = None  # what stopped the loop after the audit (a tripped guard...)
 
     @property
     def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
         if not self.audit.actionable:
             return 0
         if self.verify is not None:
@@ -354,7 +357,7 @@ class HealResult:
         return 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "exit_code": self.exit_code,
             "preflight": self.preflight,
             "audit": self.audit.to_dict(),
@@ -362,6 +365,9 @@ class HealResult:
             "relay": self.relay.to_dict() if self.relay else None,
             "verify": self.verify.to_dict() if self.verify else None,
         }
+        if self.error is not None:
+            out["error"] = {"type": type(self.error).__name__, "message": str(self.error)}
+        return out
 
 
 def heal(
@@ -376,12 +382,15 @@ def heal(
     keys: list[tuple[Any, ...]] | None = None,
     where: str | None = None,
     on_row: Callable[[], None] | None = None,
+    wait: bool = False,
 ) -> HealResult:
     """The whole loop for one spec: the preflight gate, audit, correct, relay, optionally verify.
 
     The gate runs first unless ``preflight`` is False; a failed gate raises PreflightFailed
     before anything is read for the diff or written. A spec without ``correction:`` is audited
-    only.
+    only. Once the audit is stored, an error of a later step (a tripped guard, an unreachable
+    broker) does not raise: it is the result's ``error`` (and exit code), so the audit and what
+    was done are still reported.
     """
     gate_summary: dict[str, Any] | None = None
     if preflight:
@@ -389,16 +398,19 @@ def heal(
 
         passed = gate(ctx, spec)
         gate_summary = {"id": passed.id, "success": passed.success, "seconds": round(passed.seconds, 3)}
-    result = audit(ctx, spec, keys=keys, where=where, on_row=on_row)
+    result = audit(ctx, spec, keys=keys, where=where, on_row=on_row, wait=wait)
     outcome = HealResult(result, preflight=gate_summary)
     if not result.actionable or spec.correction is None:
         return outcome
-    outcome.correction = correct(ctx, spec, dry_run=dry_run, force=force)
-    if dry_run:
-        return outcome
-    outcome.relay = relay(ctx, spec_name=spec.name, once=True)
-    if verify:
-        outcome.verify = _verify(ctx, spec, timeout=timeout)
+    try:
+        outcome.correction = correct(ctx, spec, dry_run=dry_run, force=force)
+        if dry_run:
+            return outcome
+        outcome.relay = relay(ctx, spec_name=spec.name, once=True)
+        if verify:
+            outcome.verify = _verify(ctx, spec, timeout=timeout)
+    except ReconcileError as e:
+        outcome.error = e
     return outcome
 
 

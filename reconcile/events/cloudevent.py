@@ -5,9 +5,10 @@ attributes travel as ``ce_*`` headers, the message value is the JSON ``data`` (o
 — a Kafka tombstone — for an orphan), and the message key is the entity key, so all events of
 one entity land in one partition, in order.
 
-The ``id`` is a deterministic idempotency key: the same spec, entity and truth state always give
-the same id, so rerunning a correction never mints a second event for the same drift, and a
-projector that remembers applied ids applies each correction once.
+The ``id`` is a deterministic idempotency key: the same spec, entity, truth state and episode
+always give the same id, so rerunning a correction never mints a second event for the same
+drift, and a projector that remembers applied ids applies each correction once. Drift that
+comes back after it was resolved is a new episode, so healing it again gets new ids.
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ def message_key(key: Mapping[str, Any]) -> str:
     return json.dumps(jsonable(dict(key)), sort_keys=True, separators=(",", ":"))
 
 
-def event_id(spec_name: str, key: Mapping[str, Any], state: Mapping[str, Any] | None) -> str:
-    """Same spec, same entity, same truth state -> same id (32 hex digits)."""
-    material = json.dumps(
-        {
-            "spec": spec_name,
-            "key": jsonable(dict(key)),
-            "state": jsonable(dict(state)) if state is not None else None,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def event_id(
+    spec_name: str, key: Mapping[str, Any], state: Mapping[str, Any] | None, episode: int = 1
+) -> str:
+    """Same spec, entity, truth state and episode -> same id (32 hex digits).
+
+    The first episode's material leaves the episode out, so ids minted before episodes existed
+    stay what they were.
+    """
+    doc: dict[str, Any] = {
+        "spec": spec_name,
+        "key": jsonable(dict(key)),
+        "state": jsonable(dict(state)) if state is not None else None,
+    }
+    if episode > 1:
+        doc["episode"] = episode
+    material = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -127,7 +133,7 @@ def build_event(spec: Spec, finding: Finding, run_id: str, now: datetime | None 
     data = {"spec": spec.name, "kind": finding.kind.value, "key": key, "state": state, "tombstone": tombstone}
     validate_datum(CORRECTIVE_EVENT, data)
     return CorrectiveEvent(
-        id=event_id(spec.name, finding.key, truth if not tombstone else None),
+        id=event_id(spec.name, finding.key, truth if not tombstone else None, finding.episode),
         type=c.event_type,
         source=f"reconcile/{spec.name}",
         subject=message_key(key),

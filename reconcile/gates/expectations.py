@@ -457,23 +457,67 @@ def _gx_errors(what: str, url: str | None = None) -> Iterator[None]:
         raise SourceError(f"{what}{at}: {mask_url(first)}") from None
 
 
-def _select_sql(side: Side, url: str) -> str | None:
-    """The query a side is validated through, or None when its plain table will do."""
-    if side.table and not side.where:
-        return None
+def _select_sql(side: Side, url: str) -> str:
+    """The query a side is validated through: its table or query, and its ``where:``.
+
+    Built by SQLAlchemy for the side's dialect, so the table name is quoted as an identifier
+    (a ``table:`` can never smuggle SQL in) and the filter is the checked expression of
+    :mod:`reconcile.filters` with its literals escaped by the dialect.
+    """
     import sqlalchemy as sa
 
     from ..db import normalize_url
+    from ..filters import parse_filter
 
+    cols: list[Any] = []
+    flt = parse_filter(side.where, origin="spec: where") if side.where else None
+    if flt is not None:
+        cols = [sa.column(n) for n in sorted(flt.columns)]
     if side.table:
-        src: Any = sa.table(side.table, schema=side.schema_)
+        src: Any = sa.table(side.table, *cols, schema=side.schema_)
     else:
-        src = sa.text(side.query or "").columns().subquery("q")
+        src = sa.text(side.query or "").columns(*cols).subquery("q")
     stmt = sa.select(sa.text("*")).select_from(src)
-    if side.where:
-        stmt = stmt.where(sa.text(f"({side.where})"))
+    if flt is not None:
+        stmt = stmt.where(flt.to_sql(lambda n: src.c[n], literal=True))
     dialect = sa.make_url(normalize_url(url)).get_dialect()()
-    return str(stmt.compile(dialect=dialect))
+    return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _read_only_engines(ds: Any) -> None:
+    """Make every connection GX opens on a side read-only (what the SQL readers do)."""
+    import sqlalchemy as sa
+
+    engines: list[Any] = []
+    for get in (lambda: ds.get_execution_engine().engine, ds.get_engine):
+        try:
+            engine = get()
+        except Exception:  # noqa: BLE001 - a datasource without that accessor
+            continue
+        if engine is not None and all(engine is not e for e in engines):
+            engines.append(engine)
+    for engine in engines:
+        backend = engine.dialect.name
+        if backend == "sqlite":
+            statements = ["PRAGMA query_only=ON"]
+        elif backend in ("mysql", "mariadb"):
+            statements = ["SET SESSION TRANSACTION READ ONLY"]
+        elif backend == "postgresql":
+            statements = ["SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"]
+        else:
+            continue
+
+        def on_connect(dbapi_conn: Any, _record: Any, statements: list[str] = statements) -> None:
+            cur = dbapi_conn.cursor()
+            for sql in statements:
+                cur.execute(sql)
+            cur.close()
+            commit = getattr(dbapi_conn, "commit", None)
+            if commit is not None:
+                commit()
+
+        engine.dispose()  # connections made before the listener would not be read-only
+        sa.event.listen(engine, "connect", on_connect)
 
 
 def _quiet_gx() -> None:
@@ -529,12 +573,10 @@ def _run_gx(
                 else:
                     ds = ctx.data_sources.add_sql(side, connection_string=url)
                 datasources.append(ds)
+                _read_only_engines(ds)
             with _gx_errors(f"spec {spec.label}: {side}: cannot read {_display(s, url)}"):
-                query = _select_sql(s, url)
-                if query is None:
-                    asset = ds.add_table_asset(side, table_name=str(s.table), schema_name=s.schema_)
-                else:
-                    asset = ds.add_query_asset(side, query=query)
+                # Always a query asset: GX pastes a table asset's name into its SQL as is.
+                asset = ds.add_query_asset(side, query=_select_sql(s, url))
                 batch = asset.add_batch_definition_whole_table("whole")
             suite = gx.ExpectationSuite(name=f"{spec.name}.{side}")
             for e in (e for e in expectations if e.side == side):
@@ -583,13 +625,23 @@ def _run_gx(
 
 
 def _with_timeout(url: str) -> str:
-    """Fail fast on a dead PostgreSQL host instead of hanging (as the SQL readers do)."""
+    """Fail fast on a dead PostgreSQL host instead of hanging (as the SQL readers do), and read
+    in read-only transactions with the readers' statement timeout."""
     import sqlalchemy as sa
 
+    from ..sources.sql import statement_timeout_s
+
     u = sa.make_url(url)
-    if "connect_timeout" in u.query:
-        return url
-    return u.update_query_dict({"connect_timeout": "10"}).render_as_string(hide_password=False)
+    query: dict[str, str] = {}
+    if "connect_timeout" not in u.query:
+        query["connect_timeout"] = "10"
+    if "options" not in u.query:
+        options = "-c default_transaction_read_only=on"
+        timeout = statement_timeout_s()
+        if timeout:
+            options += f" -c statement_timeout={int(timeout * 1000)}"
+        query["options"] = options
+    return u.update_query_dict(query).render_as_string(hide_password=False)
 
 
 def _gx_reason(err: BaseException) -> str:

@@ -6,6 +6,11 @@ flat however large the table is. Text keys are ordered by code point (``COLLATE 
 ``BINARY`` / ``utf8mb4_bin``) because that is how Python orders them; an integer key facing a
 numeric-text key is ordered as an integer on both sides.
 
+Every connection is read-only (the database enforces it: see :func:`~reconcile.db.make_engine`)
+with a statement timeout (``$RECONCILE_STATEMENT_TIMEOUT``, default 30m). Filters (``--where``,
+a side's ``where:``) are parsed and rebuilt as expressions (:mod:`reconcile.filters`), never
+pasted into the SQL; table names are quoted by the dialect.
+
 Driver errors are translated here, once, into :class:`~reconcile.errors.SourceError` lines that
 name the side and the (masked) database.
 """
@@ -13,7 +18,8 @@ name the side and the (masked) database.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -27,7 +33,8 @@ from ..compare import key_part, to_utc
 from ..db import make_engine, map_errors
 from ..diff import Row
 from ..errors import SourceError, SpecError, mask_url
-from ..spec import Side
+from ..filters import Filter, parse_filter, resolve_column
+from ..spec import Side, parse_duration
 
 __all__ = [
     "SqlSource",
@@ -35,6 +42,7 @@ __all__ = [
     "source_errors",
     "key_kind",
     "KEY_KINDS",
+    "statement_timeout_s",
 ]
 
 KEY_KINDS = ("int", "number", "datetime", "text")
@@ -46,10 +54,23 @@ def source_errors(role: str, url: str) -> Any:
     return map_errors(role, url, SourceError)
 
 
+def statement_timeout_s() -> float | None:
+    """How long one statement may run on truth or projection: ``$RECONCILE_STATEMENT_TIMEOUT``
+    (``30s``, ``10m``...; ``0`` for none), default 30 minutes."""
+    raw = os.environ.get("RECONCILE_STATEMENT_TIMEOUT", "30m").strip()
+    try:
+        seconds = parse_duration(raw).total_seconds()
+    except ValueError as e:
+        raise SpecError(f"RECONCILE_STATEMENT_TIMEOUT: {e}") from None
+    return seconds or None
+
+
 def open_engine(url: str, role: str = "database") -> Engine:
-    """:func:`~reconcile.db.make_engine` for a truth or projection URL, errors as SourceErrors."""
+    """:func:`~reconcile.db.make_engine` for a truth or projection URL: read-only, with a
+    statement timeout; errors as SourceErrors."""
+    timeout = statement_timeout_s()
     with source_errors(role, url):
-        return make_engine(url)
+        return make_engine(url, read_only=True, statement_timeout_s=timeout)
 
 
 def _type_kind(t: sa.types.TypeEngine[Any] | type | None) -> str | None:
@@ -105,9 +126,19 @@ class ReadPlan:
 class SqlSource:
     """One side of a spec: connection, column discovery, ordered streaming."""
 
-    def __init__(self, side: Side, role: str, url: str | None = None, *, chunk_rows: int = 10_000):
+    def __init__(
+        self,
+        side: Side,
+        role: str,
+        url: str | None = None,
+        *,
+        chunk_rows: int = 10_000,
+        filter_columns: Mapping[str, str] | None = None,
+    ):
         self.side = side
         self.role = role
+        # The names a run's filter (--where) may use, mapped to this side's own column names.
+        self.filter_columns = dict(filter_columns or {})
         self.url = url or side.url or ""
         if not self.url:
             raise SpecError(f"{role}: no URL (conn_id {side.conn_id!r} must be resolved by the caller)")
@@ -115,6 +146,8 @@ class SqlSource:
         self.engine = open_engine(self.url, role)
         self.dialect = self.engine.dialect.name
         self._columns: dict[str, Any] | None = None
+        self._side_filter: Filter | None = None
+        self._not_null: set[str] = set()
 
     # -- discovery -------------------------------------------------------------------------
     def errors(self) -> Any:
@@ -142,6 +175,7 @@ class SqlSource:
                             f"in {mask_url(self.url)}"
                         )
                     self._columns = {c["name"]: c["type"] for c in cols}
+                    self._not_null = {c["name"] for c in cols if c.get("nullable") is False}
                 else:
                     with self.engine.connect() as conn:
                         sub = sa.text(self.side.query or "").columns().subquery("q")
@@ -166,6 +200,50 @@ class SqlSource:
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 what = f"table {self._table_name()}" if self.side.table else "the query's result"
                 raise SpecError(f"spec: {field}: {self.role} column {name!r} not found in {what}{hint}")
+
+    # -- filters ---------------------------------------------------------------------------
+    def side_filter(self) -> Filter | None:
+        """This side's own ``where:``, checked against its columns (any of them)."""
+        if not self.side.where:
+            return None
+        if self._side_filter is None:
+            self._side_filter = parse_filter(
+                self.side.where, origin=f"spec: {self.role}.where", columns=list(self.columns())
+            )
+        return self._side_filter
+
+    def run_filter(self, where: str) -> Filter:
+        """A run's filter (``--where``), checked against the names it may use."""
+        return parse_filter(where, origin="--where", columns=list(self.filter_columns))
+
+    def _filter_names(self, where: str | None) -> list[str]:
+        """This side's columns that the side's and the run's filters read."""
+        names: list[str] = []
+        own = self.side_filter()
+        if own is not None:
+            names += [resolve_column(n, list(self.columns())) or n for n in own.columns]
+        if where:
+            vocab = list(self.filter_columns)
+            names += [
+                self.filter_columns[resolve_column(n, vocab) or n] for n in self.run_filter(where).columns
+            ]
+        return names
+
+    def _filters(self, src: sa.FromClause, where: str | None, *, literal: bool = False) -> list[Any]:
+        out: list[Any] = []
+        own = self.side_filter()
+        if own is not None:
+            cols = list(self.columns())
+            out.append(own.to_sql(lambda n: src.c[resolve_column(n, cols) or n], literal=literal))
+        if where:
+            vocab = list(self.filter_columns)
+            run = self.run_filter(where)
+            out.append(
+                run.to_sql(
+                    lambda n: src.c[self.filter_columns[resolve_column(n, vocab) or n]], literal=literal
+                )
+            )
+        return out
 
     # -- reading ---------------------------------------------------------------------------
     def _selectable(self, names: Sequence[str]) -> sa.FromClause:
@@ -193,14 +271,11 @@ class SqlSource:
         extra_filter: Callable[[sa.FromClause], Any] | None = None,
     ) -> sa.Select[Any]:
         names = [*plan.key, *plan.values, *([plan.changed_at] if plan.changed_at else [])]
-        src = self._selectable(names)
+        src = self._selectable([*names, *self._filter_names(where)])
         c = src.c
         stmt = sa.select(*[c[n] for n in names]).select_from(src)
         stmt = stmt.where(*[c[k].is_not(None) for k in plan.key])
-        if self.side.where:
-            stmt = stmt.where(sa.text(f"({self.side.where})"))
-        if where:
-            stmt = stmt.where(sa.text(f"({where})"))
+        stmt = stmt.where(*self._filters(src, where))
         if keys is not None:
             kcols = [self._key_bind_expr(c[k], k, kind) for k, kind in zip(plan.key, plan.kinds, strict=True)]
             if len(kcols) == 1:
@@ -250,6 +325,20 @@ class SqlSource:
                         raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
                     changed = _as_time(r[nk + nv]) if has_changed else None
                     yield Row(key, tuple(r[nk : nk + nv]), changed)
+
+    def null_keys(self, plan: ReadPlan, where: str | None = None) -> int:
+        """Rows this side would read whose key has a NULL part: no entity can be named by them,
+        so they are counted (and refused by the audit), never silently skipped."""
+        if all(k in self._not_null for k in plan.key):
+            return 0  # the catalog promises there are none
+        src = self._selectable([*plan.key, *self._filter_names(where)])
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(src)
+            .where(sa.or_(*[src.c[k].is_(None) for k in plan.key]), *self._filters(src, where))
+        )
+        with self.errors(), self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
 
     def estimate_rows(self) -> int | None:
         """A cheap row-count estimate for progress bars (PostgreSQL statistics), or None."""

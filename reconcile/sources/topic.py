@@ -38,7 +38,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -186,6 +186,7 @@ class TopicSource(SqlSource):
         cache_mb: int | None = None,
         spill_dir: str | None = None,
         now: datetime | None = None,
+        filter_columns: Mapping[str, str] | None = None,
     ):
         if not side.is_topic or side.topic is None:
             raise ValueError("TopicSource needs a topic side")
@@ -207,6 +208,7 @@ class TopicSource(SqlSource):
                 Side(url=f"sqlite:///{self.path}", table=_TABLE, where=side.where),
                 role,
                 chunk_rows=chunk_rows,
+                filter_columns=filter_columns,
             )
             since = (now or datetime.now(UTC)) - side.since if side.since else None
             try:

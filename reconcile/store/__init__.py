@@ -9,6 +9,8 @@ transaction, so a crash leaves runs, findings and outbox consistent with each ot
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +37,7 @@ from .port import (
     Store,
 )
 from .schema import findings as F
+from .schema import locks as L
 from .schema import outbox as O
 from .schema import runs as R
 
@@ -54,6 +57,10 @@ __all__ = [
 ]
 
 DEFAULT_STORE_URL = "sqlite:///reconcile-store.db"
+_MIGRATE_LOCK = threading.Lock()
+_MIGRATE_KEY = 0x7265636F6E63696C  # "reconcil": the advisory lock of store migrations
+BATCH = 5_000  # findings (and outbox rows) written per statement batch
+KEEP_FINDINGS = 10_000  # findings a run hands back in memory; the rest stay in the store
 ACTIVE = tuple(s.value for s in lifecycle.ACTIVE)
 
 
@@ -90,7 +97,19 @@ def _finding(row: Any, confirm_runs: int = 1) -> Finding:
         times_seen=row.times_seen,
         first_seen=_aware(row.first_seen),
         note=row.note,
+        episode=getattr(row, "episode", 1) or 1,
     )
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class AuditStore(Store):
@@ -105,6 +124,7 @@ class AuditStore(Store):
                 f"audit store {mask_url(self.url)}: cannot use this URL: {mask_url(str(e))}"
             ) from None
         self._migrated = False
+        self._lock_rows: set[str] = set()
 
     @property
     def display(self) -> str:
@@ -124,8 +144,21 @@ class AuditStore(Store):
         """Create or upgrade the store's tables; idempotent."""
         if self._migrated:
             return len(schema.MIGRATIONS)
-        with self._errors(), self.engine.begin() as conn:
-            version = schema.migrate(conn)
+        # Two processes (or threads) opening a new store at once both try to create it: one
+        # migrates, under a lock (a transaction-scoped advisory lock on PostgreSQL), and the
+        # other retries once and finds the tables there.
+        with _MIGRATE_LOCK:
+            for attempt in (1, 2):
+                try:
+                    with self._errors(), self.engine.begin() as conn:
+                        if conn.dialect.name == "postgresql":
+                            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_KEY)))
+                        version = schema.migrate(conn)
+                    break
+                except StoreError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.2)
         self._migrated = True
         return version
 
@@ -162,101 +195,210 @@ class AuditStore(Store):
         strategy: str,
         scope: dict[str, Any],
         summary: Summary,
-        seen: Sequence[Finding],
+        seen: Iterable[Finding],
         clean: set[str],
         pending: set[str],
         resolve_unseen: bool,
         confirm_runs: int,
+        keep: int = KEEP_FINDINGS,
     ) -> tuple[list[Finding], list[Finding]]:
         """Store one run and move every finding along its lifecycle, in one transaction.
 
-        ``seen`` are this run's findings; ``clean`` / ``pending`` the key ids of active findings
-        this run compared and found equal / still in flight. An active finding the run did not
-        see at all is resolved only when ``resolve_unseen`` (the run covered its key).
-        Returns (confirmed, unconfirmed) findings with their lifecycle filled in.
+        ``seen`` are this run's findings (any iterable: they are read and written in batches of
+        :data:`BATCH`, so memory does not grow with them); ``clean`` / ``pending`` the key ids of
+        active findings this run compared and found equal / still in flight. An active finding
+        the run did not see at all is resolved only when ``resolve_unseen`` (the run covered its
+        key). The transaction first takes the spec's lock row, so runs of one spec record one
+        after the other, each seeing what the previous one wrote; the unique index on active
+        findings makes a second active row for one entity impossible anyway.
+        Returns the first ``keep`` (confirmed, unconfirmed) findings with their lifecycle filled
+        in; ``summary`` gets the counts of all of them.
         """
         now = finished_at
+        lock = f"audit:{spec}"
+        self._ensure_lock_row(lock)
+        confirmed: list[Finding] = []
+        unconfirmed: list[Finding] = []
+        drift = False
         with self._begin() as conn:
-            active = {
-                r.key_id: Stored(
-                    r.id, r.key_id, FindingStatus(r.status), r.times_seen, _aware(r.first_seen), r.note
-                )
-                for r in conn.execute(
-                    sa.select(F.c.id, F.c.key_id, F.c.status, F.c.times_seen, F.c.first_seen, F.c.note).where(
-                        F.c.spec == spec, F.c.status.in_(ACTIVE)
-                    )
-                )
-            }
-            plan = plan_run(
-                active,
-                seen,
-                clean=clean,
-                pending=pending,
-                resolve_unseen=resolve_unseen,
-                confirm_runs=confirm_runs,
-                now=now,
-            )
-            values = [
-                (
-                    f,
-                    {
-                        "kind": f.kind.value,
-                        "columns": list(f.columns),
-                        "truth": _json(f.truth),
-                        "projection": _json(f.projection),
-                        "copies": f.copies,
-                        "last_seen": now,
-                        "last_run_id": run_id,
-                    },
-                )
-                for f in [*plan.new, *(f for _, f in plan.again)]
-            ]
-            inserts = [
-                {
-                    **v,
-                    "spec": spec,
-                    "key_id": f.key_id,
-                    "entity_key": _json(f.key),
-                    "status": FindingStatus.OPEN.value,
-                    "times_seen": 1,
-                    "first_seen": now,
-                    "first_run_id": run_id,
-                }
-                for f, v in values[: len(plan.new)]
-            ]
-            updates = [
-                {**v, "_id": row_id, "times_seen": f.times_seen}
-                for (row_id, _), (f, v) in zip(plan.again, values[len(plan.new) :], strict=True)
-            ]
-            if inserts:
-                conn.execute(F.insert(), inserts)
-            if updates:
+            conn.execute(L.update().where(L.c.name == lock).values(acquired_at=now))
+            for batch in _batches(seen, BATCH):
+                plan = self._record_batch(conn, spec, run_id, batch, now, confirm_runs)
+                for f in plan.confirmed:
+                    summary.count(f.kind)
+                    if f.status is FindingStatus.ACKNOWLEDGED:
+                        summary.acknowledged += 1
+                    else:
+                        drift = True
+                summary.unconfirmed += len(plan.unconfirmed)
+                confirmed += plan.confirmed[: max(0, keep - len(confirmed))]
+                unconfirmed += plan.unconfirmed[: max(0, keep - len(unconfirmed))]
+            # Active findings this run did not see (every row it saw now carries its run id):
+            # the rule of lifecycle.plan_run, carried out set-wise.
+            unseen = [F.c.spec == spec, F.c.status.in_(ACTIVE), F.c.last_run_id != run_id]
+            done = {"status": FindingStatus.RESOLVED.value, "resolved_at": now, "last_run_id": run_id}
+            for cond in self._id_chunks(F.c.key_id, sorted(clean)):
+                conn.execute(F.update().where(*unseen, cond).values(done))
+            if resolve_unseen:
                 conn.execute(
-                    F.update()
-                    .where(F.c.id == sa.bindparam("_id"))
-                    .values({c: sa.bindparam(c) for c in updates[0] if c != "_id"}),
-                    updates,
+                    F.update().where(*unseen, *self._not_in(F.c.key_id, sorted(pending))).values(done)
                 )
-            for i in range(0, len(plan.resolve), 1000):
-                conn.execute(
-                    F.update()
-                    .where(F.c.id.in_(plan.resolve[i : i + 1000]))
-                    .values(status=FindingStatus.RESOLVED.value, resolved_at=now, last_run_id=run_id)
-                )
-            plan.tally(summary)
             conn.execute(
                 R.insert().values(
                     id=run_id,
                     spec=spec,
                     started_at=started_at,
                     finished_at=finished_at,
-                    status=plan.status,
+                    status="drift" if drift else "clean",
                     strategy=strategy,
                     scope=scope,
                     summary=summary.to_dict(),
                 )
             )
-        return plan.confirmed, plan.unconfirmed
+        return confirmed, unconfirmed
+
+    def _record_batch(
+        self, conn: Connection, spec: str, run_id: str, batch: list[Finding], now: datetime, confirm_runs: int
+    ) -> lifecycle.RunPlan:
+        kids = [f.key_id for f in batch]
+        active: dict[str, Stored] = {}
+        for cond in self._id_chunks(F.c.key_id, kids):
+            for r in conn.execute(
+                sa.select(
+                    F.c.id, F.c.key_id, F.c.status, F.c.times_seen, F.c.first_seen, F.c.note, F.c.episode
+                ).where(F.c.spec == spec, F.c.status.in_(ACTIVE), cond)
+            ):
+                active[r.key_id] = Stored(
+                    r.id,
+                    r.key_id,
+                    FindingStatus(r.status),
+                    r.times_seen,
+                    _aware(r.first_seen),
+                    r.note,
+                    r.episode,
+                )
+        plan = plan_run(
+            active, batch, clean=(), pending=(), resolve_unseen=False, confirm_runs=confirm_runs, now=now
+        )
+        # A new finding of an entity that drifted before is its next episode.
+        before: dict[str, int] = {}
+        for cond in self._id_chunks(F.c.key_id, [f.key_id for f in plan.new]):
+            before.update(
+                conn.execute(
+                    sa.select(F.c.key_id, sa.func.max(F.c.episode))
+                    .where(F.c.spec == spec, cond)
+                    .group_by(F.c.key_id)
+                ).all()
+            )
+        if before:
+            episodes = {f.key_id: int(before.get(f.key_id) or 0) + 1 for f in plan.new}
+            plan.new = [f.with_lifecycle(episode=episodes[f.key_id]) for f in plan.new]
+            plan.confirmed = [
+                f.with_lifecycle(episode=episodes.get(f.key_id, f.episode)) for f in plan.confirmed
+            ]
+            plan.unconfirmed = [
+                f.with_lifecycle(episode=episodes.get(f.key_id, f.episode)) for f in plan.unconfirmed
+            ]
+
+        def values(f: Finding) -> dict[str, Any]:
+            return {
+                "kind": f.kind.value,
+                "columns": list(f.columns),
+                "truth": _json(f.truth),
+                "projection": _json(f.projection),
+                "copies": f.copies,
+                "last_seen": now,
+                "last_run_id": run_id,
+            }
+
+        if plan.new:
+            conn.execute(
+                F.insert(),
+                [
+                    {
+                        **values(f),
+                        "spec": spec,
+                        "key_id": f.key_id,
+                        "entity_key": _json(f.key),
+                        "status": FindingStatus.OPEN.value,
+                        "times_seen": 1,
+                        "first_seen": now,
+                        "first_run_id": run_id,
+                        "episode": f.episode,
+                    }
+                    for f in plan.new
+                ],
+            )
+        if plan.again:
+            updates = [{**values(f), "_id": row_id, "times_seen": f.times_seen} for row_id, f in plan.again]
+            conn.execute(
+                F.update()
+                .where(F.c.id == sa.bindparam("_id"))
+                .values({c: sa.bindparam(c) for c in updates[0] if c != "_id"}),
+                updates,
+            )
+        return plan
+
+    def _ensure_lock_row(self, name: str) -> None:
+        """Create a lock row once (its own transaction: a racing creator is fine)."""
+        if name in self._lock_rows:
+            return
+        with self._begin() as conn:
+            exists = conn.execute(sa.select(L.c.name).where(L.c.name == name)).first()
+        if exists is None:
+            try:
+                with self._begin() as conn:
+                    conn.execute(L.insert().values(name=name))
+            except StoreError:  # another process created it first
+                pass
+        self._lock_rows.add(name)
+
+    def _not_in(self, column: sa.Column[Any], values: Sequence[Any]) -> list[sa.ColumnElement[bool]]:
+        """``column NOT IN values`` as conditions to AND together."""
+        if not values:
+            return []
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return [column != sa.all_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))]
+        return [column.not_in(values[i : i + 1000]) for i in range(0, len(values), 1000)]
+
+    # -- one audit per spec --------------------------------------------------------------
+    @contextmanager
+    def audit_lock(self, spec: str, *, wait: bool = False) -> Iterator[None]:
+        """Hold the spec's audit lock for the block: one audit of a spec at a time.
+
+        PostgreSQL: a session advisory lock; MySQL/MariaDB: ``GET_LOCK``; SQLite: an OS file
+        lock beside the database file. All three die with the process that holds them, so a
+        crashed audit never leaves a stale lock. Busy: raise :class:`ConcurrentRun` naming the
+        holder, or (``wait``) wait for it.
+        """
+        from .locks import hold
+
+        name = f"audit:{spec}"
+        self._ensure_lock_row(name)
+        with hold(self, name, wait=wait, describe=lambda: self._holder(name)):
+            self._set_holder(name)
+            try:
+                yield
+            finally:
+                self._set_holder(name, None)
+
+    def _holder(self, name: str) -> str:
+        with self._begin() as conn:
+            r = conn.execute(sa.select(L.c.holder, L.c.acquired_at).where(L.c.name == name)).first()
+        if r is None or not r.holder:
+            return "another process"
+        at = _aware(r.acquired_at)
+        return f"{r.holder}" + (f", since {at:%Y-%m-%d %H:%M:%SZ}" if at else "")
+
+    def _set_holder(self, name: str, holder: str | None = "") -> None:
+        import socket
+
+        if holder == "":
+            holder = f"pid {os.getpid()} on {socket.gethostname()}"
+        with self._begin() as conn:
+            conn.execute(L.update().where(L.c.name == name).values(holder=holder, acquired_at=_now()))
 
     def _set_status(
         self,

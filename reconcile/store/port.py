@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -162,13 +163,18 @@ class Store(ABC):
         strategy: str,
         scope: dict[str, Any],
         summary: Summary,
-        seen: Sequence[Finding],
+        seen: Iterable[Finding],
         clean: set[str],
         pending: set[str],
         resolve_unseen: bool,
         confirm_runs: int,
     ) -> tuple[list[Finding], list[Finding]]:
-        """Store a run and apply :func:`~reconcile.lifecycle.plan_run`; (confirmed, unconfirmed)."""
+        """Store a run and apply :func:`~reconcile.lifecycle.plan_run`, in batches, after taking
+        the spec's lock row; (the first confirmed, the first unconfirmed) findings."""
+
+    @abstractmethod
+    def audit_lock(self, spec: str, *, wait: bool = False) -> AbstractContextManager[None]:
+        """Hold the spec's audit lock for a block; busy: raise ConcurrentRun, or wait."""
 
     @abstractmethod
     def run_findings(self, spec: str, run_id: str, status: str) -> list[Finding]:

@@ -18,6 +18,7 @@ __all__ = [
     "findings",
     "outbox",
     "preflight_checks",
+    "locks",
     "schema_version",
     "MIGRATIONS",
     "migrate",
@@ -67,6 +68,8 @@ findings = sa.Table(
     sa.Column("last_run_id", sa.String(36), nullable=False),
     sa.Column("resolved_at", _TS, nullable=True),
     sa.Column("note", sa.Text, nullable=True),
+    # One stretch of drift from open to resolved; drift that comes back is the next episode.
+    sa.Column("episode", sa.Integer, nullable=False, server_default="1"),
     sa.Index("ix_reconcile_findings_spec_status", "spec", "status"),
     sa.Index("ix_reconcile_findings_spec_key", "spec", "key_id"),
 )
@@ -89,8 +92,23 @@ outbox = sa.Table(
     sa.Column("sent_at", _TS, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text, nullable=True),
+    # Parked: the broker refused the row for good (too large, invalid); never retried.
+    sa.Column("dead_at", _TS, nullable=True),
     sa.Index("ix_reconcile_outbox_unsent", "sent_at", "id"),
 )
+
+# One row per named lock (``audit:<spec>``): taken first in every transaction that records a
+# run, so two runs of one spec record one after the other; it also says who holds the
+# spec's audit lock (see AuditStore.audit_lock).
+locks = sa.Table(
+    "reconcile_locks",
+    metadata,
+    sa.Column("name", sa.String(250), primary_key=True),
+    sa.Column("holder", sa.String(250), nullable=True),
+    sa.Column("acquired_at", _TS, nullable=True),
+)
+
+ACTIVE_STATUSES = ("open", "correcting", "acknowledged")
 
 # One row per preflight gate (`reconcile check`, or the start of `reconcile run`): whether it
 # passed and every expectation's result, so a stopped run can be explained later.
@@ -124,10 +142,47 @@ findings_by_status = sa.Index(
 
 
 def _v3(conn: Connection) -> None:
+    """Episodes, dead outbox rows, lock rows, and at most one active finding per entity."""
+    have = {
+        t: {c["name"] for c in sa.inspect(conn).get_columns(t)}
+        for t in ("reconcile_findings", "reconcile_outbox")
+    }
+    if "episode" not in have["reconcile_findings"]:
+        conn.execute(sa.text("ALTER TABLE reconcile_findings ADD COLUMN episode INTEGER DEFAULT 1 NOT NULL"))
+    if "dead_at" not in have["reconcile_outbox"]:
+        ts = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        conn.execute(sa.text(f"ALTER TABLE reconcile_outbox ADD COLUMN dead_at {ts}"))
+    locks.create(conn, checkfirst=True)
+    # Stores written before this migration may hold several active rows for one entity (two
+    # audits recording at once): keep the oldest, resolve the others.
+    active = findings.c.status.in_(ACTIVE_STATUSES)
+    keep = (
+        sa.select(findings.c.spec, findings.c.key_id, sa.func.min(findings.c.id).label("keep"))
+        .where(active)
+        .group_by(findings.c.spec, findings.c.key_id)
+        .having(sa.func.count() > 1)
+    )
+    for spec, key_id, first in conn.execute(keep).all():
+        conn.execute(
+            findings.update()
+            .where(findings.c.spec == spec, findings.c.key_id == key_id, active, findings.c.id != first)
+            .values(status="resolved", note="merged into the oldest active finding of this entity")
+        )
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        statuses = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+        conn.execute(
+            sa.text(
+                "CREATE UNIQUE INDEX IF NOT EXISTS ux_reconcile_findings_active "
+                f"ON reconcile_findings (spec, key_id) WHERE status IN ({statuses})"
+            )
+        )
+
+
+def _v4(conn: Connection) -> None:
     findings_by_status.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 
 
 def migrate(conn: Connection) -> int:
