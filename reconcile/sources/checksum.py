@@ -36,7 +36,9 @@ Levels: the first level is sized from the table statistics (about :data:`ROWS_PE
 a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` rows (hash) or
 :data:`RANGE_REFINE_ROWS` (key ranges, whose finer levels read only those ranges and return one
 summary row per sub-range, far cheaper than merging the rows in Python), the next level splits
-only those buckets about ``2**STEP_BITS`` ways. When most buckets differ
+only those buckets: hash buckets ``2**STEP_BITS`` ways, ranges into sub-ranges of about
+:data:`FINAL_ROWS` rows (at most about :data:`MAX_SUMMARY_ROWS` of them), so the fetch after
+reads little more than the drifted rows. When most buckets differ
 (``fallback``), pushdown cannot save anything and the caller streams instead. Both databases
 are queried concurrently, each in its own thread; the final fetch is also read ahead in one
 thread per side, through a bounded queue.
@@ -95,6 +97,8 @@ REFINE_ROWS = 50_000  # hash buckets: refine while the differing buckets hold mo
 # Key ranges: a finer level reads only the differing ranges, through the index, and returns a
 # summary row per sub-range, far cheaper than merging their rows in Python: refine down to this.
 RANGE_REFINE_ROWS = 2_000
+FINAL_ROWS = 4  # key ranges: a refined level aims at this many rows per sub-range ...
+MAX_SUMMARY_ROWS = 50_000  # ... but returns about this many summary rows at most
 MAX_LEVELS = 3
 FALLBACK_RATIO = 0.5  # with fallback, stream when more than this share of buckets differ
 WORK_MEM = "64MB"  # so the per-bucket hash aggregate stays in memory
@@ -216,15 +220,17 @@ def _lit(n: int) -> sa.ColumnElement[Any]:
     return sa.literal_column(str(int(n)))
 
 
-def _hash(family: str, value: sa.ColumnElement[Any], seed: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+def _hash(family: str, value: Expr, seed: Expr, nullable: bool = True) -> Expr:
     """A 64-bit hash of a value, seeded; NULL hashes as its family's zero (``0`` or ``''``)."""
+
+    def zero(v: Expr, z: str) -> Expr:
+        return sa.func.coalesce(v, sa.literal_column(z)) if nullable else v
+
     if family == "int":
-        as_int = sa.func.coalesce(sa.cast(value, sa.BigInteger), _lit(0))
-        return sa.func.hashint8extended(as_int, seed, type_=sa.BigInteger)
+        return sa.func.hashint8extended(zero(sa.cast(value, sa.BigInteger), "0"), seed, type_=sa.BigInteger)
     if family == "numeric":  # equal numerics hash equal whatever their scale (9.50 and 9.5)
-        return sa.func.hash_numeric_extended(sa.func.coalesce(value, _lit(0)), seed, type_=sa.BigInteger)
-    as_text = sa.func.coalesce(sa.cast(value, sa.Text), sa.literal_column("''"))
-    return sa.func.hashtextextended(as_text, seed, type_=sa.BigInteger)
+        return sa.func.hash_numeric_extended(zero(value, "0"), seed, type_=sa.BigInteger)
+    return sa.func.hashtextextended(zero(sa.cast(value, sa.Text), "''"), seed, type_=sa.BigInteger)
 
 
 class _Side:
@@ -243,6 +249,7 @@ class _Side:
         self.extra: Callable[[sa.FromClause], Any] | None = None  # the key_range filter, if any
         # Per compared value: can it be NULL on either side? (Both sides must agree on it.)
         self.nullable: list[bool] = [True] * len(plan.values)
+        self.xor = False  # fold row hashes with bit_xor (PostgreSQL 14+ on both sides) or sum halves
         mine, theirs = src.columns(), other.columns()
         self._key_types = [mine.get(k) for k in plan.key]
         # How each key column is hashed; the same on both sides: integers through
@@ -272,7 +279,7 @@ class _Side:
         cols = zip(self.plan.key, self._key_types, self.plan.kinds, self.key_families, strict=True)
         for k, t, kind, family in cols:
             expr = _canon_key(c[k], t, kind)
-            h = _hash(family, sa.cast(expr, sa.Numeric) if family == "numeric" else expr, h)
+            h = _hash(family, sa.cast(expr, sa.Numeric) if family == "numeric" else expr, h, nullable=False)
         return h
 
     def values_hash(self, c: Any, seed: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -293,8 +300,8 @@ class _Side:
             for t in terms[1:]:
                 mask = mask + t
             h = sa.func.hashint8extended(sa.cast(mask, sa.BigInteger), h, type_=sa.BigInteger)
-        for expr, family in vals:
-            h = _hash(family, expr, h)
+        for (expr, family), nullable in zip(vals, self.nullable, strict=True):
+            h = _hash(family, expr, h, nullable)
         return h
 
     def stream(self, stmt: sa.Select[Any], session: Sequence[str]) -> Iterator[Row]:
@@ -342,8 +349,9 @@ class _Buckets:
         """This side's rows in these buckets of this level."""
         raise NotImplementedError
 
-    def finer(self, level: Any) -> Any | None:
-        """The next level (each bucket split about 2**STEP_BITS ways), or None."""
+    def finer(self, level: Any, rows: int, buckets: int) -> tuple[Any, int] | None:
+        """The next level for differing ``buckets`` holding ``rows``, and the bits it adds; None
+        when there is none."""
         raise NotImplementedError
 
     def describe(self, level: Any) -> str:
@@ -377,8 +385,8 @@ class _HashBuckets(_Buckets):
         arr = sa.bindparam(None, [b[0] for b in buckets], type_=pg.ARRAY(sa.BigInteger))
         return side.base(lambda t: self.bucket_of(side.key_hash(t.c), level) == sa.any_(arr))
 
-    def finer(self, level: int) -> int | None:
-        return level + STEP_BITS if level + STEP_BITS <= FINE_BITS else None
+    def finer(self, level: int, rows: int, buckets: int) -> tuple[int, int] | None:
+        return (level + STEP_BITS, STEP_BITS) if level + STEP_BITS <= FINE_BITS else None
 
     def describe(self, level: int) -> str:
         return "hash"
@@ -404,8 +412,14 @@ class _RangeBuckets(_Buckets):
     def scoped(self, side: _Side, level: Grain, buckets: Sequence[Bucket]) -> sa.Subquery:
         return self.key.scoped(side.index, side.base(), side.plan.key, level, buckets)
 
-    def finer(self, level: Grain) -> Grain | None:
-        return keyranges.finer(level, self.key.kinds, STEP_BITS, self.tops)
+    def finer(self, level: Grain, rows: int, buckets: int) -> tuple[Grain, int] | None:
+        # A sub-range costs a summary row; aim at FINAL_ROWS rows in each, so the level after
+        # fetches little, but return at most about MAX_SUMMARY_ROWS summary rows.
+        per_bucket = rows / max(1, buckets)
+        target = max(FINAL_ROWS, rows / MAX_SUMMARY_ROWS)
+        step = max(1, math.ceil(math.log2(max(per_bucket / target, 1.0))))
+        nxt = keyranges.finer(level, self.key.kinds, step, self.tops)
+        return None if nxt is None else (nxt, step)
 
     def describe(self, level: Grain) -> str:
         return level.describe(self.names, self.key.kinds)
@@ -414,12 +428,13 @@ class _RangeBuckets(_Buckets):
 def _summaries(
     side: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
 ) -> Iterator[tuple[Bucket, int, int, int]]:
-    """(bucket, rows, sums of the row hashes' high and low halves) at this level, by bucket.
+    """(bucket, rows, two folds of the row hashes) at this level, by bucket.
 
     ``within`` = (the previous level, its differing buckets) restricts the rows to those. The
-    64-bit hash is summed as two int4 halves; OFFSET 0 keeps it from being inlined (and so
-    computed) once per aggregate. Streamed in bucket order, so memory stays flat however many
-    buckets there are.
+    64-bit row hashes are folded with ``bit_xor`` (PostgreSQL 14+) or summed as two int4 halves
+    (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state); OFFSET 0
+    keeps the hash from being inlined (and so computed) once per aggregate. Streamed in bucket
+    order, so memory stays flat however many buckets there are.
     """
     rows = side.base() if within is None else kind.scoped(side, *within)
     cols, bucket_exprs, seed = kind.keyed(side, rows, level)
@@ -427,17 +442,17 @@ def _summaries(
     inner = sa.select(*labelled, side.values_hash(cols, seed).label("h")).offset(0).subquery("k")
     bs = [inner.c[f"b{i}"] for i in range(len(bucket_exprs))]
     h = inner.c.h
-    stmt = (
-        sa.select(
-            *bs,
-            sa.func.count(),
+    if side.xor:
+        # One 8-byte aggregate; with the count it tells multisets apart as well as a sum does
+        # (equal rows can only cancel in pairs, which changes the count).
+        folds = [sa.func.bit_xor(h), _lit(0)]
+    else:
+        folds = [
             sa.func.sum(sa.cast(h.op(">>")(_lit(32)), sa.Integer)),
             # The low half as a signed int4: all 32 bits count.
             sa.func.sum(sa.cast(h.op("&")(_lit(2**32 - 1)) - _lit(2**31), sa.Integer)),
-        )
-        .group_by(*bs)
-        .order_by(*kind.order(bs))
-    )
+        ]
+    stmt = sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
     n = len(bs)
     session = kind.scoped_session if within is not None else ()
     with side.src.errors(), side.src.engine.connect() as conn:
@@ -566,6 +581,9 @@ def checksum_diff(
     ps = _Side(projection, pplan, truth, tplan, 1, where)
     if key_range is not None:
         ts.extra, ps.extra = _key_range_filter(ts, key_range), _key_range_filter(ps, key_range)
+    ts.xor = ps.xor = all(
+        (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
+    )
     nn_t, nn_p = _not_null(truth), _not_null(projection)
     ts.nullable = ps.nullable = [
         not (v in nn_t and o in nn_p) for v, o in zip(tplan.values, pplan.values, strict=True)
@@ -596,11 +614,10 @@ def checksum_diff(
         if mostly and fallback and len(stats.levels) == 1:
             stats.fell_back = True
             return None
-        nxt = kind.finer(level)
-        enough = kind.refine_rows
-        if mostly or drows <= enough or len(stats.levels) >= MAX_LEVELS or nxt is None:
+        nxt = kind.finer(level, drows, len(differing))
+        if mostly or drows <= kind.refine_rows or len(stats.levels) >= MAX_LEVELS or nxt is None:
             break
-        within, level, bits = (level, differing), nxt, bits + STEP_BITS
+        within, level, bits = (level, differing), nxt[0], bits + nxt[1]
     outcome = DiffOutcome()
     if differing:  # in bucket order already
         rows_t = _read_ahead(_fetch(ts, kind, level, differing))
