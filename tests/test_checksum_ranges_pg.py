@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from reconcile.app import Pair, audit, open_pair
+from reconcile.app import Context, audit
+from reconcile.app.audit import Pair, open_pair
 from reconcile.diff import DiffOutcome, diff_rows
 from reconcile.errors import SpecError
 from reconcile.sources import checksum
@@ -106,7 +107,7 @@ def opened() -> Iterator[Any]:
     pairs: list[Pair] = []
 
     def make(spec: Spec) -> Pair:
-        pairs.append(open_pair(spec))
+        pairs.append(open_pair(Context(store_url="sqlite://"), spec))
         return pairs[-1]
 
     yield make
@@ -162,7 +163,9 @@ def text_pair(make_pg_db: Any, n: int = 3000) -> Spec:
     t, p = make_pg_db("truth"), make_pg_db("proj")
     rng = random.Random(11)
     keys = SPECIAL + [f"k-{i:05d}" for i in range(n)] + [f"{rng.random():.12f}" for _ in range(500)]
-    truth = [{"sku": k, "qty": i, "note": f"n{i}" if i % 7 else None} for i, k in enumerate(keys)]
+    truth: list[dict[str, Any]] = [
+        {"sku": k, "qty": i, "note": f"n{i}" if i % 7 else None} for i, k in enumerate(keys)
+    ]
     proj = []
     for r in truth:
         q = dict(r)
@@ -233,7 +236,7 @@ def test_text_key_range_restriction(make_pg_db: Any, opened: Any) -> None:
 def composite_pair(make_pg_db: Any, n: int = 6000, index: bool = True) -> Spec:
     t, p = make_pg_db("truth"), make_pg_db("proj")
     old = datetime(2026, 1, 1)
-    truth = [
+    truth: list[dict[str, Any]] = [
         {
             "region": ("eu", "us", "ap")[i % 3],
             "id": i,
@@ -246,7 +249,7 @@ def composite_pair(make_pg_db: Any, n: int = 6000, index: bool = True) -> Spec:
     proj = []
     for r in truth:
         i = r["id"]
-        q = {**r, "account_id": i}
+        q: dict[str, Any] = {**r, "account_id": i}
         del q["id"]
         if 3000 <= i < 3400 or i in (11, 5999):  # missing; a whole block: ranges empty on this side
             continue
@@ -316,12 +319,13 @@ def test_composite_key_duplicates_nulls_pending(
 def test_composite_key_where_watch_and_key_range(make_pg_db: Any, opened: Any) -> None:
     pair = opened(composite_pair(make_pg_db))
     watch = {("eu", 1), ("us", 2000), ("ap", 3002), ("eu", 3400), ("us", 5998)}
-    for kw in (
+    kws: list[dict[str, Any]] = [
         {"where": "region = 'eu'", "watch": watch},
         {"key_range": ("eu", "us"), "watch": watch},
         {"key_range": (None, "eu")},
         {"key_range": ("us", None), "where": "name IS NULL OR name <> 'x'"},
-    ):
+    ]
+    for kw in kws:
         r = agree(pair, **kw)
         s = stream(
             pair, where=kw.get("where"), key_range=kw.get("key_range"), watch=kw.get("watch", frozenset())
@@ -432,7 +436,7 @@ def test_int_key_bench_shape_refines_to_single_keys(make_pg_db: Any, opened: Any
     assert levels[1].differing_rows <= 4 * levels[1].differing  # sub-ranges of about 4 rows
     assert got.stats.fetched_truth <= 4 * len(got.outcome.findings)  # little beyond the drift
     store = AuditStore(f"sqlite:///{tmp_path / 'store.db'}")
-    r = audit(spec, store)
+    r = audit(Context.of(store), spec)
     assert r.strategy == "checksum" and len(r.findings) == len(got.outcome.findings)
 
 
