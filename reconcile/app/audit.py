@@ -247,14 +247,18 @@ def audit(
     check_where(spec, where)
     if keys is not None and not keys:
         raise SpecError("--keys: no keys given (leave --keys out to audit every entity)")
-    store = ctx.store
-    with store.audit_lock(spec.name, wait=wait):
-        return _audit(ctx, spec, keys, where, now, on_row, strategy)
+    pair = open_pair(ctx, spec)  # names checked before anything is written, the store included
+    try:
+        with ctx.store.audit_lock(spec.name, wait=wait):
+            return _audit(ctx, spec, pair, keys, where, now, on_row, strategy)
+    finally:
+        pair.close()
 
 
 def _audit(
     ctx: Context,
     spec: Spec,
+    pair: Pair,
     keys: Sequence[tuple[Any, ...]] | None,
     where: str | None,
     now: datetime | None,
@@ -262,45 +266,39 @@ def _audit(
     strategy: str,
 ) -> RunResult:
     store = ctx.store
-    pair = open_pair(ctx, spec)
-    try:
-        started = datetime.now(UTC)
-        now = now or started
-        canon = canonical_keys(keys, pair.kinds) if keys is not None else None
-        if canon is None:
-            refuse_null_keys(pair, where)
-        watch = _watch(store, spec, pair.kinds)
-        outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
-        outcome = _recheck(pair, outcome, where, set(watch))
-        outcome.findings = locate(outcome.findings, (pair.truth, pair.projection), spec.key_truth)
-        clean = {watch[k] for k in outcome.clean}
-        pending = {watch[k] for k in outcome.pending_keys}
-        if canon is not None:  # watched keys asked for but absent on both sides are consistent
-            seen = {f.key_id for f in outcome.findings}
-            asked = set(canon)
-            clean |= {
-                kid for k, kid in watch.items() if k in asked and kid not in seen and kid not in pending
-            }
-        scope: dict[str, Any] = {
-            "keys": len(canon) if canon is not None else None,
-            "where": where,
-            "started_by": ctx.who(),
-        }
-        if topics := topic_scope(pair.truth, pair.projection):
-            scope["topics"] = topics
-        return _record(
-            store,
-            spec,
-            outcome,
-            started_at=started,
-            strategy=used,
-            scope=scope,
-            clean=clean,
-            pending=pending,
-            resolve_unseen=canon is None and where is None,
-        )
-    finally:
-        pair.close()
+    started = datetime.now(UTC)
+    now = now or started
+    canon = canonical_keys(keys, pair.kinds) if keys is not None else None
+    if canon is None:
+        refuse_null_keys(pair, where)
+    watch = _watch(store, spec, pair.kinds)
+    outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
+    outcome = _recheck(pair, outcome, where, set(watch))
+    outcome.findings = locate(outcome.findings, (pair.truth, pair.projection), spec.key_truth)
+    clean = {watch[k] for k in outcome.clean}
+    pending = {watch[k] for k in outcome.pending_keys}
+    if canon is not None:  # watched keys asked for but absent on both sides are consistent
+        seen = {f.key_id for f in outcome.findings}
+        asked = set(canon)
+        clean |= {kid for k, kid in watch.items() if k in asked and kid not in seen and kid not in pending}
+    scope: dict[str, Any] = {
+        "keys": len(canon) if canon is not None else None,
+        "where": where,
+        "started_by": ctx.who(),
+    }
+    if topics := topic_scope(pair.truth, pair.projection):
+        scope["topics"] = topics
+    return _record(
+        store,
+        spec,
+        outcome,
+        started_at=started,
+        strategy=used,
+        scope=scope,
+        clean=clean,
+        pending=pending,
+        resolve_unseen=canon is None and where is None,
+    )
 
 
 def refuse_null_keys(pair: Pair, where: str | None = None) -> None:
