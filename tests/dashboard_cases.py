@@ -81,12 +81,15 @@ def build_world(root: Path) -> World:
     audit(Context.of(store, started_by="on demand"), stock)
 
     t, _ = _pair(root, "clean")
-    clean = spec_from_dict(  # truth against itself: never drifts
+    import shutil
+
+    shutil.copy(root / "clean-truth.db", root / "clean-copy.db")
+    clean = spec_from_dict(  # truth against an exact copy of itself: never drifts
         {
             "name": "clean",
             "description": "a pair that never drifts",
             "truth": {"url": t, "table": "stock"},
-            "projection": {"url": t, "table": "stock"},
+            "projection": {"url": f"sqlite:///{root / 'clean-copy.db'}", "table": "stock"},
             "key": ["sku"],
             "columns": {"on_hand": {}, "title": {}},
         }

@@ -236,7 +236,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
         from ..errors import mask_url
 
         say(
-            "6. See it on the dashboard: reconcile serve --store "
+            "7. See it on the dashboard: reconcile serve --store "
             f"{mask_url(store_url) if settings.real else store_url} (then http://127.0.0.1:8765/), "
             "or run the demo with --serve."
         )

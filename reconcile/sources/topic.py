@@ -259,6 +259,11 @@ class TopicSource(SqlSource):
                     f"(its fields: {', '.join(have)}; add `{name}: ...` under {self.role}.fields)"
                 )
 
+    def null_keys(self, plan: ReadPlan, where: str | None = None) -> int:
+        """Messages whose key fields are missing, counted on the spill (made now if need be)."""
+        self.load(plan)
+        return super().null_keys(plan, where)
+
     def select(self, plan: ReadPlan, **kw: Any) -> sa.Select[Any]:
         # Copies of one key come in a fixed order: the first message first.
         return super().select(plan, **kw).order_by(sa.column("_partition"), sa.column("_offset"))
