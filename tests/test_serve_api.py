@@ -293,14 +293,12 @@ def test_reconcile_serve_serves_on_loopback_with_a_token(world: World) -> None:
 
 
 def test_reconcile_serve_refuses_a_store_that_is_not_there(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(BIN / "reconcile"), "serve", "--store", f"sqlite:///{tmp_path / 'nope.db'}", "--port", "1"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert done.returncode == 2 and "no audit store at" in done.stderr
+    from typer.testing import CliRunner
+
+    from reconcile.cli import app
+
+    done = CliRunner().invoke(app, ["serve", "--store", f"sqlite:///{tmp_path / 'nope.db'}", "--port", "1"])
+    assert done.exit_code == 2 and "no audit store at" in done.output
     assert not (tmp_path / "nope.db").exists()
 
 
@@ -317,14 +315,12 @@ def test_findings_format_csv_from_the_cli(world: World) -> None:
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert {r["key"] for r in rows} >= {OPEN_MISMATCH, ACKED, *CORRECTING}
     assert {r["status"] for r in rows} == {"open", "correcting", "acknowledged"}
-    bad = subprocess.run(
-        [str(BIN / "reconcile"), "findings", str(spec), "--store", world.store_url, "--format", "xml"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "table, json, csv" in bad.stderr
+    from typer.testing import CliRunner
+
+    from reconcile.cli import app
+
+    bad = CliRunner().invoke(app, ["findings", str(spec), "--store", world.store_url, "--format", "xml"])
+    assert bad.exit_code == 2 and "table, json, csv" in bad.output
 
 
 def test_loopback() -> None:
