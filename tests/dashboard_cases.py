@@ -51,10 +51,11 @@ def _pair(root: Path, name: str) -> tuple[str, str]:
     return t, p
 
 
-def build_world(root: Path) -> World:
-    """Run the story into a fresh store under ``root``; spec files in ``root/specs``."""
+def build_world(root: Path, store_url: str | None = None) -> World:
+    """Run the story into a fresh store (a SQLite file under ``root`` unless ``store_url``);
+    truth and projection files and the spec files (``root/specs``) under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
-    store_url = f"sqlite:///{root / 'store.db'}"
+    store_url = store_url or f"sqlite:///{root / 'store.db'}"
     specs_dir = root / "specs"
     specs_dir.mkdir()
     store = AuditStore(store_url)
@@ -110,5 +111,5 @@ def build_world(root: Path) -> World:
     )
     for spec in (stock, clean, gated):
         write_spec_file(specs_dir / f"{spec.name}.yaml", spec)
-    store.dispose()
+    ctx.close()  # the embedded log's engine too, and the store
     return World(root, store_url, specs_dir, stock, clean, gated)

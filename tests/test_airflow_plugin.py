@@ -17,44 +17,39 @@ pytestmark = [pytest.mark.airflow]
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import json
+import json, os, runpy
 from airflow import plugins_manager
 from airflow.api_fastapi.core_api.datamodels.plugins import PluginResponse
 info = [i for i in plugins_manager.get_plugin_info() if i["name"] == "reconcile_dashboard"]
 views = [v for i in info for v in PluginResponse.model_validate(i).external_views]
+del os.environ["RECONCILE_DASHBOARD_URL"]
+plugin = runpy.run_path(os.path.join(os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"], "reconcile_dashboard.py"))
 print(json.dumps({
     "views": [v.model_dump(mode="json") for v in views],
     "errors": {str(k): str(v) for k, v in plugins_manager._get_plugins()[1].items()},
+    "default": plugin["ReconcileDashboardPlugin"].external_views[0]["href"],
 }))
 """
 
 
-def _probe(tmp_path: Path, **env: str) -> dict[str, Any]:
-    run_env = {
+def test_airflow_loads_the_plugin_and_serves_its_link(tmp_path: Path) -> None:
+    env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECONCILE_DASHBOARD"))},
         "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "dags" / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        **env,
+        "RECONCILE_DASHBOARD_URL": "http://dash.example:9999/",
     }
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=run_env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def test_the_plugin_links_to_the_dashboard_url(tmp_path: Path) -> None:
-    got = _probe(tmp_path, RECONCILE_DASHBOARD_URL="http://dash.example:9999/")
+    got: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["errors"] == {}
     (view,) = got["views"]
     assert view["href"] == "http://dash.example:9999/" and view["destination"] == "nav"
     assert view["name"] == "Reconcile dashboard" and view["category"] == "browse"
-
-
-def test_without_a_url_it_links_to_the_default_address(tmp_path: Path) -> None:
-    (view,) = _probe(tmp_path)["views"]
-    assert view["href"] == "http://127.0.0.1:8765/"
+    assert got["default"] == "http://127.0.0.1:8765/"  # where `reconcile serve` listens by default
 
 
 def test_the_dag_processor_skips_the_plugins_folder() -> None:

@@ -52,6 +52,9 @@ def test_pages_render_with_the_numbers(client: TestClient) -> None:
     finding = client.get(f"/specs/stock/findings/{CORRECTING[0]}")
     assert finding.status_code == 200 and "not yet" in finding.text  # its event is not relayed
     assert client.get("/specs/stock?days=30").status_code == 200
+    gated = client.get("/specs/gated")  # never audited, its gate failed
+    assert gated.status_code == 200 and "FAILED" in gated.text and "observed 0, min 30" in gated.text
+    assert client.get("/specs/clean?refresh=60").text.count('http-equiv="refresh" content="60"') == 1
     assert client.get("/static/style.css").status_code == 200
 
 
@@ -290,14 +293,12 @@ def test_reconcile_serve_serves_on_loopback_with_a_token(world: World) -> None:
 
 
 def test_reconcile_serve_refuses_a_store_that_is_not_there(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(BIN / "reconcile"), "serve", "--store", f"sqlite:///{tmp_path / 'nope.db'}", "--port", "1"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert done.returncode == 2 and "no audit store at" in done.stderr
+    from typer.testing import CliRunner
+
+    from reconcile.cli import app
+
+    done = CliRunner().invoke(app, ["serve", "--store", f"sqlite:///{tmp_path / 'nope.db'}", "--port", "1"])
+    assert done.exit_code == 2 and "no audit store at" in done.output
     assert not (tmp_path / "nope.db").exists()
 
 
@@ -314,14 +315,12 @@ def test_findings_format_csv_from_the_cli(world: World) -> None:
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert {r["key"] for r in rows} >= {OPEN_MISMATCH, ACKED, *CORRECTING}
     assert {r["status"] for r in rows} == {"open", "correcting", "acknowledged"}
-    bad = subprocess.run(
-        [str(BIN / "reconcile"), "findings", str(spec), "--store", world.store_url, "--format", "xml"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "table, json, csv" in bad.stderr
+    from typer.testing import CliRunner
+
+    from reconcile.cli import app
+
+    bad = CliRunner().invoke(app, ["findings", str(spec), "--store", world.store_url, "--format", "xml"])
+    assert bad.exit_code == 2 and "table, json, csv" in bad.output
 
 
 def test_loopback() -> None:
@@ -362,3 +361,38 @@ def test_demo_tells_how_to_open_the_dashboard_and_serve_keeps_it_open(tmp_path: 
     assert f"reconcile serve --store sqlite:///{tmp_path / 'demo' / 'store.db'}" in out
     assert f"dashboard: http://127.0.0.1:{port}/" in out
     assert proc.returncode == 0, out[-2000:]
+
+
+def test_the_last_preflight_links_its_data_docs(world: World, tmp_path: Path) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from reconcile.store import AuditStore
+
+    docs = tmp_path / "gx-docs" / "clean"
+    (docs / "static").mkdir(parents=True)
+    (docs / "index.html").write_text("<html><body>GX Data Docs of clean</body></html>")
+    (docs / "static" / "app.css").write_text("body {}")
+    (tmp_path / "secret.txt").write_text("not for the dashboard")
+    store = AuditStore(world.store_url)
+    store.record_preflight(
+        check_id=str(uuid.uuid4()),
+        spec="clean",
+        checked_at=datetime.now(UTC),
+        success=True,
+        results={"failures": [], "sides": {"truth": {"evaluated": 3}, "projection": {"evaluated": 2}}},
+        docs=str(docs / "index.html"),
+    )
+    store.dispose()
+    app = create_app(ServeSettings(store_url=world.store_url, specs=(str(world.specs_dir),)))
+    with TestClient(app) as c:
+        page = c.get("/specs/clean")
+        assert 'href="/specs/clean/preflight/docs/"' in page.text and "passed" in page.text
+        assert c.get("/api/specs/clean").json()["preflight"]["evaluated"] == 5
+        index = c.get("/specs/clean/preflight/docs/")
+        assert index.status_code == 200 and "GX Data Docs of clean" in index.text
+        assert c.get("/specs/clean/preflight/docs/static/app.css").status_code == 200
+        for sneaky in ("%2e%2e/%2e%2e/secret.txt", "..%2F..%2Fsecret.txt", "/etc/passwd"):
+            r = c.get("/specs/clean/preflight/docs/" + sneaky)
+            assert r.status_code == 404 and "not for the dashboard" not in r.text, sneaky
+        assert c.get("/specs/stock/preflight/docs/").status_code == 404  # no gate stored

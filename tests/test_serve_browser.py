@@ -131,9 +131,11 @@ def test_overview_to_spec_to_finding(page: Any, world: World) -> None:
         episodes = page.locator("section.episode")
         assert [episodes.nth(i).get_attribute("data-status") for i in range(2)] == ["open", "resolved"]
         healed = episodes.nth(1).locator("table.events tbody tr")
-        assert healed.count() == 1 and healed.locator("td.verified").inner_text().endswith(
-            tuple("0123456789")
+        verified = healed.locator("td.verified").inner_text()
+        assert (
+            healed.count() == 1 and verified.startswith("20") and "UTC" in verified and "by run" in verified
         )
+        assert "UTC" in healed.locator("td.relayed").inner_text()
         _shot(page, "finding-two-episodes")
     # Nothing was fetched from anywhere but the dashboard itself.
     assert page.requests and all(u.startswith(base) for u in page.requests), page.requests

@@ -543,7 +543,7 @@ class SpecDetail:
             "findings_total": self.findings_total,
             "funnel": self.funnel,
             "time_to_heal": self.time_to_heal,
-            "preflight": self.preflight,
+            "preflight": jsonable(self.preflight),
         }
 
 
@@ -572,7 +572,7 @@ def _preflight(record: PreflightRecord | None) -> dict[str, Any] | None:
     sides = record.results.get("sides") or {}
     return {
         "id": record.id,
-        "checked_at": _iso(record.checked_at),
+        "checked_at": record.checked_at,
         "success": record.success,
         "failures": list(record.results.get("failures") or []),
         "evaluated": sum(int(s.get("evaluated", 0)) for s in sides.values() if isinstance(s, dict)),
