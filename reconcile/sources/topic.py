@@ -425,27 +425,31 @@ class TopicSource(SqlSource):
             fresh in self.fields and self.fields[fresh].part == "timestamp"
         )
         conn.execute("BEGIN")
+        simple = committed is None and fresh is None and not latest
         for batch in self.reader.read(self.extent, batch=self.chunk_rows):
             stats.messages += len(batch)
+            if simple:  # the common case: the extractor's rows go in as they are
+                conn.executemany(insert, [r for r in map(extract, batch) if r is not None])
+                continue
             out: list[tuple[Any, ...]] = []
             for msg in batch:
-                p, o, ms, key, value = msg[0], msg[1], msg[2], msg[3], msg[4]
-                if value is None:
-                    stats.tombstones += 1
-                values = extract(msg)
-                if values is None:
+                row = extract(msg)
+                if row is None:
                     continue
+                p, o, ms = row[0], row[1], row[2]
                 if committed is not None and o >= committed.get(p, -1):
                     changed: Any = _IN_FLIGHT_TEXT
                     stats.in_flight += 1
                 elif fresh_index is not None:
-                    changed = values[fresh_index]
+                    changed = row[4 + fresh_index]
                 elif fresh_is_time:  # _timestamp or a timestamp field: the message time
                     changed = _iso(ms)
                 else:
                     changed = None
-                row = (p, o, ms, changed, *values)
+                if changed is not None:
+                    row = (p, o, ms, changed, *row[4:])
                 if latest:
+                    key, value = msg[3], msg[4]
                     if key is None:
                         stats.unkeyed += 1
                         continue
@@ -475,7 +479,8 @@ class TopicSource(SqlSource):
     def _extractor(
         self, stored: Sequence[str], key_kind: dict[str, str]
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...] | None]:
-        """A function from one raw message to its stored field values (None: not a row).
+        """A function from one raw message to its spill row: partition, offset, timestamp (ms),
+        change time (None; the caller sets it), then the stored field values. None: not a row.
 
         It runs once per message, so it dispatches on small ints and keeps the common cases
         (plain JSON member paths, text and integer keys) free of calls.
@@ -491,7 +496,9 @@ class TopicSource(SqlSource):
         big = 2**63
 
         def extract(msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            p, o, _ms, key, value, raw_headers = msg
+            p, o, ms, key, value, raw_headers = msg
+            if value is None:
+                stats.tombstones += 1
             doc: Any = None
             if value is not None and needs_json:
                 try:
@@ -501,7 +508,7 @@ class TopicSource(SqlSource):
                     if len(stats.invalid) < SAMPLES:
                         stats.invalid.append({"partition": p, "offset": o, "error": str(e)[:200]})
                     return None
-            out: list[Any] = []
+            out: list[Any] = [p, o, ms, None]  # position, time, change time (set by the caller)
             binary: bool | None = None  # a binary-mode CloudEvent? decided once, on the first miss
             for i, (code, arg, kind) in enumerate(specs):
                 if code == _JSON:
@@ -538,7 +545,7 @@ class TopicSource(SqlSource):
                     if t is dict or t is list or (t is int and not -big <= x < big):
                         x = _store_value(x)
                         if x.__class__ is bytes:
-                            blobs.add(stored[i])
+                            blobs.add(stored[i])  # i: the field's index in ``stored``
                 elif x is not None and not (
                     (kind == "text" and x.__class__ is str)
                     or (kind == "int" and x.__class__ is int and -big <= x < big)
