@@ -13,8 +13,9 @@ rows go to a temporary SQLite file (``$TMPDIR``), in batches, so memory stays bo
 long the topic is: SQLite keeps at most ``cache_mb`` (default 64 MiB,
 ``RECONCILE_TOPIC_CACHE_MB``) of it in memory and spills the rest to disk. From there the rows are
 streamed back ordered by the canonical key exactly like a SQL side — this class *is* a
-:class:`~reconcile.sources.sql.SqlSource` over that file — so the diff, ``--keys``, the recheck,
-``where:`` filters (SQLite SQL over the field names) and key ranges work unchanged.
+:class:`~reconcile.sources.sql.SqlSource` over that file, and runs that reader's own statement
+on a plain sqlite3 cursor — so the diff, ``--keys``, the recheck, ``where:`` filters (SQLite
+SQL over the field names) and key ranges work unchanged.
 
 * A message whose value is not valid JSON (when a JSON field needs it) is counted and reported
   with its partition and offset; it makes no row. So is a message whose key field cannot be read
@@ -81,8 +82,15 @@ _PART_TYPES: dict[str, Callable[[], Any]] = {
     "offset": sa.BigInteger,
     "timestamp": sa.DateTime,
 }
-_JSON, _HEADER, _KEY, _PARTITION, _OFFSET = range(5)
-_CODES = {"json": _JSON, "header": _HEADER, "key": _KEY, "partition": _PARTITION, "offset": _OFFSET}
+_JSON, _HEADER, _KEY, _PARTITION, _OFFSET, _TIMESTAMP = range(6)
+_CODES = {
+    "json": _JSON,
+    "header": _HEADER,
+    "key": _KEY,
+    "partition": _PARTITION,
+    "offset": _OFFSET,
+    "timestamp": _TIMESTAMP,
+}
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
@@ -357,6 +365,11 @@ class TopicSource(SqlSource):
     def load(self, plan: ReadPlan) -> None:
         """Read the extent into the spill, once; later plans must key the rows the same way."""
         layout = _Layout(tuple(plan.key), tuple(plan.kinds), plan.changed_at)
+        if "_timestamp" in layout.key:
+            raise SpecError(
+                f"spec: key: {self.role} topic {self.topic} cannot be keyed by _timestamp "
+                "(add a field `at: timestamp` and key by it)"
+            )
         if self._layout is not None:
             if (layout.key, layout.kinds) != (self._layout.key, self._layout.kinds):
                 raise SourceError(
@@ -383,14 +396,16 @@ class TopicSource(SqlSource):
         self.stats.spill_bytes = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         types = dict(self.columns())
         for name, kind in zip(layout.key, layout.kinds, strict=True):
-            if name in self.fields and self.fields[name].part != "timestamp":
+            if name in self.fields:
                 types[name] = _KIND_TYPES[kind]()
         self._types = types
 
     def _fill(self, conn: sqlite3.Connection, layout: _Layout) -> None:
         side, stats = self.topic_side, self.stats
         latest = side.latest_per_key
-        generated = [n for n, f in self.fields.items() if f.part == "timestamp"]
+        # Timestamp fields are computed from the stored milliseconds when read, unless one is
+        # (part of) the key: then it is stored canonical, like every key column.
+        generated = [n for n, f in self.fields.items() if f.part == "timestamp" and n not in layout.key]
         stored = [n for n in self.fields if n not in generated]
         cols = [
             "_partition INTEGER",
@@ -538,8 +553,10 @@ class TopicSource(SqlSource):
                     x = key if key is None or key.__class__ is str else bytes(key).decode("utf-8", "replace")
                 elif code == _PARTITION:
                     x = p
-                else:
+                elif code == _OFFSET:
                     x = o
+                else:  # a timestamp field that is a key column
+                    x = datetime.fromtimestamp(ms / 1000, UTC) if ms is not None and ms >= 0 else None
                 if kind is None:
                     t = x.__class__
                     if t is dict or t is list or (t is int and not -big <= x < big):
