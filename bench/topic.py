@@ -8,7 +8,8 @@ one CloudEvent in binary mode per outbox row (``ce_id`` header, JSON value
 ``{"order_id": .., "amount": .., "warehouse": .., "lines": [..]}``), except for 100 lost events;
 plus 100 phantom events (no outbox row) and 100 events delivered twice. Then it runs
 ``python -m reconcile audit SPEC --format json --strategy stream`` once as a child process and
-reports wall time, the child's peak RSS (``ru_maxrss`` from ``os.wait4``), messages/s of the
+reports wall time, the child's CPU time (user + system, all its threads) and peak RSS (both
+from ``os.wait4``), messages/s of the
 topic read (from the run's recorded read stats, and over the whole wall time), and whether the
 audit found exactly the 100 missing, 100 orphan and 100 duplicate events (and nothing else).
 
@@ -138,7 +139,7 @@ def build_topic(
     return topic, planted
 
 
-def run_audit(spec_path: Path, store: str, env: dict[str, str]) -> tuple[int, dict, float, float, str]:  # type: ignore[type-arg]
+def run_audit(spec_path: Path, store: str, env: dict[str, str]) -> tuple[int, dict, float, float, float, str]:  # type: ignore[type-arg]
     cmd = [
         sys.executable,
         "-m",
@@ -159,7 +160,15 @@ def run_audit(spec_path: Path, store: str, env: dict[str, str]) -> tuple[int, di
         err.seek(0)
         text = out.read().decode()
         doc = json.loads(text) if text.strip() else {}
-        return os.waitstatus_to_exitcode(status), doc, seconds, usage.ru_maxrss / 1024, err.read().decode()
+        cpu = usage.ru_utime + usage.ru_stime  # every thread of the child, librdkafka's included
+        return (
+            os.waitstatus_to_exitcode(status),
+            doc,
+            seconds,
+            cpu,
+            usage.ru_maxrss / 1024,
+            err.read().decode(),
+        )
 
 
 def main() -> int:
@@ -198,7 +207,7 @@ def main() -> int:
             }
             path = Path(tmp) / "spec.yaml"
             path.write_text(yaml.safe_dump(spec, sort_keys=False))
-            code, doc, seconds, rss, err = run_audit(path, f"sqlite:///{tmp}/store.db", dict(os.environ))
+            code, doc, seconds, cpu, rss, err = run_audit(path, f"sqlite:///{tmp}/store.db", dict(os.environ))
         found: dict[str, set[str]] = {}
         for f in doc.get("findings", []):
             found.setdefault(f["kind"], set()).add(f["key"]["event_id"])
@@ -212,6 +221,7 @@ def main() -> int:
                 "messages": f"{messages:,}",
                 "partitions": args.partitions,
                 "wall s": f"{seconds:.1f}",
+                "cpu s": f"{cpu:.1f}",
                 "topic read s": f"{read.get('read_seconds', 0):.1f}",
                 "read msg/s": f"{read.get('messages_per_second', 0):,}",
                 "msg/s (wall)": f"{messages / seconds:,.0f}" if seconds else "-",
@@ -239,7 +249,8 @@ def main() -> int:
     cols = list(rows_out[0])
     lines = [
         f"Topic side benchmark, {datetime.now().isoformat(timespec='seconds')} on {platform.node()} "
-        f"({os.cpu_count()} CPUs, Python {platform.python_version()})",
+        f"({os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the end)",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "|".join("---" for _ in cols) + "|",

@@ -336,3 +336,39 @@ def test_a_corrective_event_from_a_topic_truth_carries_only_compared_columns() -
     )
     a, b = build_event(s, plain, "run-1"), build_event(s, located, "run-1")
     assert b.data["state"] == {"on_hand": 3} and a.id == b.id
+
+
+def test_a_timestamp_field_can_be_the_key(world: tuple[Context, EmbeddedLog, str, str]) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from .builders import make_table
+
+    ctx, log, db, topic = world
+    for i in range(3):
+        put(log, topic, [Msg({"n": i}, str(i))])
+        time.sleep(0.01)
+    reader = ctx.topic_reader(spec(base(side(topic, fields={"event_id": "key"}))).projection)
+    got = [m for b in reader.read(reader.extent(topic, None)) for m in b]
+    reader.close()
+    times = [datetime.fromtimestamp(m[2] / 1000, UTC) for m in got]
+    make_table(
+        db,
+        "ticks",
+        [sa.Column("at", sa.DateTime(timezone=True), primary_key=True), sa.Column("n", sa.Integer)],
+        [{"at": t, "n": 5 if i == 1 else i} for i, t in enumerate(times)],
+    )
+    doc = {
+        "name": "ticks",
+        "truth": {"url": db, "table": "ticks"},
+        "projection": side(topic, fields={"at": "timestamp", "n": "$.n"}),
+        "key": ["at"],
+        "columns": ["n"],
+    }
+    result = audit(ctx, spec(doc))
+    assert [(f.kind.value, f.key["at"]) for f in result.findings] == [("mismatch", times[1])]
+    assert result.findings[0].projection is not None and result.findings[0].projection["_offset"] >= 0
+    again = audit(ctx, spec(doc), keys=[(times[1].isoformat(),)])
+    assert len(again.findings) == 1 and again.summary.compared == 1

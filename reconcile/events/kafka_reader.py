@@ -83,8 +83,10 @@ class KafkaTopicReader(TopicReader):
     def where(self) -> str:
         return f"kafka {mask_url(self.settings.bootstrap_servers)}"
 
-    def _fail(self, what: str, e: BaseException | str) -> SourceError:
-        text = str(e.args[0].str()) if hasattr(e, "args") and e.args and hasattr(e.args[0], "str") else str(e)
+    def _fail(self, what: str, e: BaseException) -> SourceError:
+        """One SourceError line for a KafkaException (its KafkaError's own text, not its repr)."""
+        err: Any = e.args[0] if e.args else None
+        text = str(err.str()) if err is not None and hasattr(err, "str") else str(e)
         return SourceError(f"{self.where}: {what}: {mask_url(text)}")
 
     # -- metadata --------------------------------------------------------------------------

@@ -13,8 +13,9 @@ rows go to a temporary SQLite file (``$TMPDIR``), in batches, so memory stays bo
 long the topic is: SQLite keeps at most ``cache_mb`` (default 64 MiB,
 ``RECONCILE_TOPIC_CACHE_MB``) of it in memory and spills the rest to disk. From there the rows are
 streamed back ordered by the canonical key exactly like a SQL side — this class *is* a
-:class:`~reconcile.sources.sql.SqlSource` over that file — so the diff, ``--keys``, the recheck,
-``where:`` filters (SQLite SQL over the field names) and key ranges work unchanged.
+:class:`~reconcile.sources.sql.SqlSource` over that file, and runs that reader's own statement
+on a plain sqlite3 cursor — so the diff, ``--keys``, the recheck, ``where:`` filters (SQLite
+SQL over the field names) and key ranges work unchanged.
 
 * A message whose value is not valid JSON (when a JSON field needs it) is counted and reported
   with its partition and offset; it makes no row. So is a message whose key field cannot be read
@@ -81,8 +82,15 @@ _PART_TYPES: dict[str, Callable[[], Any]] = {
     "offset": sa.BigInteger,
     "timestamp": sa.DateTime,
 }
-_JSON, _HEADER, _KEY, _PARTITION, _OFFSET = range(5)
-_CODES = {"json": _JSON, "header": _HEADER, "key": _KEY, "partition": _PARTITION, "offset": _OFFSET}
+_JSON, _HEADER, _KEY, _PARTITION, _OFFSET, _TIMESTAMP = range(6)
+_CODES = {
+    "json": _JSON,
+    "header": _HEADER,
+    "key": _KEY,
+    "partition": _PARTITION,
+    "offset": _OFFSET,
+    "timestamp": _TIMESTAMP,
+}
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
@@ -364,6 +372,11 @@ class TopicSource(SqlSource):
     def load(self, plan: ReadPlan) -> None:
         """Read the extent into the spill, once; later plans must key the rows the same way."""
         layout = _Layout(tuple(plan.key), tuple(plan.kinds), plan.changed_at)
+        if "_timestamp" in layout.key:
+            raise SpecError(
+                f"spec: key: {self.role} topic {self.topic} cannot be keyed by _timestamp "
+                "(add a field `at: timestamp` and key by it)"
+            )
         if self._layout is not None:
             if (layout.key, layout.kinds) != (self._layout.key, self._layout.kinds):
                 raise SourceError(
@@ -390,14 +403,16 @@ class TopicSource(SqlSource):
         self.stats.spill_bytes = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         types = dict(self.columns())
         for name, kind in zip(layout.key, layout.kinds, strict=True):
-            if name in self.fields and self.fields[name].part != "timestamp":
+            if name in self.fields:
                 types[name] = _KIND_TYPES[kind]()
         self._types = types
 
     def _fill(self, conn: sqlite3.Connection, layout: _Layout) -> None:
         side, stats = self.topic_side, self.stats
         latest = side.latest_per_key
-        generated = [n for n, f in self.fields.items() if f.part == "timestamp"]
+        # Timestamp fields are computed from the stored milliseconds when read, unless one is
+        # (part of) the key: then it is stored canonical, like every key column.
+        generated = [n for n, f in self.fields.items() if f.part == "timestamp" and n not in layout.key]
         stored = [n for n in self.fields if n not in generated]
         cols = [
             "_partition INTEGER",
@@ -432,27 +447,31 @@ class TopicSource(SqlSource):
             fresh in self.fields and self.fields[fresh].part == "timestamp"
         )
         conn.execute("BEGIN")
+        simple = committed is None and fresh is None and not latest
         for batch in self.reader.read(self.extent, batch=self.chunk_rows):
             stats.messages += len(batch)
+            if simple:  # the common case: the extractor's rows go in as they are
+                conn.executemany(insert, [r for r in map(extract, batch) if r is not None])
+                continue
             out: list[tuple[Any, ...]] = []
             for msg in batch:
-                p, o, ms, key, value = msg[0], msg[1], msg[2], msg[3], msg[4]
-                if value is None:
-                    stats.tombstones += 1
-                values = extract(msg)
-                if values is None:
+                row = extract(msg)
+                if row is None:
                     continue
+                p, o, ms = row[0], row[1], row[2]
                 if committed is not None and o >= committed.get(p, -1):
                     changed: Any = _IN_FLIGHT_TEXT
                     stats.in_flight += 1
                 elif fresh_index is not None:
-                    changed = values[fresh_index]
+                    changed = row[4 + fresh_index]
                 elif fresh_is_time:  # _timestamp or a timestamp field: the message time
                     changed = _iso(ms)
                 else:
                     changed = None
-                row = (p, o, ms, changed, *values)
+                if changed is not None:
+                    row = (p, o, ms, changed, *row[4:])
                 if latest:
+                    key, value = msg[3], msg[4]
                     if key is None:
                         stats.unkeyed += 1
                         continue
@@ -482,7 +501,8 @@ class TopicSource(SqlSource):
     def _extractor(
         self, stored: Sequence[str], key_kind: dict[str, str]
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...] | None]:
-        """A function from one raw message to its stored field values (None: not a row).
+        """A function from one raw message to its spill row: partition, offset, timestamp (ms),
+        change time (None; the caller sets it), then the stored field values. None: not a row.
 
         It runs once per message, so it dispatches on small ints and keeps the common cases
         (plain JSON member paths, text and integer keys) free of calls.
@@ -498,7 +518,9 @@ class TopicSource(SqlSource):
         big = 2**63
 
         def extract(msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            p, o, _ms, key, value, raw_headers = msg
+            p, o, ms, key, value, raw_headers = msg
+            if value is None:
+                stats.tombstones += 1
             doc: Any = None
             if value is not None and needs_json:
                 try:
@@ -508,7 +530,7 @@ class TopicSource(SqlSource):
                     if len(stats.invalid) < SAMPLES:
                         stats.invalid.append({"partition": p, "offset": o, "error": str(e)[:200]})
                     return None
-            out: list[Any] = []
+            out: list[Any] = [p, o, ms, None]  # position, time, change time (set by the caller)
             binary: bool | None = None  # a binary-mode CloudEvent? decided once, on the first miss
             for i, (code, arg, kind) in enumerate(specs):
                 if code == _JSON:
@@ -538,14 +560,16 @@ class TopicSource(SqlSource):
                     x = key if key is None or key.__class__ is str else bytes(key).decode("utf-8", "replace")
                 elif code == _PARTITION:
                     x = p
-                else:
+                elif code == _OFFSET:
                     x = o
+                else:  # a timestamp field that is a key column
+                    x = datetime.fromtimestamp(ms / 1000, UTC) if ms is not None and ms >= 0 else None
                 if kind is None:
                     t = x.__class__
                     if t is dict or t is list or (t is int and not -big <= x < big):
                         x = _store_value(x)
                         if x.__class__ is bytes:
-                            blobs.add(stored[i])
+                            blobs.add(stored[i])  # i: the field's index in ``stored``
                 elif x is not None and not (
                     (kind == "text" and x.__class__ is str)
                     or (kind == "int" and x.__class__ is int and -big <= x < big)
