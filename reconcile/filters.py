@@ -3,8 +3,11 @@
 A filter is user input that ends up inside a query on somebody's production database, so it is
 parsed with a SQL parser (sqlglot) and accepted only when it is **one boolean expression** made
 of the spec's columns, literals, comparisons (``= <> < <= > >=``, ``BETWEEN``, ``IN (...)``
-literals, ``LIKE``, ``IS [NOT] NULL``), ``AND`` / ``OR`` / ``NOT``, arithmetic and the functions
-of :data:`FUNCTIONS`. Anything else — a second statement, a subquery, a cast, any other
+literals, ``LIKE``, ``IS [NOT] NULL``), ``AND`` / ``OR`` / ``NOT``, arithmetic, the functions
+of :data:`FUNCTIONS` and the current time (``now()``, ``current_timestamp``, ``current_date``,
+optionally minus or plus an ``interval '24 hours'``: a window such as
+``created_at > now() - interval '24 hours'``). The current time is taken once, in Python, when
+the filter is built, and bound as a value, so every database reads the same instant. Anything else — a second statement, a subquery, a cast, any other
 function (``nextval``, ``pg_sleep``...), a qualified or unknown column — is refused with one line
 naming what and why.
 
@@ -16,8 +19,10 @@ escape its parentheses whatever it contains.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -178,6 +183,11 @@ def _check_value(node: Any, used: set[str]) -> None:
     t: dict[str, Any] = _types()
     if node is None:
         raise ValueError("an incomplete expression")
+    if _is_time(node):
+        _time_value(node)  # raises ValueError for an interval it cannot read
+        return
+    if isinstance(node, exp.Interval):
+        raise ValueError("an interval can only be added to or subtracted from now() or current_date")
     if isinstance(node, exp.Column):
         if node.args.get("table") or node.args.get("db") or node.args.get("catalog"):
             raise ValueError(f"column {node.sql()} is qualified; write the bare column name")
@@ -245,6 +255,11 @@ def _build(node: Any, column: Callable[[str], sa.ColumnElement[Any]], literal: b
         return sa.or_(b(node.this), b(node.expression))
     if isinstance(node, exp.Not):
         return sa.not_(b(node.this))
+    if _is_time(node):
+        value = _time_value(node)
+        if literal:
+            return sa.literal(value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat())
+        return sa.literal(value, sa.DateTime(timezone=True) if isinstance(value, datetime) else sa.Date())
     if isinstance(node, exp.Paren):
         inner = b(node.this)
         return inner.self_group() if hasattr(inner, "self_group") else inner
@@ -289,3 +304,62 @@ def _build(node: Any, column: Callable[[str], sa.ColumnElement[Any]], literal: b
         if isinstance(node, kind):
             return getattr(sa.func, fname)(b(node.this))
     raise SpecError(f"filter: {_name(node)} cannot be built")  # unreachable after _check
+
+
+# -- the current time -----------------------------------------------------------------------
+_UNITS = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 7 * 86400,
+}
+
+
+def _is_now(node: Any) -> bool:
+    from sqlglot import exp
+
+    if isinstance(node, exp.Paren):
+        return _is_now(node.this)
+    if isinstance(node, exp.CurrentTimestamp | exp.CurrentDate):
+        return True
+    return isinstance(node, exp.Anonymous) and str(node.this).lower() == "now" and not node.expressions
+
+
+def _is_time(node: Any) -> bool:
+    """``now()`` / ``current_timestamp`` / ``current_date``, or one of them ± intervals."""
+    from sqlglot import exp
+
+    if _is_now(node):
+        return True
+    if isinstance(node, exp.Add | exp.Sub) and isinstance(node.expression, exp.Interval):
+        return _is_time(node.this)
+    return False
+
+
+def _interval(node: Any) -> timedelta:
+    """``interval '24 hours'``, ``interval '1' day``, ``interval 90 minute``..."""
+    text = str(node.this.this if node.this is not None else "").strip()
+    unit = str(node.args["unit"].this if node.args.get("unit") is not None else "").strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", text)
+    if not m:
+        raise ValueError(f"interval {text!r}: expected a number and a unit, such as '24 hours'")
+    amount, word = float(m.group(1)), (unit or m.group(2)).lower().removesuffix("s")
+    if word not in _UNITS:
+        raise ValueError(f"interval unit {word or '(none)'!r} is not one of {', '.join(_UNITS)}")
+    return timedelta(seconds=amount * _UNITS[word])
+
+
+def _time_value(node: Any, now: datetime | None = None) -> datetime | date:
+    from sqlglot import exp
+
+    now = now or datetime.now(UTC)
+    if isinstance(node, exp.Paren):
+        return _time_value(node.this, now)
+    if isinstance(node, exp.CurrentDate):
+        return now.date()
+    if _is_now(node):
+        return now
+    base = _time_value(node.this, now)
+    step = _interval(node.expression)
+    return base + step if isinstance(node, exp.Add) else base - step

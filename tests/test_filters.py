@@ -61,3 +61,39 @@ def test_literal_rendering_escapes_quotes() -> None:
     stmt = sa.select(t).where(f.to_sql(lambda n: t.c[n], literal=True))
     sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
     assert "t.title = 'it''s' OR t.title = 'x'')--'" in sql
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("title > on_hand - interval '1 day'", "an interval can only be added to or subtracted from now"),
+        ("title > now() - interval 'soon'", "expected a number and a unit"),
+        ("title > now() - interval '3 fortnights'", "interval unit 'fortnight'"),
+        ("title > now(1)", r"function now\(\) is not allowed"),
+    ],
+)
+def test_time_windows_refused_with_a_reason(text: str, why: str) -> None:
+    with pytest.raises(SpecError, match=why):
+        parse_filter(text, columns=COLUMNS)
+
+
+def test_a_time_window_selects_the_recent_rows_on_a_real_database(tmp_path: object) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    engine = sa.create_engine("sqlite://")
+    meta = sa.MetaData()
+    t = sa.Table("t", meta, sa.Column("id", sa.Integer), sa.Column("created_at", sa.DateTime))
+    meta.create_all(engine)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    ages = {1: timedelta(days=3), 2: timedelta(hours=25), 3: timedelta(hours=23), 4: timedelta(minutes=1)}
+    with engine.begin() as c:
+        c.execute(t.insert(), [{"id": i, "created_at": now - age} for i, age in ages.items()])
+    for text, want in [
+        ("created_at > now() - interval '24 hours'", [3, 4]),
+        ("created_at > current_timestamp - interval 2 day", [2, 3, 4]),
+        ("created_at <= now() - interval '1' hour AND id > 1", [2, 3]),
+    ]:
+        f = parse_filter(text, columns=["id", "created_at"])
+        with engine.connect() as c:
+            got = c.execute(sa.select(t.c.id).where(f.to_sql(lambda n: t.c[n])).order_by(t.c.id)).scalars()
+            assert list(got) == want, text

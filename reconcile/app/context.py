@@ -121,6 +121,7 @@ class Context:
     started_by: str | None = None
     _store: Store | None = field(default=None, repr=False)
     _transports: dict[str, Transport] = field(default_factory=dict, repr=False)
+    _conns: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, store: Store, **settings: Any) -> Context:
@@ -142,9 +143,17 @@ class Context:
     # -- sides -----------------------------------------------------------------------------
     def side_url(self, side: Side) -> str | None:
         """A side's database URL: its ``conn_id`` resolved, else its ``url`` (None for a topic side)."""
+        if side.topic:
+            return None
         if side.conn_id:
-            return self.resolve_conn(side.conn_id)
+            return self.conn_url(side.conn_id)
         return side.url
+
+    def conn_url(self, conn_id: str) -> str:
+        """A connection's URL, looked up once per context (an Airflow lookup can be a database query)."""
+        if conn_id not in self._conns:
+            self._conns[conn_id] = self.resolve_conn(conn_id)
+        return self._conns[conn_id]
 
     def urls(self, spec: Spec) -> dict[str, str | None]:
         """``truth_url`` / ``projection_url`` of a spec, resolved."""
@@ -176,7 +185,7 @@ class Context:
         if side.bootstrap:
             settings = KafkaSettings(side.bootstrap, dict(self.kafka_settings().extra))
         elif side.conn_id:
-            settings = settings_from_uri(self.resolve_conn(side.conn_id), self.kafka_settings())
+            settings = settings_from_uri(self.conn_url(side.conn_id), self.kafka_settings())
         else:
             settings = self.kafka_settings()
         return open_reader("kafka", kafka=settings, timeout_s=self.kafka_timeout_s)
