@@ -7,9 +7,10 @@ literals, ``LIKE``, ``IS [NOT] NULL``), ``AND`` / ``OR`` / ``NOT``, arithmetic, 
 of :data:`FUNCTIONS` and the current time (``now()``, ``current_timestamp``, ``current_date``,
 optionally minus or plus an ``interval '24 hours'``: a window such as
 ``created_at > now() - interval '24 hours'``). The current time is taken once, in Python, when
-the filter is built, and bound as a value, so every database reads the same instant. Anything else — a second statement, a subquery, a cast, any other
-function (``nextval``, ``pg_sleep``...), a qualified or unknown column — is refused with one line
-naming what and why.
+the filter is built, and bound as a value, so every database reads the same instant.
+
+Anything else — a second statement, a subquery, a cast, any other function (``nextval``,
+``pg_sleep``...), a qualified or unknown column — is refused with one line naming what and why.
 
 An accepted filter is rebuilt as a SQLAlchemy expression over one side's columns (with that
 side's names, quoted by its dialect) and its literals become bound parameters, so it cannot
