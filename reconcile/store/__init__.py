@@ -26,7 +26,7 @@ from ..errors import StoreError, mask_url
 from ..findings import Finding, FindingKind, FindingStatus, Summary
 from ..lifecycle import Stored, plan_run
 from . import schema
-from .port import OutboxEntry, OutboxRow, PreflightRecord, RunRecord, Store
+from .port import Claim, OutboxEntry, OutboxRow, PreflightRecord, RunRecord, Store
 from .schema import findings as F
 from .schema import locks as L
 from .schema import outbox as O
@@ -41,6 +41,7 @@ __all__ = [
     "OutboxRow",
     "OutboxEntry",
     "PreflightRecord",
+    "Claim",
     "ACTIVE",
 ]
 
@@ -113,6 +114,7 @@ class AuditStore(Store):
             ) from None
         self._migrated = False
         self._lock_rows: set[str] = set()
+        self._parked: set[str] = set()
 
     @property
     def display(self) -> str:
@@ -512,12 +514,22 @@ class AuditStore(Store):
                     for e in entries
                 ],
             )
+            parked = [e.key_id for e in entries if e.event_id in self._parked]
             self._set_status(
                 conn,
                 spec,
-                [e.key_id for e in entries],
+                [e.key_id for e in entries if e.event_id not in self._parked],
                 FindingStatus.CORRECTING,
                 note=note,
+                only_from=[FindingStatus.OPEN.value],
+            )
+            # Its event is parked (the broker refused it for good): sending it again cannot heal.
+            self._set_status(
+                conn,
+                spec,
+                parked,
+                FindingStatus.OPEN,
+                note="its corrective event is parked in the outbox (see `reconcile health`)",
                 only_from=[FindingStatus.OPEN.value],
             )
         return entries, written
@@ -561,10 +573,14 @@ class AuditStore(Store):
             return 0
         existing: set[str] = set()
         ids = [r["event_id"] for r in rows]
+        self._parked = set()
         for i in range(0, len(ids), 1000):
-            existing.update(
-                conn.execute(sa.select(O.c.event_id).where(O.c.event_id.in_(ids[i : i + 1000]))).scalars()
-            )
+            for event_id, dead_at in conn.execute(
+                sa.select(O.c.event_id, O.c.dead_at).where(O.c.event_id.in_(ids[i : i + 1000]))
+            ):
+                existing.add(event_id)
+                if dead_at is not None:
+                    self._parked.add(event_id)
         fresh = [r for r in rows if r["event_id"] not in existing]
         if fresh:
             try:
@@ -578,7 +594,7 @@ class AuditStore(Store):
     def unsent(self, limit: int, spec: str | None = None, after_id: int = 0) -> list[OutboxRow]:
         """The oldest unsent outbox rows (optionally of one spec)."""
         with self._begin() as conn:
-            q = sa.select(O).where(O.c.sent_at.is_(None), O.c.id > after_id)
+            q = sa.select(O).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None), O.c.id > after_id)
             if spec:
                 q = q.where(O.c.spec == spec)
             # fetchall in one go: iterating the result would fetch row by row
@@ -614,11 +630,70 @@ class AuditStore(Store):
     def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
         """(number of unsent rows, creation time of the oldest) — the relay's health."""
         with self._begin() as conn:
-            q = sa.select(sa.func.count(), sa.func.min(O.c.created_at)).where(O.c.sent_at.is_(None))
+            q = sa.select(sa.func.count(), sa.func.min(O.c.created_at)).where(
+                O.c.sent_at.is_(None), O.c.dead_at.is_(None)
+            )
             if spec:
                 q = q.where(O.c.spec == spec)
             n, oldest = conn.execute(q).one()
             return int(n), _aware(oldest)
+
+    def dead_letters(self, spec: str | None = None, limit: int = 20) -> tuple[int, list[OutboxRow]]:
+        """(parked rows, the oldest ``limit`` of them with their errors)."""
+        with self._begin() as conn:
+            q = sa.select(sa.func.count()).select_from(O).where(O.c.dead_at.is_not(None))
+            rows = sa.select(O).where(O.c.dead_at.is_not(None))
+            if spec:
+                q, rows = q.where(O.c.spec == spec), rows.where(O.c.spec == spec)
+            n = int(conn.execute(q).scalar() or 0)
+            return n, [_outbox_row(r) for r in conn.execute(rows.order_by(O.c.id).limit(limit)).all()]
+
+    def claim(self, limit: int, spec: str | None = None) -> Claim:
+        """Take up to ``limit`` unsent rows for one relay, so no other relay takes them too.
+
+        PostgreSQL/MySQL: the rows are locked (``FOR UPDATE SKIP LOCKED``) in a transaction the
+        claim holds until :meth:`Claim.close`; other relays skip them, and a relay that dies
+        releases them at once. SQLite: relays take turns, one claim at a time, under an OS file
+        lock beside the database.
+        """
+        from .claims import open_claim
+
+        self.migrate()
+        return open_claim(self, limit, spec)
+
+    def _reject(
+        self, conn: Connection, errors: dict[int, str], max_attempts: int, now: datetime
+    ) -> list[int]:
+        """Count a refused attempt on each row (with its error); park the rows that reached
+        ``max_attempts`` (``dead_at``) and send their findings back to ``open`` with the reason.
+        Returns the ids parked."""
+        if not errors:
+            return []
+        conn.execute(
+            O.update()
+            .where(O.c.id == sa.bindparam("_id"))
+            .values(attempts=O.c.attempts + 1, last_error=sa.bindparam("_error")),
+            [{"_id": i, "_error": e[:2000]} for i, e in errors.items()],
+        )
+        dead = conn.execute(
+            sa.select(O.c.id, O.c.spec, O.c.finding_id, O.c.last_error).where(
+                O.c.id.in_(list(errors)), O.c.attempts >= max_attempts
+            )
+        ).all()
+        if not dead:
+            return []
+        conn.execute(O.update().where(O.c.id.in_([d.id for d in dead])).values(dead_at=now))
+        for d in dead:
+            if d.finding_id is not None:
+                conn.execute(
+                    F.update()
+                    .where(F.c.id == d.finding_id, F.c.status == FindingStatus.CORRECTING.value)
+                    .values(
+                        status=FindingStatus.OPEN.value,
+                        note=f"correction parked in the outbox (row {d.id}): {d.last_error}"[:2000],
+                    )
+                )
+        return [d.id for d in dead]
 
     # -- preflight gates -----------------------------------------------------------------
     def record_preflight(
@@ -667,6 +742,9 @@ def _outbox_row(r: Any) -> OutboxRow:
         payload=r.payload,
         created_at=_aware(r.created_at),  # type: ignore[arg-type]
         sent_at=_aware(r.sent_at),
+        attempts=r.attempts or 0,
+        last_error=r.last_error,
+        dead_at=_aware(r.dead_at),
     )
 
 

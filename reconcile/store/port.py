@@ -18,7 +18,7 @@ from typing import Any
 from ..findings import Finding, FindingStatus, Summary
 from ..lifecycle import ACTIVE
 
-__all__ = ["Store", "RunRecord", "OutboxRow", "OutboxEntry", "PreflightRecord"]
+__all__ = ["Store", "RunRecord", "OutboxRow", "OutboxEntry", "PreflightRecord", "Claim"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,32 @@ class OutboxRow:
     payload: str | None
     created_at: datetime
     sent_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    dead_at: datetime | None = None
+
+
+class Claim(ABC):
+    """Outbox rows one relay took (:meth:`Store.claim`): no other relay publishes them."""
+
+    rows: list[OutboxRow]
+
+    @abstractmethod
+    def sent(self, ids: Sequence[int]) -> None:
+        """Mark rows sent (only rows their destination confirmed)."""
+
+    @abstractmethod
+    def failed(self, ids: Sequence[int], error: str) -> None:
+        """Count a failed attempt (the broker was unreachable...) on rows that stay unsent."""
+
+    @abstractmethod
+    def rejected(self, errors: dict[int, str], max_attempts: int) -> list[int]:
+        """Count a refused attempt (row id -> the broker's reason); park the rows at
+        ``max_attempts``; the ids parked."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the rows (commit what was marked)."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +216,15 @@ class Store(ABC):
 
     @abstractmethod
     def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
-        """(unsent rows, creation time of the oldest)."""
+        """(unsent rows that are not parked, creation time of the oldest)."""
+
+    @abstractmethod
+    def dead_letters(self, spec: str | None = None, limit: int = 20) -> tuple[int, list[OutboxRow]]:
+        """(parked rows: refused by the broker for good, the oldest ``limit`` of them)."""
+
+    @abstractmethod
+    def claim(self, limit: int, spec: str | None = None) -> Claim:
+        """Take up to ``limit`` unsent, unparked rows (oldest first) for one relay."""
 
     # -- preflight gates -----------------------------------------------------------------
     @abstractmethod
