@@ -4,8 +4,8 @@ healing, and two relays never publish one row twice."""
 from __future__ import annotations
 
 import json
-import secrets
 import os
+import secrets
 import subprocess
 import sys
 import uuid
