@@ -181,10 +181,27 @@ def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
     return t
 
 
-def print_run(result: RunResult, fmt: str) -> None:
+def _print_run_json(result: RunResult, store: Any = None, confirm_runs: int = 1) -> None:
+    """The audit's JSON document; a huge run's findings are streamed from the store, page by
+    page, so printing a million of them keeps memory flat."""
+    doc = result.to_dict()
+    if not result.truncated or store is None:
+        _print_json(doc)
+        return
+    doc.pop("findings_truncated", None)
+    head = json.dumps({**doc, "findings": []}, indent=2, default=str)
+    before, _, after = head.partition('"findings": []')
+    sys.stdout.write(before + '"findings": [')
+    for i, f in enumerate(store.iter_run_findings(result.spec, result.run_id, confirm_runs)):
+        sys.stdout.write(("," if i else "") + "\n    " + json.dumps(f.to_dict(), default=str))
+    sys.stdout.write("\n  ]" + after + "\n")
+    sys.stdout.flush()
+
+
+def print_run(result: RunResult, fmt: str, store: Any = None, confirm_runs: int = 1) -> None:
     """Show one audit result as a table or as the JSON document of the contract."""
     if fmt == "json":
-        _print_json(result.to_dict())
+        _print_run_json(result, store, confirm_runs)
         return
     s = result.summary
     verdict = "drift found" if result.exit_code else "no drift"
@@ -261,7 +278,7 @@ def audit(
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
             result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy, wait=wait)
-        print_run(result, fmt)
+        print_run(result, fmt, ctx.store, s.freshness.confirm_runs)
     raise typer.Exit(result.exit_code)
 
 

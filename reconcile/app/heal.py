@@ -433,7 +433,7 @@ class HealResult:
     def exit_code(self) -> int:
         if self.error is not None:
             return self.error.exit_code
-        if not self.audit.actionable:
+        if not self.audit.exit_code:
             return 0
         if self.verify is not None:
             return self.verify.exit_code
@@ -483,7 +483,7 @@ def heal(
         gate_summary = {"id": passed.id, "success": passed.success, "seconds": round(passed.seconds, 3)}
     result = audit(ctx, spec, keys=keys, where=where, on_row=on_row, wait=wait)
     outcome = HealResult(result, preflight=gate_summary)
-    if not result.actionable or spec.correction is None:
+    if not result.exit_code or spec.correction is None:
         return outcome
     try:
         outcome.correction = correct(ctx, spec, dry_run=dry_run, force=force)

@@ -164,6 +164,10 @@ class Store(ABC):
         """A spec's findings last seen by a run, in a status."""
 
     @abstractmethod
+    def iter_run_findings(self, spec: str, run_id: str, confirm_runs: int = 1) -> Iterable[Finding]:
+        """Every confirmed finding a run saw, oldest first, read page by page (flat memory)."""
+
+    @abstractmethod
     def correct(
         self,
         spec: str,
