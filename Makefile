@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export RECONCILE_TEST_PG_URL ?= postgresql://postgres:postgres@127.0.0.1:5432/postgres
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: help venv demo test unit integration lint services services-down services-status lock bench clean airflow
+.PHONY: help venv debs demo test unit integration lint services services-down services-status lock bench clean airflow
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[airflow,dev]'
 	$(BIN)/python -m pip check
 	@touch $@
+
+debs:  ## install Debian's chromium and prometheus (promtool) when absent: the dashboard's tests drive them
+	scripts/debs.sh
 
 demo: $(STAMP)  ## run the inventory-desync story on the embedded default (no services needed)
 	$(BIN)/reconcile demo
@@ -44,14 +47,15 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check reconcile tests dags checks bench
 	$(BIN)/mypy
 
-unit: $(STAMP)  ## the unit tests alone (no services)
+unit: $(STAMP) debs  ## the unit tests alone (no services)
 	$(BIN)/pytest -m "not integration and not airflow" -q
 
 integration: $(STAMP) services  ## the tests against real PostgreSQL and Kafka
 	$(BIN)/pytest -m "integration or airflow" -q
 
-test: $(STAMP) services lint  ## set up everything and run the whole suite
+test: $(STAMP) debs services lint  ## set up everything and run the whole suite
 	$(BIN)/reconcile check-schemas checks/schemas --format table
+	promtool test rules docker/prometheus/alerts.test.yml
 	$(BIN)/pytest -q
 
 lock:  ## re-resolve the dependencies in a scratch venv and rewrite constraints.txt
@@ -64,11 +68,13 @@ bench: $(STAMP) services  ## run the benchmarks (see bench/README.md)
 	$(BIN)/python bench/run.py
 
 # Airflow opens three ports: AIRFLOW_PORT (API and UI, default 8080; tasks call its execution API),
-# AIRFLOW_WORKER_LOG_PORT (8793) and AIRFLOW_TRIGGER_LOG_PORT (8794), its log servers. Set them in
-# the environment or on the command line; scripts/airflow.sh derives every Airflow setting from them.
-airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/; AIRFLOW_PORT=... moves it
+# AIRFLOW_WORKER_LOG_PORT (8793) and AIRFLOW_TRIGGER_LOG_PORT (8794), its log servers; the dashboard
+# beside it listens on RECONCILE_DASHBOARD_PORT (8765). Set them in the environment or on the command
+# line; scripts/airflow.sh derives every Airflow setting from them.
+airflow: $(STAMP) services  ## a local Airflow (standalone) with dags/ and specs/, and the dashboard beside it
 	AIRFLOW_PORT=$(AIRFLOW_PORT) AIRFLOW_WORKER_LOG_PORT=$(AIRFLOW_WORKER_LOG_PORT) \
-	AIRFLOW_TRIGGER_LOG_PORT=$(AIRFLOW_TRIGGER_LOG_PORT) scripts/airflow.sh standalone
+	AIRFLOW_TRIGGER_LOG_PORT=$(AIRFLOW_TRIGGER_LOG_PORT) RECONCILE_DASHBOARD_PORT=$(RECONCILE_DASHBOARD_PORT) \
+	scripts/airflow.sh standalone
 
 clean:  ## remove caches and local state (not .venv or the services' data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache gx-docs reconcile-store.db

@@ -57,6 +57,13 @@ _SPEC_PARAM = (
         "dry_run": Param(True, type="boolean", description="show corrections without writing them"),
         "force": Param(False, type="boolean", description="correct even past the blast-radius guard"),
         "verify": Param(True, type="boolean", description="wait for the projector and re-check the keys"),
+        "verify_timeout_s": Param(
+            None,
+            type=["null", "number"],
+            minimum=1,
+            description="how long verify waits for the projector, seconds "
+            "(default: the spec's correction.verify_timeout)",
+        ),
     },
 )
 def reconcile_on_demand() -> None:
@@ -79,15 +86,15 @@ def reconcile_on_demand() -> None:
         return on_demand.relay(corrected, params or {})
 
     @task(execution_timeout=timedelta(minutes=10))
-    def verify(corrected: dict, relayed: dict, params: dict | None = None) -> dict:
+    def verify(run: dict, corrected: dict, relayed: dict, params: dict | None = None) -> dict:
         from reconcile_dags import on_demand
 
-        return on_demand.verify(corrected, relayed, params or {})
+        return on_demand.verify(run, corrected, relayed, params or {})
 
     run = audit()
     corrected = correct(run)
     relayed = relay(corrected)
-    verify(corrected, relayed)
+    verify(run, corrected, relayed)
 
 
 reconcile_on_demand()

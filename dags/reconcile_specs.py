@@ -107,10 +107,10 @@ def build(dag_id: str, entry) -> object:  # noqa: ANN001 - a discover.SpecEntry
             return runtime.relay(path, corrected)
 
         @task(retries=1, execution_timeout=timedelta(minutes=10))
-        def verify(corrected: dict, relayed: dict) -> dict:
+        def verify(run: dict, corrected: dict, relayed: dict) -> dict:
             from reconcile_dags import runtime
 
-            return runtime.verify(path, corrected, relayed)
+            return runtime.verify(path, run, corrected, relayed)
 
         @task(retries=0)
         def report(run: dict, corrected: dict, relayed: dict, verified: dict) -> dict:
@@ -129,11 +129,48 @@ def build(dag_id: str, entry) -> object:  # noqa: ANN001 - a discover.SpecEntry
             checked >> run
         corrected = correct(run)
         relayed = relay(corrected)
-        verified = verify(corrected, relayed)
+        verified = verify(run, corrected, relayed)
         report(run, corrected, relayed, verified)
 
     return spec_dag()
 
 
+def build_invalid(dag_id: str, path: str, reason: str) -> object:
+    """A spec that does not load gets a DAG that fails with the reason, so it cannot vanish."""
+
+    @dag(
+        dag_id=dag_id,
+        description=f"INVALID spec {path}: {reason}"[:500],
+        schedule="@hourly",
+        start_date=datetime(2025, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args={"owner": "reconcile", "retries": 0},
+        tags=["reconcile", "invalid-spec"],
+        doc_md=f"**This spec does not load.** `{path}`: {reason}\n\n"
+        "Fix the file; `reconcile validate` checks it.",
+    )
+    def invalid_spec_dag() -> None:
+        @task
+        def invalid_spec() -> None:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"invalid spec {path}: {reason}")
+
+        invalid_spec()
+
+    return invalid_spec_dag()
+
+
+def _invalid() -> list:
+    from pathlib import Path
+
+    from reconcile_dags.discover import dag_id, list_invalid
+
+    return [(dag_id("invalid_" + Path(p).stem), p, why) for p, why in list_invalid()]
+
+
 for _dag_id, _entry in _specs():
     globals()[_dag_id] = build(_dag_id, _entry)
+for _dag_id, _path, _why in _invalid():
+    globals()[_dag_id] = build_invalid(_dag_id, _path, _why)

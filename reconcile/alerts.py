@@ -10,14 +10,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Alert", "drift_alert", "guard_alert", "preflight_alert", "health_alert"]
+__all__ = [
+    "Alert",
+    "drift_alert",
+    "guard_alert",
+    "preflight_alert",
+    "health_alert",
+    "verify_alert",
+    "resolved_alert",
+]
 
 
 @dataclass(frozen=True)
 class Alert:
     """One notification: a title, a few lines, the counts, and some findings as examples."""
 
-    event: str  # drift | guard | preflight | health
+    event: str  # drift | guard | preflight | health | verify | resolved
     spec: str
     title: str
     lines: tuple[str, ...] = ()
@@ -117,3 +125,22 @@ def preflight_alert(spec: str, message: str) -> Alert:
 
 def health_alert(spec: str, problems: Sequence[str], counts: Mapping[str, Any] | None = None) -> Alert:
     return Alert("health", spec, f"reconcile {spec}: unhealthy", tuple(problems), dict(counts or {}))
+
+
+def verify_alert(spec: str, message: str) -> Alert:
+    """verify cannot tell: the projector has not consumed the corrections (lag is not drift)."""
+    return Alert(
+        "verify",
+        spec,
+        f"reconcile {spec}: cannot verify, the projector lags",
+        (
+            message,
+            "Check that the projector is running; the corrections stay `correcting` until it catches up.",
+        ),
+    )
+
+
+def resolved_alert(spec: str, run: Mapping[str, Any], line: str) -> Alert:
+    """A healed incident: the drift was corrected and verified (sent only when `on:` asks for it)."""
+    base = drift_alert(spec, run, 0)
+    return Alert("resolved", spec, f"reconcile {spec}: drift healed and verified", (line,), base.counts)

@@ -89,11 +89,11 @@ def _errors() -> Iterator[None]:
         _fail(f"unexpected {type(e).__name__}: {e} (set RECONCILE_DEBUG=1 for a traceback)")
 
 
-def _format(fmt: str | None) -> str:
+def _format(fmt: str | None, allowed: tuple[str, ...] = ("table", "json")) -> str:
     if fmt is None:
         return "table" if sys.stdout.isatty() else "json"
-    if fmt not in ("table", "json"):
-        _fail(f"--format: {fmt!r} is not one of table, json")
+    if fmt not in allowed:
+        _fail(f"--format: {fmt!r} is not one of {', '.join(allowed)}")
     return fmt
 
 
@@ -103,9 +103,10 @@ def _spec(path: str) -> Spec:
 
 def _context(store: str | None, bootstrap: str | None = None, timeout_s: float | None = None) -> Context:
     """The one place the CLI resolves where state and events live (flags over environment)."""
-    from .app import Context
+    from .app.context import Context, started_by_env
 
-    ctx = Context(store_url=store)
+    # Airflow's BashOperator running this CLI on a schedule is the schedule, not a person.
+    ctx = Context(store_url=store, started_by=started_by_env() or "cli")
     if bootstrap is not None:
         from .events.kafka import KafkaSettings
 
@@ -166,18 +167,44 @@ def _value(v: Any) -> str:
     return "NULL" if v is None else _cut(str(v))
 
 
+_LOCATION = ("_partition", "_offset", "_timestamp", "_copies")  # where a topic side's message sits
+
+
+def _at(f: Finding) -> str:
+    """``p1@42`` (or every copy) for a finding on a topic side, else ""."""
+    out = []
+    for side in (f.truth, f.projection):
+        if side and "_partition" in side:
+            copies = side.get("_copies") or [{"partition": side["_partition"], "offset": side["_offset"]}]
+            out.append(", ".join(f"p{c['partition']}@{c['offset']}" for c in copies))
+    return "; ".join(out)
+
+
 def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
     t = Table(show_lines=False, pad_edge=False)
-    for col in ("kind", "key", "columns", "truth", "projection", "status", "seen"):
+    located = any(_at(f) for f in findings[:limit])
+    for col in (
+        "kind",
+        "key",
+        "columns",
+        "truth",
+        "projection",
+        *(["at"] if located else []),
+        "status",
+        "seen",
+    ):
         t.add_column(col, overflow="fold")
     for f in findings[:limit]:
         key = ", ".join(f"{k}={_value(v)}" for k, v in f.key.items())
-        cols = list(f.columns) or list((f.truth or f.projection or {}).keys())
+        cols = list(f.columns) or [c for c in (f.truth or f.projection or {}) if c not in _LOCATION]
         truth = "—" if f.truth is None else ", ".join(f"{c}={_value(f.truth.get(c))}" for c in cols)
         proj = "—" if f.projection is None else ", ".join(f"{c}={_value(f.projection.get(c))}" for c in cols)
         if f.copies > 1:
             proj += f" (x{f.copies})"
-        t.add_row(f.kind.value, key, ", ".join(f.columns), truth, proj, f.status.value, str(f.times_seen))
+        at = [_at(f)] if located else []
+        t.add_row(
+            f.kind.value, key, ", ".join(f.columns), truth, proj, *at, f.status.value, str(f.times_seen)
+        )
     return t
 
 
@@ -198,6 +225,29 @@ def _print_run_json(result: RunResult, store: Any = None, confirm_runs: int = 1)
     sys.stdout.flush()
 
 
+def _topic_lines(topics: dict[str, Any]) -> list[str]:
+    """One line per topic side: its recorded extent and what reading it met, then any problems."""
+    lines = []
+    for role, t in topics.items():
+        parts = t.get("partitions") or {}
+        window = f"since {t['since']}" if t.get("since") else "from the earliest offset"
+        line = (
+            f"  {role}: topic {t['topic']} ({t['where']}), {len(parts)} partition(s), {window}, "
+            f"{t.get('offsets', 0):,} offsets up to the end offsets at {t['taken_at']}"
+        )
+        read = t.get("read")
+        if read:
+            rate = read["messages_per_second"]
+            line += f"; read {read['messages']:,} messages ({rate:,}/s) into {read['rows']:,} rows"
+        if t.get("consumer_group"):
+            line += f"; group {t['consumer_group']}"
+            if read:
+                line += f": {read['in_flight']:,} in flight"
+        lines.append(line)
+        lines += [f"  warning: {p}" for p in t.get("problems") or []]
+    return lines
+
+
 def print_run(result: RunResult, fmt: str, store: Any = None, confirm_runs: int = 1) -> None:
     """Show one audit result as a table or as the JSON document of the contract."""
     if fmt == "json":
@@ -212,6 +262,8 @@ def print_run(result: RunResult, fmt: str, store: Any = None, confirm_runs: int 
         + (f"  unconfirmed {s.unconfirmed:,}" if s.unconfirmed else "")
         + (f"  acknowledged {s.acknowledged:,}" if s.acknowledged else "")
     )
+    for line in _topic_lines(result.scope.get("topics") or {}):
+        out.print(line, markup=False)
     if result.findings:
         out.print(_findings_table(result.findings))
         if len(result.findings) > 50:
@@ -225,7 +277,7 @@ WhereOpt = Annotated[
         help="Only rows matching this filter, on both sides: one boolean expression over the spec's "
         "key and compared columns (by truth name), e.g. \"warehouse = 'W1' AND on_hand > 0\". "
         "Comparisons, IN, BETWEEN, LIKE, IS NULL, AND/OR/NOT and lower/upper/length/abs/coalesce/trim; "
-        "no subqueries, casts or other functions (exit 2).",
+        "no subqueries, casts or other functions (exit 2). On a topic side the names are its fields.",
     ),
 ]
 WaitOpt = Annotated[
@@ -266,7 +318,12 @@ def audit(
     ] = "auto",
     wait: WaitOpt = False,
 ) -> None:
-    """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble)."""
+    """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
+
+    Either side may be a Kafka topic (`topic:` in the spec): it is read from the end offsets
+    taken when the run starts back to `since:` (or the earliest offset), every partition, and
+    that extent is recorded with the run.
+    """
     from .app import audit as do_audit
     from .keys import parse_keys
 
@@ -284,7 +341,7 @@ def audit(
 
 @app.command()
 def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
-    """Check a spec, and that both tables and every named column exist, without auditing."""
+    """Check a spec, and that both sides exist (tables, columns; topics, consumer group), without auditing."""
     from .app import validate as do_validate
 
     with _errors():
@@ -303,12 +360,22 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
             out.print(f"  key         {keys}")
             cols = ", ".join(t if t == p else f"{t}->{p}" for t, p in info["columns"].items())
             out.print(f"  columns     {cols or '(none: presence only)'}")
+            for line in _topic_lines(info.get("topics") or {}):
+                out.print(line, markup=False)
 
 
 @app.command()
 def findings(
     spec: SpecArg,
-    fmt: FormatOpt = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, json or csv (one row per finding: key columns, kind, status, both sides' "
+            "values as truth.<column> / projection.<column>). Default: table on a terminal, json otherwise.",
+        ),
+    ] = None,
     store: StoreOpt = None,
     status: Annotated[
         list[str] | None,
@@ -327,7 +394,7 @@ def findings(
     from .app import list_findings
 
     with _errors():
-        fmt = _format(fmt)
+        fmt = _format(fmt, ("table", "json", "csv"))
         s = _spec(spec)
         ctx = _context(store)
         if acknowledge is not None:
@@ -340,7 +407,12 @@ def findings(
                 out.print(f"acknowledged {f.kind.value} {f.key_id}: {reason}")
             return
         items = list_findings(ctx, s, status)
-        if fmt == "json":
+        if fmt == "csv":
+            from .app.dashboard import findings_csv
+
+            sys.stdout.write(findings_csv(s.name, items))
+            sys.stdout.flush()
+        elif fmt == "json":
             _print_json({"spec": s.name, "findings": [f.to_dict() for f in items]})
         else:
             out.print(f"spec {s.name}: {len(items)} finding(s)")
@@ -358,6 +430,14 @@ KafkaOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[str, typer.Option("--timeout", help="How long to wait: 30s, 5m, 1h ...")]
+VerifyTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout",
+        help="How long verify waits for the projector's lag to reach 0: 30s, 5m ... "
+        "Default: the spec's correction.verify_timeout (5m).",
+    ),
+]
 
 
 def _seconds(text: str, option: str) -> float:
@@ -368,6 +448,12 @@ def _seconds(text: str, option: str) -> float:
     except ValueError as e:
         _fail(f"{option}: {e}")
         raise  # unreachable
+
+
+def _timeout(text: str | None) -> Any:
+    from datetime import timedelta
+
+    return None if text is None else timedelta(seconds=_seconds(text, "--timeout"))
 
 
 def _print_events(result: Any) -> None:
@@ -502,13 +588,14 @@ def verify(
     fmt: FormatOpt = None,
     store: StoreOpt = None,
     bootstrap: KafkaOpt = None,
-    timeout: TimeoutOpt = "5m",
+    timeout: VerifyTimeoutOpt = None,
 ) -> None:
     """Wait until the projector consumed the corrections (lag 0), re-audit those keys, resolve or escalate.
 
-    Exit 0 when every correction healed, 1 when some did not (escalated to open), 2 on trouble.
+    Exit 0 when every correction healed, 1 when some did not (escalated to open), 2 when it
+    cannot tell: the projector still lags after --timeout (the message names its consumer group
+    and lag; the findings stay `correcting`), or the broker cannot be read.
     """
-    from datetime import timedelta
 
     from .app import verify as do_verify
 
@@ -516,7 +603,7 @@ def verify(
         fmt = _format(fmt)
         s = _spec(spec)
         with _context(store, bootstrap) as ctx:
-            result = do_verify(ctx, s, timeout=timedelta(seconds=_seconds(timeout, "--timeout")))
+            result = do_verify(ctx, s, timeout=_timeout(timeout))
         if fmt == "json":
             _print_json(result.to_dict())
         else:
@@ -543,7 +630,7 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Correct even when the blast-radius guard trips.")
     ] = False,
-    timeout: TimeoutOpt = "5m",
+    timeout: VerifyTimeoutOpt = None,
     keys: Annotated[
         str | None, typer.Option("--keys", help="Only these entities (see `audit --keys`).")
     ] = None,
@@ -564,7 +651,6 @@ def run(
 
     Exit 0 no drift (or all of it verified healed), 1 drift found / not healed / guard refused, 2 trouble.
     """
-    from datetime import timedelta
 
     from .app import heal
     from .keys import parse_keys
@@ -582,7 +668,7 @@ def run(
                 dry_run=dry_run,
                 force=force,
                 preflight=not skip_preflight,
-                timeout=timedelta(seconds=_seconds(timeout, "--timeout")),
+                timeout=_timeout(timeout),
                 keys=parse_keys(keys, s),
                 where=where,
                 on_row=tick,
@@ -756,11 +842,19 @@ def demo(
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long orders flow.")] = 5.0,
     rate: Annotated[float, typer.Option("--rate", min=1, help="Orders per second.")] = 80.0,
     bootstrap: KafkaOpt = None,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Then keep the dashboard open over the demo's store (Ctrl-C stops)."),
+    ] = False,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="The dashboard's port (--serve).")
+    ] = 8765,
 ) -> None:
     """The inventory-desync incident: events lost in a broker blip, the drift found and healed.
 
     Runs on the embedded default (SQLite + reconcile's table-backed event log; no services).
-    Exit 0 when the audit found exactly the lost entities and the run healed them all.
+    Exit 0 when the audit found exactly the lost entities and the run healed them all. With
+    --serve, the dashboard (`reconcile serve`) then shows the story on http://127.0.0.1:PORT/.
     """
     from pathlib import Path
 
@@ -772,6 +866,16 @@ def demo(
         )
         settings.blip_at = min(settings.blip_at, seconds / 3)
         code = run_demo(settings, lambda line: out.print(line, markup=False, highlight=False))
+        if serve and settings.store_url:
+            from .serve import ServeSettings, run, token_from_env
+            from .shop import spec_path
+
+            out.print(f"dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops)", markup=False)
+            run(
+                ServeSettings(store_url=settings.store_url, specs=(spec_path(),), token=token_from_env()),
+                port=port,
+                log_level="warning",
+            )
     raise typer.Exit(code)
 
 
@@ -846,6 +950,9 @@ def check(
 ) -> None:
     """Run the preflight gates alone (Great Expectations on both sides; exit 0 pass, 2 failed).
 
+    A topic side is skipped, with a note in the result: GX validates databases, and the audit
+    counts and reports the messages of a topic it cannot read.
+
     The default suite: truth keys not null and unique, every key/compared/freshness column
     present on its side, each side's row count at least checks.min_row_ratio (default 0.5) of
     the last full audit's and never 0 when that audit had rows. Add your own expectations under
@@ -870,12 +977,79 @@ def check(
                 for o in side.outcomes:
                     t.add_row(o.side, o.type, o.columns, "ok" if o.success else "FAILED", escape(o.detail()))
             out.print(t)
+            for side in result.sides:
+                if side.note:
+                    out.print(f"{side.side}: {side.source}: {side.note}", markup=False)
             if result.baseline is None:
                 out.print("row counts: no full audit stored yet, so no baseline to compare with")
         if result.docs:  # on stderr with --format json, so stdout stays one JSON document
             (out if fmt == "table" else err).print(f"Data Docs: {result.docs}", markup=False)
         if not result.success:
             _fail(result.message, result.exit_code)
+
+
+# Aliases in the product's own words (DESIGN.md): the whole loop is "heal", the GX gate is the
+# "preflight". The older names stay, so nobody's cron line breaks.
+app.command("heal", short_help="Alias of `run`: preflight → audit → correct → relay (→ verify).")(run)
+app.command("preflight", short_help="Alias of `check`: the preflight gate alone.")(check)
+
+
+@app.command()
+def serve(
+    store: StoreOpt = None,
+    specs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--specs",
+            metavar="DIR",
+            help="Spec folder or file (repeatable). Default: $RECONCILE_SPECS_DIR, else ./specs.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; set a token).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8765,
+    days: Annotated[
+        int, typer.Option("--days", min=1, max=366, help="Default window of the charts and run history.")
+    ] = 7,
+) -> None:
+    """Serve the drift dashboard, its JSON API (/api/...) and Prometheus metrics (/metrics).
+
+    Read-only, from the audit store and the spec files: every spec's state, drift over time,
+    open findings with both sides' values, runs, the healing funnel, each finding's lifecycle and
+    its corrective events. Times are UTC. Binds 127.0.0.1 unless told otherwise. When
+    RECONCILE_SERVE_TOKEN is set, every route (/metrics too) needs `Authorization: Bearer <token>`
+    (browsers get a form that sets a cookie). Stop with Ctrl-C.
+    """
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    from .serve import ServeSettings, is_loopback, run, token_from_env
+    from .store import default_store_url
+
+    with _errors():
+        url = default_store_url(store)
+        if url.startswith("sqlite:"):
+            db = sa.make_url(url).database
+            if db and db != ":memory:" and not Path(db).exists():
+                _fail(f"serve: no audit store at {db} (give --store or RECONCILE_STORE_URL)")
+        token = token_from_env()
+        if not is_loopback(host) and not token:
+            err.print(
+                f"reconcile serve: warning: listening on {host} with no token: anyone who can reach it "
+                "reads the findings; set RECONCILE_SERVE_TOKEN",
+                markup=False,
+            )
+        settings = ServeSettings(store_url=url, specs=tuple(specs or ()), token=token, days=days)
+        shown = f"[{host}]" if ":" in host else host
+        err.print(
+            f"reconcile serve: http://{shown}:{port}/  store {mask_url(url)}, specs "
+            f"{', '.join(specs or []) or 'the default folder'}" + (", token required" if token else ""),
+            markup=False,
+        )
+        run(settings, host=host, port=port)
 
 
 def _version(value: bool) -> None:
@@ -889,8 +1063,21 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log every library's messages (Great Expectations, Kafka) on stderr."
+        ),
+    ] = False,
 ) -> None:
     """reconcile: a consistency auditor for event-driven systems."""
+    if verbose:
+        import logging
+
+        os.environ["RECONCILE_VERBOSE"] = "1"
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ class VerifyError(ReconcileError):
 class PreflightFailed(ReconcileError):
     """A preflight data-quality gate failed; the run stopped before the diff.
 
-    ``result`` is the :class:`~reconcile.preflight.PreflightResult` (per-side outcomes, docs path).
+    ``result`` is the :class:`~reconcile.gates.expectations.PreflightResult` (per-side outcomes, docs path).
     """
 
     def __init__(self, message: str, result: object = None):

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, mask_url
+from .fields import BUILTIN_COLUMNS, FieldError, parse_field
 
 __all__ = [
     "load_specs",
@@ -70,7 +71,8 @@ class _Model(BaseModel):
 
 
 class Side(_Model):
-    """How to read one side: a SQLAlchemy URL (or an Airflow connection id) and a table or query."""
+    """How to read one side: a table or query of a database (a SQLAlchemy URL or an Airflow
+    connection id), or a Kafka topic read as a table (``topic:`` with its ``fields:``)."""
 
     url: str | None = None
     conn_id: str | None = None
@@ -78,11 +80,57 @@ class Side(_Model):
     query: str | None = None
     schema_: str | None = Field(default=None, alias="schema")
     where: str | None = None
+    # -- a topic side ----------------------------------------------------------------------
+    topic: str | None = None
+    bootstrap: str | None = None  # default: the context's Kafka settings (KAFKA_BOOTSTRAP_SERVERS)
+    transport: Literal["kafka", "embedded"] = "kafka"
+    since: timedelta | None = None  # messages from the first offset at or after now - since
+    from_: Literal["earliest"] | None = Field(default=None, alias="from")
+    latest_per_key: bool = False  # a compacted-topic view: the last message per message key
+    fields: dict[str, str] = Field(default_factory=dict)  # column name -> message field
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since(cls, v: Any) -> timedelta | None:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _fields(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for name, expr in v.items():
+                if not isinstance(expr, str):
+                    raise ValueError(f"{name}: {expr!r} is not a field (a string such as header:ce_id)")
+                try:
+                    parse_field(expr)
+                except FieldError as e:
+                    raise ValueError(f"{name}: {e}") from None
+                if str(name) in BUILTIN_COLUMNS:
+                    raise ValueError(f"{name}: a built-in column of every topic side; pick another name")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> Side:
+        if self.topic is not None:
+            return self._topic_side()
+        topical = [
+            name
+            for name, given in (
+                ("bootstrap", self.bootstrap),
+                ("since", self.since),
+                ("from", self.from_),
+                ("latest_per_key", self.latest_per_key),
+                ("fields", self.fields),
+                ("transport", self.transport != "kafka"),
+            )
+            if given
+        ]
+        if topical:
+            raise ValueError(f"`{topical[0]}:` is only for a topic side (one with `topic:`)")
         if not self.url and not self.conn_id:
-            raise ValueError("needs `url:` (a SQLAlchemy URL) or `conn_id:` (an Airflow connection)")
+            raise ValueError(
+                "needs `url:` (a SQLAlchemy URL), `conn_id:` (an Airflow connection) or `topic:` (Kafka)"
+            )
         if bool(self.table) == bool(self.query):
             raise ValueError("needs exactly one of `table:` or `query:`")
         if self.where is not None:
@@ -96,9 +144,41 @@ class Side(_Model):
                 raise ValueError(str(e)) from None
         return self
 
+    def _topic_side(self) -> Side:
+        if not self.topic or not self.topic.strip():
+            raise ValueError("`topic:` needs a topic name")
+        for name, given in (("url", self.url), ("table", self.table), ("query", self.query)):
+            if given:
+                raise ValueError(
+                    f"`{name}:` cannot go with `topic:` (a topic side takes `bootstrap:` or `conn_id:`)"
+                )
+        if self.schema_:
+            raise ValueError("`schema:` cannot go with `topic:`")
+        if self.since is not None and self.from_ is not None:
+            raise ValueError("give `since:` or `from: earliest`, not both")
+        if self.since is not None and self.since.total_seconds() <= 0:
+            raise ValueError("`since:` must be a positive duration (24h, 30m ...)")
+        if not self.fields:
+            raise ValueError("a topic side needs `fields:` (column: key | header:NAME | $.json.path ...)")
+        return self
+
+    @property
+    def is_topic(self) -> bool:
+        """True when this side is a Kafka topic read as a table."""
+        return self.topic is not None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """A topic side's column names: its fields, then the built-in ones (empty for SQL sides)."""
+        return (*self.fields, *BUILTIN_COLUMNS) if self.is_topic else ()
+
     @property
     def display(self) -> str:
         """Where this side lives, with any password masked."""
+        if self.is_topic:
+            at = self.bootstrap or (f"conn_id {self.conn_id}" if self.conn_id else None)
+            via = " (embedded log)" if self.transport == "embedded" else ""
+            return f"topic {self.topic}{via}" + (f" at {mask_url(at)}" if at else "")
         what = f"table {self.schema_ + '.' if self.schema_ else ''}{self.table}" if self.table else "query"
         return f"{what} at {mask_url(self.url or 'conn_id ' + str(self.conn_id))}"
 
@@ -130,6 +210,8 @@ class Freshness(_Model):
     projection_column: str | None = None
     grace: timedelta = timedelta(minutes=5)
     confirm_runs: int = Field(default=1, ge=1)
+    # On a topic side: messages at or past this group's committed offsets are in flight (pending).
+    consumer_group: str | None = None
 
     @field_validator("grace", mode="before")
     @classmethod
@@ -151,6 +233,12 @@ class Correction(_Model):
     # A corrective event larger than this (key, value and headers, in bytes) is refused by
     # `correct` (its finding stays open, saying why): below Kafka's default 1 MB message limit.
     max_event_bytes: int = Field(default=900_000, ge=1)
+    verify_timeout: timedelta = timedelta(minutes=5)  # how long verify waits for the projector
+
+    @field_validator("verify_timeout", mode="before")
+    @classmethod
+    def _verify_timeout(cls, v: Any) -> timedelta:
+        return parse_duration(v)
 
 
 class Expectation(_Model):
@@ -178,8 +266,9 @@ class Checks(_Model):
     suites: dict[Literal["truth", "projection"], str] = Field(default_factory=dict)
 
 
-AlertEvent = Literal["drift", "guard", "preflight", "health"]
-ALERT_EVENTS: tuple[AlertEvent, ...] = ("drift", "guard", "preflight", "health")
+AlertEvent = Literal["drift", "guard", "preflight", "health", "verify", "resolved"]
+# Sent unless `on:` says otherwise. "resolved" (a healed incident) is sent only when asked for.
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("drift", "guard", "preflight", "health", "verify")
 
 
 class EmailAlert(_Model):
@@ -310,6 +399,29 @@ class Spec(_Model):
         both = keys & set(self.columns)
         if both:
             raise ValueError(f"key column(s) {sorted(both)} cannot also be compared columns")
+        return self
+
+    @model_validator(mode="after")
+    def _topic_sides(self) -> Spec:
+        topics = [r for r in ("truth", "projection") if getattr(self, r).is_topic]
+        if self.freshness.consumer_group and not topics:
+            raise ValueError("freshness.consumer_group: only applies to a topic side (`topic:`)")
+        if topics and self.fanout > 1:
+            raise ValueError(f"fanout: a topic side ({topics[0]}) is read whole, once per run; use fanout: 1")
+        for role in topics:
+            side: Side = getattr(self, role)
+            names = [k.truth if role == "truth" else k.projection for k in self.key]
+            names += [c if role == "truth" else self.projection_name(c) for c in self.columns]
+            fresh = self.freshness.truth_column if role == "truth" else self.freshness.projection_column
+            names += [fresh] if fresh else []
+            have = set(side.columns)
+            for name in names:
+                if name not in have:
+                    raise ValueError(
+                        f"{role}.fields: no field {name!r} on topic {side.topic} "
+                        f"(add `{name}: $.path` or header:NAME under {role}.fields; "
+                        f"built-in: {', '.join(BUILTIN_COLUMNS)})"
+                    )
         return self
 
     # -- derived names ---------------------------------------------------------------------

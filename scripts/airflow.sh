@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local Airflow of `make airflow`, on ports you choose.
 #
-#   scripts/airflow.sh [standalone]     `airflow standalone` with dags/ and the specs folder
+#   scripts/airflow.sh [standalone]     `airflow standalone` with dags/ and the specs folder, and
+#                                       the drift dashboard (`reconcile serve`) beside it
 #   scripts/airflow.sh ARGS...          any other airflow command with the same settings,
 #                                       e.g. `scripts/airflow.sh dags list`
 #   scripts/airflow.sh env              print the settings as `export` lines
@@ -20,6 +21,10 @@
 # Also read: AIRFLOW_HOME (default .airflow/), RECONCILE_SPECS_DIR (default specs/),
 # RECONCILE_STORE_URL (default a SQLite file in AIRFLOW_HOME). The metadata DB is Airflow's
 # default, a SQLite file in AIRFLOW_HOME.
+#
+# The dashboard listens on 127.0.0.1:RECONCILE_DASHBOARD_PORT (8765) over the same store and
+# specs (log: AIRFLOW_HOME/dashboard.log) and stops with Airflow; the plugin in dags/plugins/
+# links to it from Airflow's menu (RECONCILE_DASHBOARD_URL, derived from the port).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +33,8 @@ BIN=${RECONCILE_VENV_BIN:-$ROOT/.venv/bin}
 port=${AIRFLOW_PORT:-8080}
 worker_log_port=${AIRFLOW_WORKER_LOG_PORT:-8793}
 trigger_log_port=${AIRFLOW_TRIGGER_LOG_PORT:-8794}
-for p in "$port" "$worker_log_port" "$trigger_log_port"; do
+dashboard_port=${RECONCILE_DASHBOARD_PORT:-8765}
+for p in "$port" "$worker_log_port" "$trigger_log_port" "$dashboard_port"; do
   [[ $p =~ ^[0-9]+$ ]] && ((10#$p > 0 && 10#$p < 65536)) || {
     echo "airflow.sh: not a port: '$p'" >&2
     exit 2
@@ -38,6 +44,7 @@ done
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/.airflow}
 export AIRFLOW__CORE__DAGS_FOLDER=${AIRFLOW__CORE__DAGS_FOLDER:-$ROOT/dags}
 export AIRFLOW__CORE__LOAD_EXAMPLES=${AIRFLOW__CORE__LOAD_EXAMPLES:-False}
+export AIRFLOW__CORE__PLUGINS_FOLDER=${AIRFLOW__CORE__PLUGINS_FOLDER:-$ROOT/dags/plugins}
 # Derived from the ports above on purpose (not `${VAR:-...}`): a stale value left in the shell
 # would send the task runners to the wrong place, which is the failure this script exists for.
 export AIRFLOW__API__PORT=$port
@@ -47,6 +54,7 @@ export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$worker_log_port
 export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$trigger_log_port
 export RECONCILE_SPECS_DIR=${RECONCILE_SPECS_DIR:-$ROOT/specs}
 export RECONCILE_STORE_URL=${RECONCILE_STORE_URL:-sqlite:///$AIRFLOW_HOME/reconcile-store.db}
+export RECONCILE_DASHBOARD_URL=${RECONCILE_DASHBOARD_URL:-http://127.0.0.1:$dashboard_port}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export PATH=$BIN:$PATH
 
@@ -54,7 +62,8 @@ in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 case "${1:-standalone}" in
   env)
-    for v in AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER AIRFLOW__CORE__LOAD_EXAMPLES AIRFLOW__API__PORT \
+    for v in AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER AIRFLOW__CORE__LOAD_EXAMPLES \
+      AIRFLOW__CORE__PLUGINS_FOLDER RECONCILE_DASHBOARD_URL AIRFLOW__API__PORT \
       AIRFLOW__API__BASE_URL AIRFLOW__CORE__EXECUTION_API_SERVER_URL \
       AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT \
       RECONCILE_SPECS_DIR RECONCILE_STORE_URL PYTHONPATH; do
@@ -64,7 +73,7 @@ case "${1:-standalone}" in
   standalone)
     busy=0
     for pv in "$port:AIRFLOW_PORT" "$worker_log_port:AIRFLOW_WORKER_LOG_PORT" \
-      "$trigger_log_port:AIRFLOW_TRIGGER_LOG_PORT"; do
+      "$trigger_log_port:AIRFLOW_TRIGGER_LOG_PORT" "$dashboard_port:RECONCILE_DASHBOARD_PORT"; do
       if in_use "${pv%%:*}"; then
         echo "airflow.sh: port ${pv%%:*} is in use (another Airflow?): set ${pv#*:} to a free port" >&2
         busy=1
@@ -74,7 +83,14 @@ case "${1:-standalone}" in
     mkdir -p "$AIRFLOW_HOME"
     echo "airflow.sh: UI and API on $AIRFLOW__API__BASE_URL, log servers on" \
       "$worker_log_port and $trigger_log_port, AIRFLOW_HOME=$AIRFLOW_HOME" >&2
-    exec "$BIN/airflow" standalone
+    # The dashboard needs the store to exist (it refuses a SQLite file that is not there, which
+    # is usually a typo): create and migrate it, as the first DAG run would.
+    "$BIN/python" -c 'import os; from reconcile.store import AuditStore; AuditStore(os.environ["RECONCILE_STORE_URL"]).migrate()'
+    "$BIN/reconcile" serve --port "$dashboard_port" >"$AIRFLOW_HOME/dashboard.log" 2>&1 &
+    dashboard=$!
+    trap 'kill "$dashboard" 2>/dev/null || true; wait "$dashboard" 2>/dev/null || true' EXIT
+    echo "airflow.sh: drift dashboard on $RECONCILE_DASHBOARD_URL (log $AIRFLOW_HOME/dashboard.log)" >&2
+    "$BIN/airflow" standalone
     ;;
   *)
     mkdir -p "$AIRFLOW_HOME"

@@ -86,5 +86,7 @@ def write_spec_file(path: Path, spec: Spec) -> Path:
     doc = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["key"] = [{k.truth: k.projection} for k in spec.key]
     doc["freshness"]["grace"] = f"{int(spec.freshness.grace.total_seconds())}s"
+    if spec.correction is not None:
+        doc["correction"]["verify_timeout"] = f"{int(spec.correction.verify_timeout.total_seconds())}s"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

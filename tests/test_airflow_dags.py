@@ -148,7 +148,7 @@ ALERTS = """
 alerts:
   email: {to: [oncall@example.com], conn_id: smtp_test, from: reconcile@example.com}
   webhook: {conn_id: slack_test}
-  on: [drift, guard, preflight, health]
+  on: [drift, guard, preflight, health, verify]
 """
 
 
@@ -177,6 +177,10 @@ def test_dag_folder_loads_without_db_or_network(specs_dir: Path) -> None:
     )
     od = b.get_dag("reconcile_on_demand")
     assert od.params.get_param("spec").schema["enum"] == ["a_conn", "b_fan"]
+    # the broken spec does not vanish: a DAG of its own fails with the reason
+    broken = b.get_dag("reconcile_invalid_broken")
+    assert broken is not None and "YAML error" in (broken.description or "")
+    assert [t.task_id for t in broken.tasks] == ["invalid_spec"]
 
 
 def test_preflight_failure_alerts_by_mail_and_webhook(
@@ -244,8 +248,9 @@ def test_scheduled_fanout_dag_matches_single_run_and_alerts_drift(
     before = len(receivers["webhook"].posts)
     dr = run(f"reconcile_{name}")
     st = states(dr)
-    assert st["merge"] == "success" and st["report"] == "success", st
-    merged = xcom(dr, "merge")
+    # An audit-only spec with drift: the audit (here its merge) decides, and the run is red.
+    assert st["merge"] == "failed" and st["report"] == "upstream_failed", st
+    merged = xcom(dr, "merge")  # the failing task still shows what it found
     assert merged["strategy"] == "fanout" and merged["scope"]["ranges"] >= 3
 
     spec = load_spec(path)
@@ -256,7 +261,6 @@ def test_scheduled_fanout_dag_matches_single_run_and_alerts_drift(
 
     assert view(merged) == view(single)
     assert single["summary"]["missing"] == 13  # A-3 in W1, A-3 and A-5 in W3..W8
-    assert xcom(dr, "correct")["skipped"] == "no correction configured"
     posts = receivers["webhook"].posts[before:]
     assert [p["json"]["reconcile"]["event"] for p in posts] == ["drift"]
     assert posts[0]["json"]["reconcile"]["counts"]["missing"] == 13
@@ -310,7 +314,7 @@ def test_health_dag_alerts_on_a_stuck_outbox(
     mine = next(s for s in report["specs"] if s["spec"] == name)
     assert mine["outbox_unsent"] == 3 and mine["outbox_oldest_age_s"] > 3500
     assert any("relay" in p for p in mine["problems"])
-    assert any("never" in n for n in mine["notes"])
+    assert any("never audited" in p for p in mine["problems"])
     posts = [p for p in receivers["webhook"].posts[before_posts:] if p["json"]["reconcile"]["spec"] == name]
     assert len(posts) == 1 and posts[0]["json"]["reconcile"]["event"] == "health"
     assert "3 unsent corrective event(s)" in posts[0]["json"]["text"]
@@ -383,6 +387,7 @@ def test_scheduled_spec_dag_heals_injected_drift_through_kafka(
     store_url: str,
     kafka_bootstrap: str,
     topic: str,  # type: ignore[no-untyped-def]
+    receivers: dict[str, Any],
 ) -> None:
     """The whole loop under Airflow: a projector consumes the corrections while the DAG verifies."""
     import threading
@@ -412,6 +417,7 @@ def test_scheduled_spec_dag_heals_injected_drift_through_kafka(
     drifted.append({"product_id": "S999", "on_hand": 1, "title": "ghost"})  # orphan
     make_table(proj, "stock_view", [sa.Column("product_id", sa.String(20)), *cols()], drifted)
     name, group = _name("heal"), f"projector-{uuid.uuid4().hex[:8]}"
+    receivers_before = len(receivers["webhook"].posts)
     path = specs_dir / f"{name}.yaml"
     path.write_text(
         f"""
@@ -443,6 +449,10 @@ correction: {{topic: {topic}, event_type: StockLevelReconciled, consumer_group: 
     assert xcom(dr, "audit")["summary"]["missing"] == 1
     assert xcom(dr, "relay")["sent"] == 3
     assert xcom(dr, "verify")["exit_code"] == 0
+    # Healed and verified: green, and nobody is paged (no "resolved" in the spec's `on:`).
+    assert [
+        p for p in receivers["webhook"].posts[receivers_before:] if p["json"]["reconcile"]["spec"] == name
+    ] == []
     store = AuditStore(f"sqlite:///{specs_dir / 'after.db'}")
     assert audit(Context.of(store), spec).findings == []  # the projection really healed
     store.dispose()
@@ -475,7 +485,8 @@ def test_cli_run_and_the_scheduled_dag_decide_the_same(
     name = _name("same")
     spec = write_spec(specs_dir, name, f"url: {truth}", f"url: {proj}")
     dr = run(f"reconcile_{name}")
-    assert states(dr)["preflight"] == "success" and states(dr)["audit"] == "success"
+    # audit-only drift: the DAG's audit is red, `reconcile run` exits 1; both saw the same
+    assert states(dr)["preflight"] == "success" and states(dr)["audit"] == "failed"
     by_dag = xcom(dr, "audit")
     by_cli = cli_run(spec, make_pg_db("clistore"))
     assert by_cli.returncode == 1, by_cli.stderr  # drift, audit-only spec
@@ -491,6 +502,46 @@ def test_cli_run_and_the_scheduled_dag_decide_the_same(
     stopped = cli_run(spec, make_pg_db("clistore2"))
     assert stopped.returncode == 2 and stopped.stdout == ""
     assert "stock_view" in stopped.stderr and stopped.stderr.count("\n") == 1
+
+
+def test_on_demand_guard_and_lag_page_for_the_right_reason(
+    specs_dir: Path,
+    make_pg_db,
+    store_url: str,
+    kafka_bootstrap: str,
+    topic: str,
+    receivers: dict[str, Any],  # type: ignore[no-untyped-def]
+) -> None:
+    """A keyed repair is judged against the whole pair; a dry run never pages; a stopped
+    projector is "cannot tell" at verify (naming its group and lag), never "drift remains"."""
+    from .audit_cases import build
+
+    truth, proj = make_pg_db("truth"), make_pg_db("proj")
+    build(truth, proj)
+    name, group = _name("lag"), f"stopped-{uuid.uuid4().hex[:8]}"
+    correction = (
+        f"correction: {{topic: {topic}, event_type: StockLevelCorrected, consumer_group: {group}, "
+        "max_ratio: 0.2}\n"
+    )
+    write_spec(specs_dir, name, f"url: {truth}", f"url: {proj}", correction + ALERTS)
+    keys = {"spec": name, "keys": "W1:A-3,W1:A-7"}
+    before = len(receivers["webhook"].posts)
+
+    # No full audit yet: 2 corrections of 2 compared trips the guard; as a dry run, nobody is paged.
+    dr = run("reconcile_on_demand", {**keys, "dry_run": True, "verify": False})
+    assert states(dr)["correct"] == "success"
+    assert "blast-radius guard" in xcom(dr, "correct")["guard"]
+    mine = [p for p in receivers["webhook"].posts[before:] if p["json"]["reconcile"]["spec"] == name]
+    assert mine == []
+
+    # After a full audit (22 entities), the same keyed repair is 2 of 22: under the guard.
+    run("reconcile_on_demand", {"spec": name, "dry_run": True, "verify": False})
+    dr = run("reconcile_on_demand", {**keys, "dry_run": False, "verify": True, "verify_timeout_s": 2})
+    st = states(dr)
+    assert st["correct"] == "success" and st["relay"] == "success" and st["verify"] == "failed", st
+    posts = [p for p in receivers["webhook"].posts[before:] if p["json"]["reconcile"]["spec"] == name]
+    assert [p["json"]["reconcile"]["event"] for p in posts] == ["verify"]
+    assert group in posts[0]["json"]["text"] and "behind" in posts[0]["json"]["text"]
 
 
 def test_on_demand_where_param_is_checked_like_the_cli(specs_dir: Path, make_pg_db, store_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -106,13 +106,16 @@ def test_run_stops_at_a_failed_gate_with_exit_2_and_writes_nothing(
 
 def test_health_exit_codes_and_json(tmp_path: Path, pair: tuple[Path, str]) -> None:
     spec, _ = pair
+    never = cli("health", str(spec), "--format", "json", cwd=tmp_path)
+    assert never.returncode == 1  # a scheduled spec never audited is a problem, not a note
+    assert any("never audited" in p for p in json.loads(never.stdout)["specs"][0]["problems"])
+    cli("audit", str(spec), cwd=tmp_path)
     healthy = cli("health", str(spec), "--format", "json", cwd=tmp_path)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     doc = json.loads(healthy.stdout)
     (h,) = doc["specs"]
     assert h["status"] == "healthy" and h["lag"] == 0  # the embedded log's lag is measured too
 
-    cli("audit", str(spec), cwd=tmp_path)
     cli("correct", str(spec), cwd=tmp_path)  # written, never relayed: a stuck outbox
     stuck = cli("health", str(spec), "--outbox-max-age", "0s", "--format", "json", cwd=tmp_path)
     assert stuck.returncode == 1
@@ -151,3 +154,57 @@ def test_demo_finds_exactly_the_lost_entities_and_heals_them(tmp_path: Path) -> 
     r = cli("demo", "--workdir", str(tmp_path / "demo"), "--seconds", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert "precision 1.00, recall 1.00" in r.stdout and "Final audit: no drift" in r.stdout
+
+
+def test_verify_tells_lag_from_drift(tmp_path: Path, pair: tuple[Path, str]) -> None:
+    spec, _ = pair
+    cli("audit", str(spec), cwd=tmp_path)
+    cli("correct", str(spec), cwd=tmp_path)
+    cli("relay", cwd=tmp_path)
+    stuck = cli("verify", str(spec), "--timeout", "1s", cwd=tmp_path)  # no projector runs
+    assert stuck.returncode == 2, stuck.stdout + stuck.stderr
+    assert "cannot tell" in stuck.stderr and "'stock-projector'" in stuck.stderr and "behind" in stuck.stderr
+    listed = json.loads(cli("findings", str(spec), "--format", "json", cwd=tmp_path).stdout)["findings"]
+    assert {f["status"] for f in listed} == {"correcting"}  # nothing escalated on a guess
+    cli("project", str(spec), "--idle", "1s", cwd=tmp_path)
+    assert cli("verify", str(spec), cwd=tmp_path).returncode == 0
+
+
+def test_a_keyed_run_is_guarded_against_the_whole_pair(tmp_path: Path) -> None:
+    t, p = f"sqlite:///{tmp_path / 'truth.db'}", f"sqlite:///{tmp_path / 'proj.db'}"
+    build_pair(t, p)
+    spec = write_spec_file(
+        tmp_path / "s.yaml", heal_spec(t, p, topic="t", group="g", transport="embedded", max_ratio=0.1)
+    )
+    keyed = ["run", str(spec), "--keys", "S00003,S00013", "--skip-preflight", "--format", "json"]
+    first = cli(*keyed, cwd=tmp_path)  # no full audit yet: 2 of 2 compared is all of it
+    assert first.returncode == 1 and "2 corrections of 2 compared" in first.stderr
+    cli("audit", str(spec), cwd=tmp_path)  # the whole pair: 200 entities
+    again = cli(*keyed, cwd=tmp_path)
+    assert json.loads(again.stdout)["correction"]["written"] == 2, again.stderr
+
+
+def test_project_runs_until_stopped_and_logs_what_it_applies(tmp_path: Path, pair: tuple[Path, str]) -> None:
+    import signal
+    import time
+
+    spec, _ = pair
+    cli("audit", str(spec), cwd=tmp_path)
+    cli("correct", str(spec), cwd=tmp_path)
+    cli("relay", cwd=tmp_path)
+    proc = subprocess.Popen(
+        [*RECONCILE, "project", str(spec)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RECONCILE_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}"},
+    )
+    try:
+        time.sleep(12)  # well past the old 5 s idle stop
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Ctrl-C stops" in err and f"{expected_findings()} applied" in err + out

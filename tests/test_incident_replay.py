@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from reconcile.app.incident import Faults, Incident
 from reconcile.events.kafka import KafkaSettings, ensure_topic
 from reconcile.shop import KafkaChannel, spec_path, wait_until
-from reconcile.shop.incident import Faults, Incident
 from reconcile.shop.service import ORDERS_TOPIC
 from reconcile.spec import load_spec
 

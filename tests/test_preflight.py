@@ -12,7 +12,7 @@ import pytest
 
 from reconcile.app import Context, audit, gate, preflight
 from reconcile.errors import PreflightFailed, SpecError
-from reconcile.gates.expectations import Outcome, default_expectations
+from reconcile.gates.expectations import ExpectationResult, default_expectations
 from reconcile.spec import Spec, load_spec, spec_from_dict
 from reconcile.store import AuditStore
 from reconcile.store.preflight import preflight_history
@@ -46,7 +46,7 @@ def spec_at(tmp_path: Path, t: str, p: str, extra: str = CHECKS) -> Path:
     return write_spec(tmp_path / "inventory.yaml", SPEC.format(truth=t, proj=p) + extra)
 
 
-def by_type(result, side: str, type_: str) -> list[Outcome]:  # type: ignore[no-untyped-def]
+def by_type(result, side: str, type_: str) -> list[ExpectationResult]:  # type: ignore[no-untyped-def]
     return [o for o in result.side(side).outcomes if o.type == type_]
 
 
@@ -108,7 +108,7 @@ def test_row_count_floor_from_the_baseline() -> None:
 
 
 def test_failure_line_names_side_expectation_observed_and_bound() -> None:
-    o = Outcome(
+    o = ExpectationResult(
         "projection",
         "expect_table_row_count_to_be_between",
         {"min_value": 500},

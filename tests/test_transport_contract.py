@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconcile.events.transport import Message, Transport, open_transport
+from reconcile.events import open_transport
+from reconcile.events.transport import Message, Transport
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,8 @@ def test_the_wheel_ships_every_file_of_the_package_as_a_real_file(installed: Ins
         "reconcile/event_schemas/reconcile.CorrectiveEvent/v1.avsc",
         "reconcile/event_schemas/shop.OrderPlaced/v1.avsc",
         "reconcile/shop/shop-inventory.yaml",
+        "reconcile/serve/templates/spec.html",
+        "reconcile/serve/static/style.css",
     ):
         assert infos[data].file_size > 0, data
 
@@ -202,3 +204,68 @@ correction:
 
     relayed = installed.reconcile("relay", "--spec", str(spec), "--store", store, "--format", "json")
     assert json.loads(_ok(relayed, "relay").stdout)["sent"] == drifted
+
+
+def test_serve_renders_pages_from_the_wheel(installed: Installed) -> None:
+    """The dashboard's templates and stylesheet are package data: pages render outside the checkout."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    folder = installed.workdir / "serve"
+    folder.mkdir()
+    truth_url, proj_url = _pair(folder)
+    spec = folder / "stock.yaml"
+    spec.write_text(
+        f"""name: stock
+truth: {{url: "{truth_url}", table: stock}}
+projection: {{url: "{proj_url}", table: stock_view}}
+key: [{{sku: product_id}}]
+columns: {{on_hand: {{}}}}
+""",
+        encoding="utf-8",
+    )
+    store = f"sqlite:///{folder / 'store.db'}"
+    assert installed.reconcile("audit", str(spec), "--store", store, "--format", "json").returncode == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            str(installed.venv / "bin" / "reconcile"),
+            "serve",
+            "--store",
+            store,
+            "--specs",
+            str(folder),
+            "--port",
+            str(port),
+        ],
+        cwd=installed.workdir,
+        env=installed.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pages: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 90
+        for path in ("/specs/stock", "/static/style.css", "/metrics"):
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                        pages[path] = r.read().decode()
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, (
+                        "reconcile serve did not answer"
+                    )
+                    time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert 'class="chart bars"' in pages["/specs/stock"], out[-2000:]
+    assert "--missing" in pages["/static/style.css"]
+    assert 'reconcile_findings{kind="missing",spec="stock",status="open"}' in pages["/metrics"]
+    _no_warnings(out, "reconcile serve")

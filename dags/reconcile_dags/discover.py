@@ -59,5 +59,12 @@ def list_specs(folder: Path | None = None) -> list[SpecEntry]:
     return sorted(out.values(), key=lambda e: e.name)
 
 
+def list_invalid(folder: Path | None = None) -> list[tuple[str, str]]:
+    """(file, one-line reason) of every spec file in the folder that does not load."""
+    from reconcile.spec import load_specs
+
+    return load_specs([folder or specs_dir()])[1]
+
+
 def dag_id(spec_name: str) -> str:
     return "reconcile_" + "".join(c if c.isalnum() or c in "_-." else "_" for c in spec_name)

@@ -36,7 +36,12 @@ def relay(corrected: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return runtime.relay(spec_path(params), corrected)
 
 
-def verify(corrected: dict[str, Any], relayed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def verify(
+    run: dict[str, Any], corrected: dict[str, Any], relayed: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
     if not params.get("verify", True):
         return {"skipped": "verify=false"}
-    return runtime.verify(spec_path(params), corrected, relayed)
+    timeout = params.get("verify_timeout_s")
+    return runtime.verify(
+        spec_path(params), run, corrected, relayed, timeout_s=float(timeout) if timeout else None
+    )

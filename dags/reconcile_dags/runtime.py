@@ -214,6 +214,7 @@ def preflight(path: str) -> dict[str, Any]:
             passed = gate(ctx, spec)
     except (PreflightFailed, SpecError, SourceError) as e:
         # A side that cannot be read is a failed gate too: alert now, let the next run retry.
+        log.error("reconcile %s: preflight failed: %s", spec.name, e)  # the one line that matters, first
         notify(spec, preflight_alert(spec.name, str(e)))
         raise AirflowFailException(f"preflight failed: {e}") from e
     log.info("reconcile %s: preflight passed", spec.name)
@@ -259,9 +260,33 @@ def audit(
     with fail_fast(), context() as ctx:
         parsed = parse_keys(keys, spec) if keys else None
         result = run_audit(ctx, spec, keys=parsed, where=where or None)
-    run = result.to_dict()
+    run = _trim(result.to_dict(), limit)
     _log_run(run)
-    return _trim(run, limit)
+    return _decide_audit(spec, run)
+
+
+def _decide_audit(spec: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """An audit-only spec with drift fails here, after alerting; the run stays readable in XCom."""
+    from reconcile.app import audit_verdict
+
+    verdict = audit_verdict(spec, run)
+    if verdict.failure is None:
+        return run
+    _push_result(run)
+    if verdict.alert is not None:
+        notify(spec, verdict.alert)
+    log.error("reconcile %s: %s", spec.name, verdict.failure)
+    raise AirflowFailException(verdict.failure)
+
+
+def _push_result(value: Any) -> None:
+    """Keep a failing task's result in XCom (under ``return_value``) for the person on call."""
+    from airflow.sdk import get_current_context
+
+    try:
+        get_current_context()["ti"].xcom_push(key="return_value", value=value)
+    except Exception as e:  # noqa: BLE001 - the verdict matters more than the copy in XCom
+        log.warning("reconcile: could not keep the result in XCom: %s", e)
 
 
 def plan_ranges(path: str) -> list[dict[str, Any]]:
@@ -308,9 +333,9 @@ def merge_ranges(path: str, parts: list[dict[str, Any]], started_at: str) -> dic
     kinds = parts[0]["kinds"] if parts else None
     with context() as ctx:
         result = merge(ctx, spec, outcomes, started_at=datetime.fromisoformat(started_at), kinds=kinds)
-    run = result.to_dict()
+    run = _trim(result.to_dict(), XCOM_FINDINGS)
     _log_run(run)
-    return _trim(run, XCOM_FINDINGS)
+    return _decide_audit(spec, run)
 
 
 def correct(path: str, run: dict[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
@@ -330,6 +355,10 @@ def correct(path: str, run: dict[str, Any], *, dry_run: bool = False, force: boo
         with context() as ctx:
             result = run_correct(ctx, spec, dry_run=dry_run, force=force)
     except GuardTripped as e:
+        if dry_run:  # a preview never pages: it says what the guard would do
+            log.warning("reconcile %s: dry run: the guard would refuse: %s", spec.name, e)
+            return {"dry_run": True, "written": 0, "guard": str(e)}
+        log.error("reconcile %s: %s", spec.name, e)
         notify(spec, guard_alert(spec.name, str(e), run, spec.alerts.findings))
         raise AirflowFailException(f"guard tripped: {e}") from e
     out = _jsonable(result.to_dict())
@@ -352,19 +381,47 @@ def relay(path: str, corrected: dict[str, Any]) -> dict[str, Any]:
 
 
 def verify(
-    path: str, corrected: dict[str, Any], relayed: dict[str, Any], *, timeout_s: float = 300
+    path: str,
+    run: dict[str, Any],
+    corrected: dict[str, Any],
+    relayed: dict[str, Any],
+    *,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Wait for the projector to consume the corrections, then re-check those keys."""
+    """Wait for the projector to consume the corrections, then re-check those keys.
+
+    This task decides: a projector that still lags fails it as "cannot tell" (the alert names
+    the consumer group and its lag); corrections consumed but drift remaining fail it as drift.
+    The timeout is ``timeout_s`` (the on-demand DAG's param), else the spec's
+    ``correction.verify_timeout``.
+    """
+    from reconcile.app import lag_verdict, verify_verdict
+    from reconcile.app import verify as run_verify
+    from reconcile.errors import VerifyError
+
     spec = load(path)
     if corrected.get("skipped") or corrected.get("dry_run") or not corrected.get("written"):
         return {"skipped": "nothing was corrected"}
-    from reconcile.app import verify as run_verify
-
-    with context(kafka=True) as ctx:
-        result = run_verify(ctx, spec, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
+    try:
+        with context(kafka=True) as ctx:
+            result = run_verify(ctx, spec, timeout=timeout)
+    except VerifyError as e:
+        verdict = lag_verdict(spec, str(e))
+        log.error("reconcile %s: %s", spec.name, e)
+        if verdict.alert is not None:
+            notify(spec, verdict.alert)
+        raise AirflowFailException(str(e)) from e
     out = _jsonable(result.to_dict())
     out["exit_code"] = result.exit_code
     log.info("reconcile %s: verify %s", spec.name, json.dumps(out, sort_keys=True)[:2000])
+    decided = verify_verdict(spec, run, out)
+    if decided.failure is not None:
+        _push_result(out)
+        log.error("reconcile %s: %s", spec.name, decided.failure)
+        if decided.alert is not None:
+            notify(spec, decided.alert)
+        raise AirflowFailException(decided.failure)
     return out
 
 
@@ -375,21 +432,16 @@ def report(
     relayed: dict[str, Any],
     verified: dict[str, Any],
 ) -> dict[str, Any]:
-    """The run's story in one value; alert on confirmed drift (with what was done about it)."""
+    """The story of a run that reached the end: clean, healed (a "resolved" notice when the
+    spec's ``alerts.on`` asks for it), or a dry run. The deciding tasks failed earlier otherwise."""
     from reconcile.app import report as tell
 
     spec = load(path)
     told = tell(spec, run, corrected, relayed, verified)
-    out = dict(told.story)
+    out = {**told.story, "verdict": "; ".join(told.lines)}
     if told.alert is not None:
         out["alerted"] = notify(spec, told.alert)
-    log.info(
-        "reconcile %s: report %s",
-        spec.name,
-        json.dumps({k: v for k, v in out.items() if k != "run"}, sort_keys=True, default=str)[:2000],
-    )
-    if told.failure:
-        raise AirflowFailException(told.failure)
+    log.info("reconcile %s: %s", spec.name, out["verdict"])
     return out
 
 
@@ -398,9 +450,10 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
     from reconcile.alerts import health_alert
     from reconcile.app import Thresholds
     from reconcile.app import health as measure
-    from reconcile_dags.discover import list_specs
+    from reconcile.spec import load_specs
+    from reconcile_dags.discover import specs_dir
 
-    specs = [load(e.path) for e in list_specs()]
+    specs, invalid = load_specs([specs_dir()])
     th = Thresholds(
         outbox_max_age=timedelta(seconds=float(thresholds["outbox_max_age_s"])),
         outbox_max_rows=int(thresholds["outbox_max_rows"]),
@@ -409,7 +462,7 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
     )
     with context(kafka=True) as ctx:
         ctx.kafka_timeout_s = 15.0
-        report = measure(ctx, specs, th)
+        report = measure(ctx, specs, th, invalid=invalid)
     by_name = {s.name: s for s in specs}
     out: dict[str, Any] = {**report.to_dict(), "alerted": {}}
     for h in report.specs:

@@ -14,6 +14,11 @@ DAGs) parse their input, make a :class:`Context`, call one of these, and render 
     list_findings / acknowledge
     report                   a scheduled run's story and the alert it raises
     Projector                the reference projector (``reconcile project``)
+
+Imported by their module, not from here (so an audit never loads pandas):
+
+    dashboard                read-only views behind ``reconcile serve``'s pages, and CSV exports
+    metrics                  one snapshot of every spec for ``/metrics``
 """
 
 from .audit import (
@@ -44,7 +49,7 @@ from .heal import (
 from .health import HealthReport, SpecHealth, Thresholds, health
 from .preflight import gate, preflight
 from .project import Projector, ProjectorStats
-from .report import Report, report
+from .report import Report, Verdict, audit_verdict, lag_verdict, report, verify_verdict
 
 __all__ = [
     "Context",
@@ -78,6 +83,10 @@ __all__ = [
     "acknowledge",
     "report",
     "Report",
+    "Verdict",
+    "audit_verdict",
+    "verify_verdict",
+    "lag_verdict",
     "Projector",
     "ProjectorStats",
 ]

@@ -30,6 +30,7 @@ from ..findings import Finding, FindingKind, RunResult, Summary
 from ..keys import canonical_keys
 from ..sources.ranges import KeyRange, range_filter, split_ranges
 from ..sources.sql import ReadPlan, SqlSource, key_kind
+from ..sources.topic import TopicSource, locate, topic_scope
 from ..spec import Spec
 from ..store import Store
 from .context import Context
@@ -87,11 +88,16 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
     urls = ctx.urls(spec)
     _not_the_same_table(spec, urls["truth_url"], urls["projection_url"])
     tnames, pnames = filter_columns(spec)
-    truth = SqlSource(spec.truth, "truth", urls["truth_url"], filter_columns=tnames)
     try:
-        projection = SqlSource(spec.projection, "projection", urls["projection_url"], filter_columns=pnames)
-    except BaseException:
+        truth = _open_side(ctx, spec, "truth", tnames)
+    except SpecError as e:
+        raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
+    try:
+        projection = _open_side(ctx, spec, "projection", pnames)
+    except BaseException as e:
         truth.dispose()
+        if isinstance(e, SpecError):
+            raise SpecError(str(e).replace("spec:", f"spec {where}:", 1)) from None
         raise
     try:
         for src in (truth, projection):
@@ -125,6 +131,20 @@ def open_pair(ctx: Context, spec: Spec) -> Pair:
         truth.dispose()
         projection.dispose()
         raise
+
+
+def _open_side(ctx: Context, spec: Spec, role: str, names: dict[str, str]) -> SqlSource:
+    """A side's reader: a SQL table or query, or a Kafka topic read as a table (its extent fixed now)."""
+    side = getattr(spec, role)
+    if side.is_topic:
+        return TopicSource(
+            side,
+            role,
+            ctx.topic_reader(side),
+            consumer_group=spec.freshness.consumer_group,
+            filter_columns=names,
+        )
+    return SqlSource(side, role, ctx.side_url(side), filter_columns=names)
 
 
 def filter_columns(spec: Spec) -> tuple[dict[str, str], dict[str, str]]:
@@ -194,6 +214,7 @@ def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
                 for k, kind in zip(spec.key, pair.kinds, strict=True)
             ],
             "columns": {n: spec.projection_name(n) for n in spec.columns},
+            **({"topics": topics} if (topics := topic_scope(pair.truth, pair.projection)) else {}),
         }
     finally:
         pair.close()
@@ -226,12 +247,9 @@ def audit(
     check_where(spec, where)
     if keys is not None and not keys:
         raise SpecError("--keys: no keys given (leave --keys out to audit every entity)")
-    pair = open_pair(ctx, spec)
+    pair = open_pair(ctx, spec)  # names checked before anything is written, the store included
     try:
-        # Bad input is refused before the audit store is even opened: exit 2 writes nothing.
         canon = canonical_keys(keys, pair.kinds) if keys is not None else None
-        if canon is None:
-            refuse_null_keys(pair, where)
         with ctx.store.audit_lock(spec.name, wait=wait):
             return _audit(ctx, spec, pair, canon, where, now, on_row, strategy)
     finally:
@@ -251,15 +269,20 @@ def _audit(
     store = ctx.store
     started = datetime.now(UTC)
     now = now or started
+    if canon is None:
+        refuse_null_keys(pair, where)  # under the lock: a topic side spills before it counts
     watch = _watch(store, spec, pair.kinds)
     spill = _Spill(RECHECK_LIMIT) if canon is None else None
     outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy, spill)
+    sides = (pair.truth, pair.projection)
     if spill is not None and spill.spilled:
-        seen: Iterable[Finding] = spill  # too many to re-check: straight to the store, in batches
+        # Too many to re-check: straight to the store, in batches (located batch by batch).
+        seen: Iterable[Finding] = _located(spill, sides, spec.key_truth)
     else:
         if spill is not None:
             outcome.findings = spill.head
         outcome = _recheck(pair, outcome, where, set(watch))
+        outcome.findings = locate(outcome.findings, sides, spec.key_truth)
         seen = outcome.findings
     clean = {watch[k] for k in outcome.clean}
     pending = {watch[k] for k in outcome.pending_keys}
@@ -269,7 +292,13 @@ def _audit(
         clean |= {
             kid for k, kid in watch.items() if k in asked and kid not in seen_ids and kid not in pending
         }
-    scope = {"keys": len(canon) if canon is not None else None, "where": where}
+    scope: dict[str, Any] = {
+        "keys": len(canon) if canon is not None else None,
+        "where": where,
+        "started_by": ctx.who(),
+    }
+    if topics := topic_scope(pair.truth, pair.projection):
+        scope["topics"] = topics
     return _record(
         store,
         spec,
@@ -352,6 +381,20 @@ class _Spill:
                 yield from batch
         finally:
             self._file.close()
+
+
+def _located(
+    findings: Iterable[Finding], sides: Any, names: Sequence[str], batch: int = 5_000
+) -> Iterator[Finding]:
+    """:func:`locate` over a stream of findings, a batch at a time."""
+    buf: list[Finding] = []
+    for f in findings:
+        buf.append(f)
+        if len(buf) >= batch:
+            yield from locate(buf, sides, names)
+            buf = []
+    if buf:
+        yield from locate(buf, sides, names)
 
 
 def _record(
@@ -509,7 +552,7 @@ def merge_ranges(
             outcome,  # ranges arrive in key order: the same order as one pass
             started_at=started_at,
             strategy="fanout",
-            scope={"keys": None, "where": None, "ranges": len(parts)},
+            scope={"keys": None, "where": None, "ranges": len(parts), "started_by": ctx.who()},
             clean={watch[k] for k in outcome.clean if k in watch},
             pending={watch[k] for k in outcome.pending_keys if k in watch},
             resolve_unseen=True,

@@ -26,9 +26,10 @@ from ..store import Store, open_store
 
 if TYPE_CHECKING:
     from ..events.kafka import KafkaSettings
+    from ..events.reader import TopicReader
     from ..events.transport import Transport
 
-__all__ = ["Context", "env_connection_url"]
+__all__ = ["Context", "env_connection_url", "started_by_env"]
 
 ConnResolver = Callable[[str], str]
 
@@ -57,6 +58,11 @@ def env_connection_url(conn_id: str) -> str:
     kind = str(c.get("conn_type") or "")
     if kind == "sqlite":
         return f"sqlite:///{c.get('host') or c.get('schema') or ''}"
+    if kind == "kafka":  # a topic side's broker: librdkafka settings travel as the query
+        from urllib.parse import urlencode
+
+        where = f"{c.get('host') or ''}{':' + str(c['port']) if c.get('port') else ''}"
+        return f"kafka://{where}/?{urlencode({str(k): str(v) for k, v in extra.items()})}"
     auth = ""
     if c.get("login"):
         auth = quote(str(c["login"]), safe="")
@@ -65,6 +71,25 @@ def env_connection_url(conn_id: str) -> str:
         auth += "@"
     port = f":{c['port']}" if c.get("port") else ""
     return _uri(f"{kind}://{auth}{c.get('host') or ''}{port}/{c.get('schema') or ''}")
+
+
+# Airflow exports the running task's dag run id (``AIRFLOW_CTX_DAG_RUN_ID``) to its environment;
+# the id's prefix says what made the run.
+_RUN_ID_PREFIXES = (
+    ("scheduled__", "schedule"),
+    ("manual__", "on demand"),
+    ("backfill__", "backfill"),
+    ("asset_triggered__", "asset"),
+    ("dataset_triggered__", "asset"),
+)
+
+
+def started_by_env() -> str | None:
+    """What started this process's runs, as Airflow's environment tells (None outside Airflow)."""
+    run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    if not run_id:
+        return None
+    return next((who for prefix, who in _RUN_ID_PREFIXES if run_id.startswith(prefix)), "airflow")
 
 
 def _uri(uri: str) -> str:
@@ -83,7 +108,9 @@ class Context:
     ``$RECONCILE_STORE_URL``, else a SQLite file in the working folder). ``kafka``: the broker's
     settings (default from the environment). ``embedded_url``: the database of the embedded
     log (default ``$RECONCILE_EMBEDDED_LOG_URL``, else the store's). ``resolve_conn`` turns a
-    side's ``conn_id`` into a URL (default: :func:`env_connection_url`).
+    side's ``conn_id`` into a URL (default: :func:`env_connection_url`). ``started_by`` is
+    recorded with every run (``cli``, ``schedule``, ``on demand`` ...; default: what Airflow's
+    environment says, else ``api``).
     """
 
     store_url: str | None = None
@@ -91,6 +118,7 @@ class Context:
     embedded_url: str | None = None
     resolve_conn: ConnResolver = env_connection_url
     kafka_timeout_s: float = 30.0
+    started_by: str | None = None
     _store: Store | None = field(default=None, repr=False)
     _transports: dict[str, Transport] = field(default_factory=dict, repr=False)
 
@@ -106,6 +134,10 @@ class Context:
         if self._store is None:
             self._store = open_store(self.store_url)
         return self._store
+
+    def who(self) -> str:
+        """What started the runs of this context (stored in each run's scope)."""
+        return self.started_by or started_by_env() or "api"
 
     # -- sides -----------------------------------------------------------------------------
     def side_url(self, side: Side) -> str | None:
@@ -127,6 +159,28 @@ class Context:
             self.kafka = KafkaSettings.from_env()
         return self.kafka
 
+    def topic_reader(self, side: Side) -> TopicReader:
+        """A reader of a topic side's broker (or the embedded log); the caller closes it.
+
+        Kafka settings: the side's ``bootstrap:``, else its ``conn_id:`` resolved like a database
+        connection (an Airflow Kafka connection: ``kafka://host:port`` or ``kafka:///?bootstrap.servers=...``),
+        else the context's (``KAFKA_BOOTSTRAP_SERVERS``, ``RECONCILE_KAFKA_*``).
+        """
+        from ..events.reader import open_reader
+
+        if side.transport == "embedded":
+            return open_reader("embedded", embedded_url=self.log_url())
+        from ..events.kafka import KafkaSettings
+        from ..events.kafka_reader import settings_from_uri
+
+        if side.bootstrap:
+            settings = KafkaSettings(side.bootstrap, dict(self.kafka_settings().extra))
+        elif side.conn_id:
+            settings = settings_from_uri(self.resolve_conn(side.conn_id), self.kafka_settings())
+        else:
+            settings = self.kafka_settings()
+        return open_reader("kafka", kafka=settings, timeout_s=self.kafka_timeout_s)
+
     def log_url(self) -> str:
         """Where the embedded log lives."""
         return self.embedded_url or os.environ.get("RECONCILE_EMBEDDED_LOG_URL") or self.store.url
@@ -134,7 +188,7 @@ class Context:
     def transport(self, kind: str) -> Transport:
         """The transport called ``kind`` (``kafka`` or ``embedded``), made once per context."""
         if kind not in self._transports:
-            from ..events.transport import open_transport
+            from ..events import open_transport
 
             self._transports[kind] = open_transport(
                 kind,

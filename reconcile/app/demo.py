@@ -19,12 +19,12 @@ from typing import Any
 
 from ..events.kafka import KafkaSettings, ensure_topic
 from ..findings import Finding
-from ..shop import EmbeddedChannel, KafkaChannel, spec_path
+from ..shop import EmbeddedChannel, KafkaChannel, spec_path, stage_spec_paths
 from ..shop.channel import Channel
-from ..shop.incident import Faults, Incident
 from ..shop.service import ORDERS_TOPIC
 from ..spec import load_spec
 from ..store import AuditStore
+from .incident import Faults, Incident
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -46,6 +46,7 @@ class DemoSettings:
         "RECONCILE_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
     )
     bootstrap: str | None = None
+    store_url: str | None = None  # where the run left its audit store (set by run_demo)
 
 
 def _fmt(values: dict[str, Any] | None) -> str:
@@ -60,6 +61,42 @@ def _row(f: Finding) -> str:
     return (
         f"   {f.kind.value:<9} {key:<14} {cols:<16} truth {_fmt(f.truth):<28} projection {_fmt(f.projection)}"
     )
+
+
+def _stages(incident: Incident, say: Callable[[str], None]) -> bool:
+    """Audit the event path stage by stage, the topic read as a table; True when the publish stage
+    found exactly the lost OrderPlaced events and the apply stage no drift."""
+    from .audit import audit
+
+    paths = stage_spec_paths()
+    published = audit(incident.ctx, load_spec(paths["published"]))
+    applied = audit(incident.ctx, load_spec(paths["applied"]))
+    lost = set(incident.truth.lost_orders)
+    missing = {int(f.key["order_id"]) for f in published.findings if f.kind.value == "missing"}
+    hits = len(lost & missing)
+    exact = missing == lost and len(published.findings) == len(missing)
+    topic = published.scope.get("topics", {}).get("projection", {})
+    read = topic.get("read", {})
+    name = topic.get("topic", "the topic")
+    precision = hits / len(missing) if missing else 1.0
+    recall = hits / len(lost) if lost else 1.0
+    say("4. The event path, stage by stage (the orders topic read as a table):")
+    say(
+        f"   orders -> {name}: {read.get('messages', 0)} messages read, {len(missing)} orders without "
+        "their OrderPlaced event"
+        + (f" (e.g. order {min(missing)})" if missing else "")
+        + f"; against the ground truth: {hits} of {len(lost)} lost events, "
+        f"precision {precision:.2f}, recall {recall:.2f}"
+    )
+    s = applied.summary
+    if applied.findings:
+        say(f"   {name} -> projector journal: {len(applied.findings)} events consumed but not applied")
+    else:
+        say(
+            f"   {name} -> projector journal: no drift, {s.pending} in flight (past the projector's "
+            "committed offsets): every event it consumed was applied"
+        )
+    return exact and not applied.findings
 
 
 def _pg_databases(base_url: str, suffix: str) -> tuple[str, str, str]:
@@ -109,6 +146,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
         orders_topic = ORDERS_TOPIC
         channel = EmbeddedChannel(store_url)
         where = f"SQLite files in {wd}/, events on the embedded log ({wd}/store.db)"
+    settings.store_url = store_url
     spec = load_spec(spec_path())
     assert spec.correction is not None
     if kafka is not None:
@@ -167,7 +205,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
             f"({score.true_positives} of {score.expected} lost entities found, {score.found} reported)"
         )
 
-        say("4. reconcile run --verify: corrective events -> outbox -> relay -> projector -> verify")
+        stages_ok = _stages(incident, say)
+
+        say("5. reconcile run --verify: corrective events -> outbox -> relay -> projector -> verify")
         outcome = incident.heal()
         v = outcome.verify
         sent = outcome.relay.sent if outcome.relay else 0
@@ -178,15 +218,28 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
 
         final, _ = incident.audit(settings.grace_s)
         healed_at = time.monotonic()
-        ok = not final.findings and score.precision == 1.0 and score.recall == 1.0 and outcome.exit_code == 0
+        ok = (
+            not final.findings
+            and score.precision == 1.0
+            and score.recall == 1.0
+            and outcome.exit_code == 0
+            and stages_ok
+        )
         say(
-            f"5. Final audit: {'no drift' if not final.findings else f'{len(final.findings)} findings left'}."
+            f"6. Final audit: {'no drift' if not final.findings else f'{len(final.findings)} findings left'}."
             " "
             f"From the blip to verified zero drift: {healed_at - blip_at:.1f}s "
             f"(the incident this replays went unnoticed for hours)."
         )
         store_at = store_url.split("///")[-1]
         say(f"   demo finished in {time.monotonic() - t0:.1f}s; the audit store is {store_at}")
+        from ..errors import mask_url
+
+        say(
+            "7. See it on the dashboard: reconcile serve --store "
+            f"{mask_url(store_url) if settings.real else store_url} (then http://127.0.0.1:8765/), "
+            "or run the demo with --serve."
+        )
         return 0 if ok else 1
     finally:
         incident.close()

@@ -27,7 +27,7 @@ from ..findings import Finding, FindingStatus, RunResult
 from ..guard import check_guard
 from ..lifecycle import correctable, plan_verify
 from ..spec import Spec
-from ..store import Claim, OutboxEntry
+from ..store import Claim, OutboxEntry, RunRecord, Store
 from .audit import audit
 from .context import Context
 
@@ -80,6 +80,20 @@ def _require_correction(spec: Spec) -> None:
         raise ReconcileError(f"spec {spec.label}: correction: this spec has no correction section")
 
 
+def _guard_base(store: Store, spec: str, latest: RunRecord) -> int:
+    """What the guard's ratio is taken over: the entities of the whole pair.
+
+    A keyed or filtered run compared only its slice (2 corrections of 2 compared is 100%, yet
+    harmless), so its ratio is taken over the last full audit's entity count when there is one.
+    """
+    compared = int(latest.summary.get("compared", 0))
+    scope = latest.scope or {}
+    if scope.get("keys") is None and scope.get("where") is None:
+        return compared
+    full = store.baseline_run(spec)
+    return max(compared, int(full.summary.get("compared", 0))) if full is not None else compared
+
+
 def correct(
     ctx: Context, spec: Spec, *, dry_run: bool = False, force: bool = False, now: datetime | None = None
 ) -> CorrectionResult:
@@ -95,7 +109,7 @@ def correct(
     latest = store.latest_run(spec.name)
     if latest is None:
         raise ReconcileError(f"spec {spec.name}: no audit run yet; run `reconcile audit` first")
-    compared = int(latest.summary.get("compared", 0))
+    compared = _guard_base(store, spec.name, latest)
     events: list[CorrectiveEvent] = []
     refused: list[dict[str, Any]] = []
 
@@ -364,11 +378,20 @@ def verify(
     ctx: Context,
     spec: Spec,
     *,
-    timeout: timedelta = timedelta(minutes=5),
+    timeout: timedelta | None = None,
     poll_s: float = 0.5,
 ) -> VerifyResult:
-    """Wait for the projector to consume the corrections, then re-audit the corrected keys."""
+    """Wait for the projector to consume the corrections, then re-audit the corrected keys.
+
+    Lag is not drift: while the projector has not consumed every correction, verify cannot tell
+    whether they healed, so after ``timeout`` (default ``correction.verify_timeout``) with lag
+    above 0 it raises VerifyError (exit 2) naming the consumer group and its lag, and leaves the
+    findings ``correcting``. Only once the lag is 0 does it re-check the corrected keys and
+    resolve or escalate them.
+    """
     _require_correction(spec)
+    assert spec.correction is not None
+    timeout = timeout if timeout is not None else spec.correction.verify_timeout
     store = ctx.store
     out = VerifyResult(spec.name)
     correcting = store.findings(spec.name, [FindingStatus.CORRECTING.value])
@@ -387,6 +410,13 @@ def verify(
             break
         time.sleep(poll_s)
     out.waited_s = time.monotonic() - started
+    if out.lag:
+        c = spec.correction
+        raise VerifyError(
+            f"verify {spec.name}: cannot tell: projector group {c.consumer_group!r} is still {out.lag:,} "
+            f"message(s) behind on {c.topic} after {out.waited_s:.0f}s; {len(correcting):,} correction(s) "
+            "stay `correcting` (is the projector running?)"
+        )
     keys = [tuple(f.key[n] for n in spec.key_truth) for f in correcting]
     result = audit(ctx, spec, keys=keys, wait=True)  # a scheduled audit running now: after it
     out.run_id, out.checked = result.run_id, len(correcting)
@@ -394,12 +424,7 @@ def verify(
         (f.key_id for f in store.findings(spec.name, [FindingStatus.CORRECTING.value])),
         (f.key_id for f in result.findings),
     )
-    group = spec.correction.consumer_group if spec.correction else ""
-    why = (
-        f"projector {group} still {out.lag:,} behind after {timeout.total_seconds():g}s"
-        if out.lag
-        else "projector consumed the correction but the projection still differs"
-    )
+    why = "projector consumed the correction but the projection still differs"
     out.escalated, out.pending = store.move(
         spec.name,
         [
@@ -461,7 +486,7 @@ def heal(
     dry_run: bool = False,
     force: bool = False,
     preflight: bool = True,
-    timeout: timedelta = timedelta(minutes=5),
+    timeout: timedelta | None = None,
     keys: list[tuple[Any, ...]] | None = None,
     where: str | None = None,
     on_row: Callable[[], None] | None = None,

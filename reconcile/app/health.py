@@ -137,9 +137,15 @@ def health(
                         f"behind on {corr.topic} (threshold {thresholds.max_lag})"
                     )
         stale = spec.alerts.stale_after or thresholds.stale_after
+        gates = store.preflight_history(spec.name, limit=1)
+        if gates and not gates[0].success and (h.last_run_at is None or gates[0].checked_at > h.last_run_at):
+            h.problems.append(
+                f"preflight: the last gate failed at {gates[0].checked_at:%Y-%m-%d %H:%M}Z and no audit "
+                "has run since (see `reconcile check`)"
+            )
         if spec.schedule:
             if h.last_run_at is None:
-                h.notes.append("never audited")
+                h.problems.append("audit: never audited (is its DAG paused, or failing before the audit?)")
             elif now - h.last_run_at > stale:
                 h.problems.append(
                     f"audit: last run {_ago((now - h.last_run_at).total_seconds())} ago "

@@ -126,11 +126,14 @@ def build_event(spec: Spec, finding: Finding, run_id: str, now: datetime | None 
     col_names = {n: c.payload.get(n, spec.projection_name(n)) for n in spec.columns}
     key = _rename(finding.key, {**key_names, **{k: v for k, v in c.payload.items() if k in key_names}})
     tombstone = finding.kind is FindingKind.ORPHAN
-    state = None if tombstone else _rename(finding.truth or {}, col_names)
+    # The compared columns only: a finding on a topic side also says where its message sits
+    # (_partition, _offset, _timestamp), which is not state for the projector.
+    truth = None if finding.truth is None else {k: v for k, v in finding.truth.items() if k in spec.columns}
+    state = None if tombstone else _rename(truth or {}, col_names)
     data = {"spec": spec.name, "kind": finding.kind.value, "key": key, "state": state, "tombstone": tombstone}
     validate_datum(CORRECTIVE_EVENT, data)
     return CorrectiveEvent(
-        id=event_id(spec.name, finding.key, finding.truth if not tombstone else None, finding.episode),
+        id=event_id(spec.name, finding.key, truth if not tombstone else None, finding.episode),
         type=c.event_type,
         source=f"reconcile/{spec.name}",
         subject=message_key(key),

@@ -1,6 +1,6 @@
 """The events port: a transport publishes events, hands them to consumers, and reports lag.
 
-Two adapters, made by one factory (:func:`open_transport`):
+Two adapters, made by one factory (:func:`reconcile.events.open_transport`):
 
 * ``kafka`` — :class:`~reconcile.events.kafka.KafkaTransport`, a real broker (production);
 * ``embedded`` — :class:`~reconcile.events.embedded.EmbeddedTransport`, a table-backed log in
@@ -17,10 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from .kafka import KafkaSettings
+from typing import Protocol
 
 __all__ = [
     "TRANSPORTS",
@@ -29,7 +26,6 @@ __all__ = [
     "PublishReport",
     "EventConsumer",
     "Transport",
-    "open_transport",
 ]
 
 TRANSPORTS = ("kafka", "embedded")
@@ -116,24 +112,3 @@ class Transport(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
-
-
-def open_transport(
-    kind: str,
-    *,
-    kafka: KafkaSettings | None = None,
-    embedded_url: str | None = None,
-    timeout_s: float = 30.0,
-) -> Transport:
-    """The transport called ``kind`` (``kafka`` or ``embedded``), configured once by the caller."""
-    if kind == "embedded":
-        from .embedded import EmbeddedLog, EmbeddedTransport
-
-        if not embedded_url:
-            raise ValueError("the embedded transport needs the URL of its database")
-        return EmbeddedTransport(EmbeddedLog(embedded_url))
-    if kind == "kafka":
-        from .kafka import KafkaSettings, KafkaTransport
-
-        return KafkaTransport(kafka or KafkaSettings.from_env(), timeout_s=timeout_s)
-    raise ValueError(f"transport {kind!r} is not one of {', '.join(TRANSPORTS)}")

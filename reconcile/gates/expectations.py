@@ -34,7 +34,7 @@ from ..spec import Side, Spec
 from ..store import Store
 
 __all__ = [
-    "Outcome",
+    "ExpectationResult",
     "SideResult",
     "PreflightResult",
     "ExpectationConfig",
@@ -157,7 +157,7 @@ def _suite_file(spec: Spec, side: str, path: Path) -> list[ExpectationConfig]:
 
 # -- results (pure) ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Outcome:
+class ExpectationResult:
     """One expectation's verdict on one side, with what GX observed."""
 
     side: str
@@ -172,7 +172,7 @@ class Outcome:
     error: str | None = None
 
     @classmethod
-    def from_gx(cls, side: str, result: Mapping[str, Any]) -> Outcome:
+    def from_gx(cls, side: str, result: Mapping[str, Any]) -> ExpectationResult:
         """Build from one entry of GX's ``ValidationResult.to_json_dict()["results"]``."""
         cfg = result.get("expectation_config") or {}
         kwargs = {k: v for k, v in (cfg.get("kwargs") or {}).items() if k != "batch_id"}
@@ -244,14 +244,15 @@ class SideResult:
 
     side: str
     source: str  # masked: "table stock_view at sqlite:///..."
-    outcomes: tuple[Outcome, ...]
+    outcomes: tuple[ExpectationResult, ...]
+    note: str | None = None  # why this side was not validated (a topic side)
 
     @property
     def success(self) -> bool:
         return all(o.success for o in self.outcomes)
 
     @property
-    def failures(self) -> list[Outcome]:
+    def failures(self) -> list[ExpectationResult]:
         return [o for o in self.outcomes if not o.success]
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,6 +263,7 @@ class SideResult:
             "evaluated": len(self.outcomes),
             "failed": len(self.failures),
             "results": [o.to_dict() for o in self.outcomes],
+            **({"skipped": self.note} if self.note else {}),
         }
 
 
@@ -286,7 +288,7 @@ class PreflightResult:
         return 0 if self.success else PreflightFailed.exit_code
 
     @property
-    def failures(self) -> list[Outcome]:
+    def failures(self) -> list[ExpectationResult]:
         return [o for s in self.sides for o in s.failures]
 
     def side(self, name: str) -> SideResult:
@@ -375,7 +377,18 @@ def run_suites(
         else None
     )
     expectations = default_expectations(spec, baseline) + user_expectations(spec, suites_dir)
-    urls = {"truth": truth_url or spec.truth.url, "projection": projection_url or spec.projection.url}
+    # GX validates databases; a topic side is read whole by the audit, which counts and reports
+    # what it could not read (invalid JSON, unreadable keys), so its suite is skipped here.
+    topics = {side: getattr(spec, side) for side in SIDES if getattr(spec, side).is_topic}
+    expectations = [e for e in expectations if e.side not in topics]
+    urls = {
+        side: url
+        for side, url in (
+            ("truth", truth_url or spec.truth.url),
+            ("projection", projection_url or spec.projection.url),
+        )
+        if side not in topics
+    }
     for side, url in urls.items():
         if not url:
             raise SpecError(
@@ -383,12 +396,22 @@ def run_suites(
                 "must be resolved by the caller)"
             )
     docs = Path(docs_dir) if docs_dir is not None else DOCS_DIR / spec.name
-    raw, docs_index = _run_gx(spec, urls, expectations, docs.resolve() if build_docs else None)
+    raw, docs_index = (
+        _run_gx(spec, urls, expectations, docs.resolve() if build_docs else None) if urls else ({}, None)
+    )
     sides = tuple(
         SideResult(
             side,
+            topics[side].display,
+            (),
+            note="preflight (Great Expectations) does not apply to a topic side: skipped; the audit "
+            "reports messages it cannot read",
+        )
+        if side in topics
+        else SideResult(
+            side,
             _display(getattr(spec, side), str(urls[side])),
-            tuple(Outcome.from_gx(side, r) for r in raw[side]),
+            tuple(ExpectationResult.from_gx(side, r) for r in raw[side]),
         )
         for side in SIDES
     )
@@ -497,12 +520,25 @@ def _read_only_engines(ds: Any) -> None:
         sa.event.listen(engine, "connect", on_connect)
 
 
+def _quiet_gx() -> None:
+    """Great Expectations logs hundreds of INFO lines per validation: keep them at WARNING (in
+    the CLI and in Airflow task logs alike) unless RECONCILE_VERBOSE asks for everything."""
+    import logging
+    import os
+
+    if os.environ.get("RECONCILE_VERBOSE"):
+        return
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _run_gx(
     spec: Spec,
     urls: Mapping[str, str | None],
     expectations: Sequence[ExpectationConfig],
     docs: Path | None,
 ) -> tuple[dict[str, list[dict[str, Any]]], Path | None]:
+    _quiet_gx()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -523,7 +559,7 @@ def _run_gx(
     definitions = []
     datasources: list[Any] = []
     try:
-        for side in SIDES:
+        for side in (s for s in SIDES if s in urls):
             s: Side = getattr(spec, side)
             url = normalize_url(str(urls[side]))
             ds: Any
@@ -573,7 +609,7 @@ def _run_gx(
         )
         with _gx_errors(f"preflight {spec.name}: validation"):
             result = checkpoint.run()
-        raw: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+        raw: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES if side in urls}
         for vr in result.run_results.values():
             doc = vr.to_json_dict()
             side = str(doc.get("suite_name", "")).rsplit(".", 1)[-1]

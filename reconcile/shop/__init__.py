@@ -25,6 +25,7 @@ __all__ = [
     "create_world",
     "wait_until",
     "spec_path",
+    "stage_spec_paths",
 ]
 
 
@@ -35,3 +36,14 @@ def spec_path() -> str:
 
     env = os.environ.get("RECONCILE_SHOP_SPEC")
     return env or str(Path(__file__).resolve().parent / "shop-inventory.yaml")
+
+
+def stage_spec_paths() -> dict[str, str]:
+    """The stage specs of the shop's event path (package data): orders -> topic, topic -> journal."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    return {
+        "published": str(here / "shop-orders-published.yaml"),
+        "applied": str(here / "shop-orders-applied.yaml"),
+    }

@@ -53,6 +53,7 @@ class GroundTruth:
     orders: int = 0
     published: int = 0
     lost_events: list[str] = field(default_factory=list)
+    lost_orders: list[int] = field(default_factory=list)  # the orders of the lost events
     lost_entities: set[Entity] = field(default_factory=set)
     last_change: dict[Entity, float] = field(default_factory=dict)  # time.monotonic()
     events_of: dict[Entity, list[str]] = field(default_factory=dict)  # event ids, in order
@@ -73,6 +74,7 @@ class GroundTruth:
                 self.published += 1
                 return
             self.lost_events.append(order.event_id)
+            self.lost_orders.append(order.order_id)
             for sku, _qty, _v in order.lines:
                 self.lost_entities.add((order.warehouse, sku))
 

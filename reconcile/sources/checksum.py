@@ -6,33 +6,50 @@ per **bucket**, and only the rows of buckets whose summaries differ are streamed
 key, through the same :func:`reconcile.diff.diff_rows` merge as the streaming path. Findings,
 pending entities and the tolerance/normalise rules therefore stay exactly as they are there.
 
-Buckets are **hash buckets of the key**, not key ranges: the bucket of a row is the low
-:data:`FINE_BITS` bits of ``hashtextextended(ROW(key...)::text, 0)`` (a lone key column: its
-own text), and a level with ``b`` bits groups rows by the top ``b`` of those bits. That works
-for any key (composite, text, timestamps) without sampling boundaries, and spreads scattered
-drift evenly. Per bucket each side returns ``count(*)`` and the sum of a 64-bit row hash,
-``hashtextextended(ROW(values...)::text, key hash)`` (summed as two 32-bit halves; record text
-keeps NULL apart from ``''``). Key and value expressions are put in a canonical form where the
-two sides' types differ (integers as bigint, numbers through ``trim_scale(numeric)``,
-timestamps in UTC), so equal facts usually hash equal.
+Two kinds of bucket:
 
-Correctness never rests on that canonical form: a bucket is skipped only when both sides'
-count and hash sum agree, i.e. (short of a 64-bit collision) when the (key, values) texts are
-the same multiset, and equal texts are equal by meaning. Anything else (a real difference, or
-only a representation such as ``9.50`` facing ``9.5``) just makes the bucket differ, and its
-rows are fetched and judged by the merge. A key whose canonical text differs between the sides lands in
-two differing buckets, and both are fetched from both sides, so the merge still pairs it.
+* **Key ranges** (:mod:`reconcile.sources.keyranges`), when the key has an order both databases
+  share and both can walk through an index (integer and text keys, composite ones too, read
+  from tables). Only the first level reads every row, in one sequential scan; every later level
+  and the final fetch read just the differing ranges through the key index.
+* **Hash buckets** for every other key (numbers, timestamps, mixed types, queries, no index):
+  the bucket of a row is the low :data:`FINE_BITS` bits of a 64-bit hash of its canonical key,
+  and a level with ``b`` bits groups rows by the top ``b`` of those bits. That spreads any key
+  evenly without boundaries, but a bucket's rows are scattered, so each level is a full scan.
+
+Per bucket each side returns ``count(*)`` and the sum of a 64-bit row hash, summed as two int4
+halves (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state). The
+row hash chains typed hash functions over the row's compared values (``hashint8extended``,
+``hash_numeric_extended``, ``hashtextextended`` of the text form for the rest), seeded with the
+key (or its hash) and with a bitmap of which values are NULL, so NULL stays apart from ``0`` and
+``''``. Values are put in a canonical form where the two sides' types differ (integers as bigint,
+numbers through ``trim_scale(numeric)``, timestamps in UTC), so equal facts usually hash equal.
+
+Correctness never rests on that canonical form: a bucket is skipped only when both sides' count
+and hash sum agree, i.e. (short of a 64-bit collision) when the (key, values) are the same
+multiset, and equal values are equal by meaning. Anything else (a real difference, or only a
+representation such as ``9.50`` facing ``9.5`` text) just makes the bucket differ, and its rows
+are fetched and judged by the merge. A key that falls in different buckets on the two sides
+makes both buckets differ, and both are fetched from both sides, so the merge still pairs it.
 
 Levels: the first level is sized from the table statistics (about :data:`ROWS_PER_BUCKET` rows
-a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` rows, the next
-level splits only those buckets :data:`STEP_BITS` bits finer (one more scan that hashes only
-their rows). When most buckets differ (``fallback``), pushdown cannot save anything and the
-caller streams instead. Both databases are queried concurrently, each in its own thread; the
-final fetch is also read ahead in one thread per side, through a bounded queue.
+a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` rows (hash) or
+:data:`RANGE_REFINE_ROWS` (key ranges, whose finer levels read only those ranges and return one
+summary row per sub-range, far cheaper than merging the rows in Python), the next level splits
+only those buckets: hash buckets ``2**STEP_BITS`` ways, ranges into sub-ranges of about
+:data:`FINAL_ROWS` rows (at most about :data:`MAX_SUMMARY_ROWS` of them), so the fetch after
+reads little more than the drifted rows. When most buckets differ
+(``fallback``), pushdown cannot save anything and the caller streams instead. Both databases
+are queried concurrently, each in its own thread; the final fetch is also read ahead in one
+thread per side, through a bounded queue.
 
 Summary counts stay those of the streaming path: a skipped bucket holds ``count`` entities
 that are equal on both sides, so it adds ``count`` to ``compared``, ``truth_rows`` and
 ``projection_rows``.
+
+``key_range=(lo, hi)`` restricts everything to ``lo <= first key column < hi`` (None: open),
+by the same expression and order as :mod:`reconcile.fanout`'s ranges, so a fan-out worker can
+push its own range down.
 """
 
 from __future__ import annotations
@@ -50,9 +67,12 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from ..compare import ColumnRule
-from ..diff import DiffOutcome, diff_rows
-from .sql import ReadPlan, SqlSource, _type_kind
+from ..compare import ColumnRule, key_part
+from ..diff import DiffOutcome, Row, diff_rows
+from ..errors import SourceError, SpecError
+from . import keyranges
+from .keyranges import FirstGrain, Grain, RangeKey
+from .sql import ReadPlan, SqlSource, _as_time, _type_kind
 
 __all__ = [
     "Level",
@@ -60,25 +80,40 @@ __all__ = [
     "ChecksumResult",
     "checksum_diff",
     "unsupported_reason",
+    "BUCKETS",
     "FINE_BITS",
     "ROWS_PER_BUCKET",
     "REFINE_ROWS",
+    "RANGE_REFINE_ROWS",
     "STEP_BITS",
 ]
 
-FINE_BITS = 30  # bucket ids are the low 30 bits of the key hash; levels use its top bits
+BUCKETS = ("auto", "range", "hash")  # auto: key ranges where the key allows, else hash buckets
+FINE_BITS = 30  # hash bucket ids are the low 30 bits of the key hash; levels use its top bits
 ROWS_PER_BUCKET = 64  # first level: about this many rows per bucket (from table statistics)
 MIN_BITS, MAX_FIRST_BITS, DEFAULT_BITS = 8, 18, 12  # first-level bits: bounds; without statistics
-STEP_BITS = 8  # each refinement splits a differing bucket into 2**8
-REFINE_ROWS = 50_000  # refine while the differing buckets hold more rows than this
+STEP_BITS = 8  # each refinement splits a differing bucket about 2**8 ways
+REFINE_ROWS = 50_000  # hash buckets: refine while the differing buckets hold more rows than this
+# Key ranges: a finer level reads only the differing ranges, through the index, and returns a
+# summary row per sub-range, far cheaper than merging their rows in Python: refine down to this.
+RANGE_REFINE_ROWS = 2_000
+FINAL_ROWS = 4  # key ranges: a refined level aims at this many rows per sub-range ...
+MAX_SUMMARY_ROWS = 50_000  # ... but returns about this many summary rows at most
 MAX_LEVELS = 3
 FALLBACK_RATIO = 0.5  # with fallback, stream when more than this share of buckets differ
 WORK_MEM = "64MB"  # so the per-bucket hash aggregate stays in memory
-# The fetch keeps a few rows out of a whole scan: PostgreSQL cannot estimate the bucket filter
-# and walks the key index for the ORDER BY; a sequential scan and a small sort is ~2x faster.
+# A hash-bucket fetch keeps a few rows out of a whole scan: PostgreSQL cannot estimate the bucket
+# filter and walks the key index for the ORDER BY; a sequential scan and a small sort is ~2x faster.
 FETCH_SQL = ("SET LOCAL enable_indexscan = off",)
+# Range lookups are a few index probes, but the planner, blind to how many ranges there are,
+# costs them like a big join and would spend longer compiling (JIT) or forking workers than reading.
+RANGE_SQL = ("SET LOCAL jit = off", "SET LOCAL max_parallel_workers_per_gather = 0")
+# Every query here is read to its end through a server-side cursor; planned for its first 10% of
+# rows (the default), a range lookup walks the whole key index in order instead of probing it.
+CURSOR_SQL = "SET LOCAL cursor_tuple_fraction = 1.0"
 
 Key = tuple[Any, ...]
+Expr = sa.ColumnElement[Any]
 T = TypeVar("T")
 
 
@@ -97,22 +132,25 @@ def unsupported_reason(truth: SqlSource, projection: SqlSource) -> str | None:
 class Level:
     """One round of bucket summaries."""
 
-    bits: int
+    bits: int  # about 2**bits buckets over the whole key at this level
     buckets: int  # non-empty buckets on either side
     differing: int
     differing_rows: int  # rows (larger side) in the differing buckets
     seconds: float
+    grain: str = "hash"  # what a bucket is: "hash", or the key range, e.g. "id>>6"
 
 
 @dataclass(slots=True)
 class ChecksumStats:
-    """What the pushdown did: its levels and how many rows it fetched to diff."""
+    """What the pushdown did: its buckets, its levels and how many rows it fetched to diff."""
 
     levels: list[Level] = field(default_factory=list)
     skipped_rows: int = 0  # entities in buckets that matched (never fetched)
     fetched_truth: int = 0
     fetched_projection: int = 0
     fell_back: bool = False
+    buckets: str = "hash"  # "range" or "hash"
+    why_hash: str | None = None  # why key ranges could not be used, when they were not
 
 
 @dataclass(slots=True)
@@ -134,8 +172,25 @@ def _same_type(a: Any, b: Any) -> bool:
     return a is not None and a is b
 
 
+def _family(t: Any) -> str:
+    """Which hash function a value of this (SQLAlchemy) type goes through: int, numeric or text."""
+    if isinstance(t, sa.Integer):
+        return "int"
+    if isinstance(t, sa.Numeric) and not isinstance(t, sa.Float):
+        return "numeric"
+    return "text"  # its text form; also every type sampled from a query (its SQL type is unknown)
+
+
+def _key_family(kind: str, a: Any, b: Any) -> str:
+    """The hash family of one key column, decided from both sides' types (so both agree)."""
+    if kind == "int":
+        ints = all(isinstance(t, sa.Integer) for t in (a, b))
+        return "int" if ints else "numeric"
+    return "numeric" if kind == "number" else "text"
+
+
 def _canon_key(col: sa.ColumnElement[Any], mine: Any, kind: str) -> sa.ColumnElement[Any]:
-    """One key column in the text form both sides share (mirrors compare.key_part)."""
+    """One key column in the form both sides share (mirrors compare.key_part)."""
     own = _type_kind(mine)
     if kind == "int":
         return col if own == "int" and not _is_bool(mine) else sa.cast(col, sa.BigInteger)
@@ -146,120 +201,279 @@ def _canon_key(col: sa.ColumnElement[Any], mine: Any, kind: str) -> sa.ColumnEle
     return col if own == "text" else sa.cast(col, sa.Text)
 
 
-def _canon_value(col: sa.ColumnElement[Any], mine: Any, other: Any) -> sa.ColumnElement[Any]:
-    """One compared value, canonical where the two sides' types differ (else left as is)."""
+def _canon_value(col: sa.ColumnElement[Any], mine: Any, other: Any) -> tuple[sa.ColumnElement[Any], str]:
+    """One compared value, canonical where the two sides' types differ, and its hash family."""
     if _same_type(mine, other):
-        return col
+        return col, _family(mine)
     if _is_bool(mine):
-        return sa.cast(col, sa.Integer)
+        return sa.cast(col, sa.Integer), "int"
     own = _type_kind(mine)
     if own in ("int", "number"):
-        return sa.func.trim_scale(sa.cast(col, sa.Numeric))
+        return sa.func.trim_scale(sa.cast(col, sa.Numeric)), "numeric"
     if own == "datetime":
-        return sa.func.timezone("UTC", sa.cast(col, sa.DateTime(timezone=True)))
-    return col  # text and the rest: record text; a representation gap only costs a fetch
+        return sa.func.timezone("UTC", sa.cast(col, sa.DateTime(timezone=True))), "text"
+    return col, "text"  # text and the rest: text form; a representation gap only costs a fetch
 
 
-def _hash(text: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    return sa.func.hashtextextended(text, sa.literal_column("0"), type_=sa.BigInteger)
+def _lit(n: int) -> sa.ColumnElement[Any]:
+    """Our own integer constants, inline: PostgreSQL has bigint >> int4 and no bigint >> bigint."""
+    return sa.literal_column(str(int(n)))
 
 
-def _row_text(exprs: Sequence[sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
-    return sa.cast(sa.func.ROW(*exprs), sa.Text)
+def _hash(family: str, value: Expr, seed: Expr, nullable: bool = True) -> Expr:
+    """A 64-bit hash of a value, seeded; NULL hashes as its family's zero (``0`` or ``''``)."""
+
+    def zero(v: Expr, z: str) -> Expr:
+        return sa.func.coalesce(v, sa.literal_column(z)) if nullable else v
+
+    if family == "int":
+        return sa.func.hashint8extended(zero(sa.cast(value, sa.BigInteger), "0"), seed, type_=sa.BigInteger)
+    if family == "numeric":  # equal numerics hash equal whatever their scale (9.50 and 9.5)
+        return sa.func.hash_numeric_extended(zero(value, "0"), seed, type_=sa.BigInteger)
+    return sa.func.hashtextextended(zero(sa.cast(value, sa.Text), "''"), seed, type_=sa.BigInteger)
 
 
 class _Side:
-    """The SQL of one side: its bucket and row-hash expressions over a FromClause's columns."""
+    """One side's SQL: its rows (filtered), canonical key and value hashes over their columns."""
 
-    def __init__(self, src: SqlSource, plan: ReadPlan, other: SqlSource, other_plan: ReadPlan):
-        self.src, self.plan = src, plan
+    def __init__(
+        self,
+        src: SqlSource,
+        plan: ReadPlan,
+        other: SqlSource,
+        other_plan: ReadPlan,
+        index: int,
+        where: str | None,
+    ):
+        self.src, self.plan, self.index, self.where = src, plan, index, where
+        self.extra: Callable[[sa.FromClause], Any] | None = None  # the key_range filter, if any
+        # Per compared value: can it be NULL on either side? (Both sides must agree on it.)
+        self.nullable: list[bool] = [True] * len(plan.values)
+        self.xor = False  # fold row hashes with bit_xor (PostgreSQL 14+ on both sides) or sum halves
         mine, theirs = src.columns(), other.columns()
         self._key_types = [mine.get(k) for k in plan.key]
+        # How each key column is hashed; the same on both sides: integers through
+        # hashint8extended only when both sides hold integer types (a numeric(20,0) key could
+        # overflow a bigint), else as numerics; the rest by their text.
+        self.key_families = [
+            _key_family(kind, mine.get(a), theirs.get(b))
+            for a, b, kind in zip(plan.key, other_plan.key, plan.kinds, strict=True)
+        ]
         pairs = zip(plan.values, other_plan.values, strict=True)
         self._val_types = [(mine.get(v), theirs.get(o)) for v, o in pairs]
 
-    def keys(self, c: Any) -> list[sa.ColumnElement[Any]]:
-        return [
-            _canon_key(c[k], t, kind)
-            for k, t, kind in zip(self.plan.key, self._key_types, self.plan.kinds, strict=True)
-        ]
+    def base(self, extra: Callable[[sa.FromClause], Any] | None = None) -> sa.Subquery:
+        """This side's rows (the spec's and the run's filters, the key range, ``extra``)."""
+        filters = [f for f in (self.extra, extra) if f is not None]
+        combined = (lambda t: sa.and_(*[f(t) for f in filters])) if filters else None
+        return (
+            self.src.select(self.plan, where=self.where, extra_filter=combined).order_by(None).subquery("r")
+        )
+
+    def key_cols(self, c: Any) -> list[sa.ColumnElement[Any]]:
+        return [c[k] for k in self.plan.key]
 
     def key_hash(self, c: Any) -> sa.ColumnElement[Any]:
-        keys = self.keys(c)
-        # One key column (never NULL here) is unambiguous as plain text, and cheaper than a record.
-        return _hash(sa.cast(keys[0], sa.Text) if len(keys) == 1 else _row_text(keys))
+        """A 64-bit hash of the canonical key (typed, so integer keys skip their text form)."""
+        h: sa.ColumnElement[Any] = sa.literal_column("0::bigint")
+        cols = zip(self.plan.key, self._key_types, self.plan.kinds, self.key_families, strict=True)
+        for k, t, kind, family in cols:
+            expr = _canon_key(c[k], t, kind)
+            h = _hash(family, sa.cast(expr, sa.Numeric) if family == "numeric" else expr, h, nullable=False)
+        return h
+
+    def values_hash(self, c: Any, seed: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """The row hash: the values chained through their hash functions, seeded with ``seed``.
+
+        NULL is hashed as its family's zero value, and a bitmap of the NULL positions (of the
+        values that may be NULL on either side) goes into the seed first, so NULL and ``0``/``''``
+        still differ; each value is referenced once, so the expression grows linearly with the
+        columns.
+        """
+        vals = [_canon_value(c[v], a, b) for v, (a, b) in zip(self.plan.values, self._val_types, strict=True)]
+        h = seed
+        maybe_null = [v for v, n in zip(vals, self.nullable, strict=True) if n]  # NOT NULL on both: skip
+        for start in range(0, len(maybe_null), 62):
+            chunk = maybe_null[start : start + 62]
+            terms = [sa.case((e.is_(None), _lit(1 << i)), else_=_lit(0)) for i, (e, _) in enumerate(chunk)]
+            mask: Expr = terms[0]
+            for t in terms[1:]:
+                mask = mask + t
+            h = sa.func.hashint8extended(sa.cast(mask, sa.BigInteger), h, type_=sa.BigInteger)
+        for (expr, family), nullable in zip(vals, self.nullable, strict=True):
+            h = _hash(family, expr, h, nullable)
+        return h
+
+    def stream(self, stmt: sa.Select[Any], session: Sequence[str]) -> Iterator[Row]:
+        """Rows of ``stmt`` (laid out as :meth:`SqlSource.select` lays them) as diff Rows."""
+        plan, src = self.plan, self.src
+        nk, nv = len(plan.key), len(plan.values)
+        kinds = list(plan.kinds)
+        has_changed = plan.changed_at is not None
+        with src.errors(), src.engine.connect() as conn:
+            conn.exec_driver_sql(CURSOR_SQL)
+            for sql in session:
+                conn.exec_driver_sql(sql)
+            result = conn.execution_options(stream_results=True, yield_per=src.chunk_rows).execute(stmt)
+            for r in result:
+                try:
+                    key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
+                except ValueError as e:
+                    raise SourceError(f"{src.role}: {e} (key columns {list(plan.key)})") from None
+                yield Row(key, tuple(r[nk : nk + nv]), _as_time(r[nk + nv]) if has_changed else None)
+
+
+# -- the two kinds of bucket -------------------------------------------------------------------
+Bucket = tuple[Any, ...]
+
+
+class _Buckets:
+    """How one kind of bucket is computed, refined and read back (hash buckets or key ranges)."""
+
+    name = ""
+    first: Any  # the first level (hash: its bits; ranges: a Grain)
+    first_bits: int
+    refine_rows: int  # refine while the differing buckets hold more rows than this
+    scoped_session: tuple[str, ...] = ()  # settings for reading some buckets' rows
+    fetch_session: tuple[str, ...] = ()
+
+    def keyed(self, side: _Side, rows: sa.FromClause, level: Any) -> tuple[Any, list[Expr], Expr]:
+        """(the columns to hash values from, the bucket expressions, the row-hash seed)."""
+        raise NotImplementedError
+
+    def order(self, exprs: Sequence[Expr]) -> list[Expr]:
+        """The bucket expressions as Python orders them (the merge compares buckets)."""
+        raise NotImplementedError
+
+    def scoped(self, side: _Side, level: Any, buckets: Sequence[Bucket]) -> sa.Subquery:
+        """This side's rows in these buckets of this level."""
+        raise NotImplementedError
+
+    def finer(self, level: Any, rows: int, buckets: int) -> tuple[Any, int] | None:
+        """The next level for differing ``buckets`` holding ``rows``, and the bits it adds; None
+        when there is none."""
+        raise NotImplementedError
+
+    def describe(self, level: Any) -> str:
+        raise NotImplementedError
+
+
+class _HashBuckets(_Buckets):
+    name = "hash"
+    scoped_session: tuple[str, ...] = ()
+    fetch_session = FETCH_SQL
+
+    def __init__(self, bits: int):
+        self.first = self.first_bits = bits
+        self.refine_rows = REFINE_ROWS  # read when used: tests lower it
 
     @staticmethod
     def bucket_of(key_hash: sa.ColumnElement[Any], bits: int) -> sa.ColumnElement[Any]:
         """The top ``bits`` of the finest bucket id (the low FINE_BITS bits of the key hash)."""
-        # Literal ints (our own constants): PostgreSQL has bigint >> int4, not >> bigint.
-        fine = key_hash.op("&")(sa.literal_column(str((1 << FINE_BITS) - 1)))
-        return fine.op(">>")(sa.literal_column(str(int(FINE_BITS - bits))))
+        fine = key_hash.op("&")(_lit((1 << FINE_BITS) - 1))
+        return fine.op(">>")(_lit(FINE_BITS - bits))
 
-    def values_text(self, c: Any) -> sa.ColumnElement[Any] | None:
-        pairs = zip(self.plan.values, self._val_types, strict=True)
-        vals = [_canon_value(c[v], a, b) for v, (a, b) in pairs]
-        return _row_text(vals) if vals else None
+    def keyed(self, side: _Side, rows: sa.FromClause, level: int) -> tuple[Any, list[Expr], Expr]:
+        # OFFSET 0 keeps the key hash from being inlined (and so computed) twice.
+        k = sa.select(rows, side.key_hash(rows.c).label("_kh")).offset(0).subquery("kh")
+        return k.c, [self.bucket_of(k.c._kh, level)], k.c._kh
 
-    def in_buckets(self, bits: int, buckets: Sequence[int]) -> Callable[[sa.FromClause], Any]:
-        arr = sa.bindparam(None, list(buckets), type_=pg.ARRAY(sa.BigInteger))
-        return lambda src: self.bucket_of(self.key_hash(src.c), bits) == sa.any_(arr)
+    def order(self, exprs: Sequence[Expr]) -> list[Expr]:
+        return list(exprs)
 
-    def summaries(
-        self, bits: int, where: str | None, within: tuple[int, Sequence[int]] | None
-    ) -> Iterator[tuple[int, int, int, int]]:
-        """(bucket, rows, sums of the row hashes' high and low halves) at this level, by bucket.
+    def scoped(self, side: _Side, level: int, buckets: Sequence[Bucket]) -> sa.Subquery:
+        arr = sa.bindparam(None, [b[0] for b in buckets], type_=pg.ARRAY(sa.BigInteger))
+        return side.base(lambda t: self.bucket_of(side.key_hash(t.c), level) == sa.any_(arr))
 
-        The row hash is the hash of the values' record text seeded with the key hash, so the
-        key is hashed once per row. The 64-bit hash is summed as two int4 halves: sum(int4)
-        keeps a plain bigint per bucket, where sum(bigint) keeps a numeric state (about 1 kB a
-        bucket, spilling to disk at 100k buckets). OFFSET 0 keeps each hash from being inlined
-        (and so computed) twice. Streamed in bucket order, so memory stays flat however many
-        buckets there are.
-        """
-        parents = self.in_buckets(*within) if within is not None else None
-        rows = self.src.select(self.plan, where=where, extra_filter=parents).order_by(None).subquery("r")
-        vt = self.values_text(rows.c)
-        keyed = sa.select(
-            self.key_hash(rows.c).label("kh"), *([vt.label("vt")] if vt is not None else [])
-        ).offset(0)
-        k = keyed.subquery("k")
-        row_hash = sa.func.hashtextextended(k.c.vt, k.c.kh, type_=sa.BigInteger) if vt is not None else k.c.kh
-        hashed = sa.select(self.bucket_of(k.c.kh, bits).label("b"), row_hash.label("h")).offset(0)
-        hs = hashed.subquery("h")
-        stmt = (
-            sa.select(
-                hs.c.b,
-                sa.func.count(),
-                sa.func.sum(sa.cast(hs.c.h.op(">>")(sa.literal_column("32")), sa.Integer)),
-                sa.func.sum(sa.cast(hs.c.h.op("&")(sa.literal_column(str(2**31 - 1))), sa.Integer)),
-            )
-            .group_by(hs.c.b)
-            .order_by(hs.c.b)
-        )
-        with self.src.errors(), self.src.engine.connect() as conn:
-            conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
-            for r in result:
-                yield int(r[0]), int(r[1]), int(r[2]), int(r[3])
+    def finer(self, level: int, rows: int, buckets: int) -> tuple[int, int] | None:
+        return (level + STEP_BITS, STEP_BITS) if level + STEP_BITS <= FINE_BITS else None
+
+    def describe(self, level: int) -> str:
+        return "hash"
 
 
-def _first_bits(truth: SqlSource, projection: SqlSource) -> int:
-    est = max((s.estimate_rows() or 0) for s in (truth, projection))
-    if est <= 0:
-        return DEFAULT_BITS
-    return max(MIN_BITS, min(MAX_FIRST_BITS, math.ceil(math.log2(max(est / ROWS_PER_BUCKET, 1)))))
+class _RangeBuckets(_Buckets):
+    name = "range"
+    scoped_session = RANGE_SQL
+    fetch_session = RANGE_SQL
+
+    def __init__(self, key: RangeKey, first: FirstGrain, bits: int, names: Sequence[str]):
+        self.key, self.first, self.first_bits = key, first.grain, bits
+        self.refine_rows = RANGE_REFINE_ROWS
+        self.tops, self.names = first.tops, names
+
+    def keyed(self, side: _Side, rows: sa.FromClause, level: Grain) -> tuple[Any, list[Expr], Expr]:
+        cols = side.key_cols(rows.c)
+        return rows.c, self.key.bucket_exprs(cols, level), self.key.seed(cols)
+
+    def order(self, exprs: Sequence[Expr]) -> list[Expr]:
+        return self.key.order(exprs)
+
+    def scoped(self, side: _Side, level: Grain, buckets: Sequence[Bucket]) -> sa.Subquery:
+        return self.key.scoped(side.index, side.base(), side.plan.key, level, buckets)
+
+    def finer(self, level: Grain, rows: int, buckets: int) -> tuple[Grain, int] | None:
+        # A sub-range costs a summary row; aim at FINAL_ROWS rows in each, so the level after
+        # fetches little, but return at most about MAX_SUMMARY_ROWS summary rows.
+        per_bucket = rows / max(1, buckets)
+        target = max(FINAL_ROWS, rows / MAX_SUMMARY_ROWS)
+        step = max(1, math.ceil(math.log2(max(per_bucket / target, 1.0))))
+        nxt = keyranges.finer(level, self.key.kinds, step, self.tops)
+        return None if nxt is None else (nxt, step)
+
+    def describe(self, level: Grain) -> str:
+        return level.describe(self.names, self.key.kinds)
+
+
+def _summaries(
+    side: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
+) -> Iterator[tuple[Bucket, int, int, int]]:
+    """(bucket, rows, two folds of the row hashes) at this level, by bucket.
+
+    ``within`` = (the previous level, its differing buckets) restricts the rows to those. The
+    64-bit row hashes are folded with ``bit_xor`` (PostgreSQL 14+) or summed as two int4 halves
+    (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state); OFFSET 0
+    keeps the hash from being inlined (and so computed) once per aggregate. Streamed in bucket
+    order, so memory stays flat however many buckets there are.
+    """
+    rows = side.base() if within is None else kind.scoped(side, *within)
+    cols, bucket_exprs, seed = kind.keyed(side, rows, level)
+    labelled = [e.label(f"b{i}") for i, e in enumerate(bucket_exprs)]
+    inner = sa.select(*labelled, side.values_hash(cols, seed).label("h")).offset(0).subquery("k")
+    bs = [inner.c[f"b{i}"] for i in range(len(bucket_exprs))]
+    h = inner.c.h
+    if side.xor:
+        # One 8-byte aggregate; with the count it tells multisets apart as well as a sum does
+        # (equal rows can only cancel in pairs, which changes the count).
+        folds = [sa.func.bit_xor(h), _lit(0)]
+    else:
+        folds = [
+            sa.func.sum(sa.cast(h.op(">>")(_lit(32)), sa.Integer)),
+            # The low half as a signed int4: all 32 bits count.
+            sa.func.sum(sa.cast(h.op("&")(_lit(2**32 - 1)) - _lit(2**31), sa.Integer)),
+        ]
+    stmt = sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
+    n = len(bs)
+    session = kind.scoped_session if within is not None else ()
+    with side.src.errors(), side.src.engine.connect() as conn:
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        conn.exec_driver_sql(CURSOR_SQL)
+        for sql in session:
+            conn.exec_driver_sql(sql)
+        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+        for r in result:
+            yield tuple(r[:n]), int(r[n]), int(r[n + 1]), int(r[n + 2])
 
 
 def _compare_level(
-    ts: _Side, ps: _Side, bits: int, where: str | None, within: tuple[int, Sequence[int]] | None
-) -> tuple[list[int], int, int, int]:
+    ts: _Side, ps: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
+) -> tuple[list[Bucket], int, int, int]:
     """Merge both sides' bucket summaries (queried at once): differing buckets, their rows
     (larger side), non-empty buckets, and rows in matching buckets."""
-    differing: list[int] = []
+    differing: list[Bucket] = []
     drows = nonempty = same = 0
-    with closing(_read_ahead(ts.summaries(bits, where, within))) as t_it:
-        with closing(_read_ahead(ps.summaries(bits, where, within))) as p_it:
+    with closing(_read_ahead(_summaries(ts, kind, level, within))) as t_it:
+        with closing(_read_ahead(_summaries(ps, kind, level, within))) as p_it:
             t, p = next(t_it, None), next(p_it, None)
             while t is not None or p is not None:
                 nonempty += 1
@@ -282,6 +496,53 @@ def _compare_level(
     return differing, drows, nonempty, same
 
 
+def _fetch(side: _Side, kind: _Buckets, level: Any, buckets: Sequence[Bucket]) -> Iterator[Row]:
+    """This side's rows in these buckets, ordered by canonical key as the merge needs them."""
+    rows = kind.scoped(side, level, buckets)
+    order = [
+        side.src._order_expr(rows.c[k], k, kind_)
+        for k, kind_ in zip(side.plan.key, side.plan.kinds, strict=True)
+    ]
+    return side.stream(sa.select(*rows.c).order_by(*order), kind.fetch_session)
+
+
+def _first_bits(truth: SqlSource, projection: SqlSource) -> int:
+    est = max((s.estimate_rows() or 0) for s in (truth, projection))
+    if est <= 0:
+        return DEFAULT_BITS
+    return max(MIN_BITS, min(MAX_FIRST_BITS, math.ceil(math.log2(max(est / ROWS_PER_BUCKET, 1)))))
+
+
+def _not_null(src: SqlSource) -> set[str]:
+    """The columns of a table side declared NOT NULL (none for a query, or when unknown)."""
+    if not src.side.table:
+        return set()
+    sql = sa.text(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 "
+        "AND attnotnull AND NOT attisdropped"
+    )
+    try:
+        with src.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sql, {"t": keyranges.quoted_table(src)})}
+    except sa.exc.SQLAlchemyError:
+        return set()
+
+
+def _key_range_filter(side: _Side, key_range: tuple[Any, Any]) -> Callable[[sa.FromClause], Any]:
+    """``lo <= first key column < hi`` by the expression the streaming read orders by."""
+    lo, hi = key_range
+    name, kind = side.plan.key[0], side.plan.kinds[0]
+
+    def where(table: sa.FromClause) -> Any:
+        expr = side.src._order_expr(table.c[name], name, kind)
+        conds = [expr >= lo] if lo is not None else []
+        if hi is not None:
+            conds.append(expr < hi)
+        return sa.and_(sa.true(), *conds)
+
+    return where
+
+
 # -- the strategy ----------------------------------------------------------------------------
 def checksum_diff(
     truth: SqlSource,
@@ -297,49 +558,84 @@ def checksum_diff(
     on_row: Callable[[], None] | None = None,
     fallback: bool = True,
     first_bits: int | None = None,
+    key_range: tuple[Any, Any] | None = None,
+    buckets: str = "auto",
 ) -> ChecksumResult | None:
     """Diff a PostgreSQL pair by checksum pushdown; None when ``fallback`` and most buckets differ.
 
-    The outcome equals what :func:`~reconcile.diff.diff_rows` over the whole (``where``-filtered)
-    streams would give, except that ``clean`` holds only watched keys in fetched buckets (a
-    watched key in a matching bucket is consistent; with ``where`` it is checked by key here).
+    The outcome equals what :func:`~reconcile.diff.diff_rows` over the whole (``where``- and
+    ``key_range``-filtered) streams would give, except that ``clean`` holds only watched keys in
+    fetched buckets (a watched key in a matching bucket is consistent; with ``where`` or
+    ``key_range`` it is checked by key here).
+
+    ``key_range``: ``(lo, hi)`` canonical values of the first key column (truth's name order),
+    either None for open; a fan-out range (:class:`reconcile.fanout.KeyRange` ``lo``/``hi``).
+    ``buckets``: ``auto`` (key ranges where the key allows, else hash), ``range`` (raise
+    SpecError when it cannot) or ``hash``. ``first_bits``: about ``2**first_bits`` first-level
+    buckets instead of the size from statistics.
     """
+    if buckets not in BUCKETS:
+        raise SpecError(f"checksum buckets: {buckets!r} is not one of {', '.join(BUCKETS)}")
     tplan, pplan = plans
-    ts, ps = _Side(truth, tplan, projection, pplan), _Side(projection, pplan, truth, tplan)
+    ts = _Side(truth, tplan, projection, pplan, 0, where)
+    ps = _Side(projection, pplan, truth, tplan, 1, where)
+    if key_range is not None:
+        ts.extra, ps.extra = _key_range_filter(ts, key_range), _key_range_filter(ps, key_range)
+    ts.xor = ps.xor = all(
+        (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
+    )
+    nn_t, nn_p = _not_null(truth), _not_null(projection)
+    ts.nullable = ps.nullable = [
+        not (v in nn_t and o in nn_p) for v, o in zip(tplan.values, pplan.values, strict=True)
+    ]
     stats = ChecksumStats()
     bits = first_bits or _first_bits(truth, projection)
-    within: tuple[int, list[int]] | None = None
+    kind: _Buckets | None = None
+    if buckets != "hash":
+        rk, why = keyranges.range_key(truth, projection, tplan, pplan)
+        if rk is not None:
+            first = keyranges.first_grain(truth, projection, plans, rk, 1 << bits, (ts.base(), ps.base()))
+            kind = _RangeBuckets(rk, first, bits, tplan.key)
+        elif buckets == "range":
+            raise SpecError(f"checksum buckets: key ranges cannot run: {why}")
+        stats.why_hash = why
+    if kind is None:
+        kind = _HashBuckets(bits)
+    stats.buckets = kind.name
+    level: Any = kind.first
+    within: tuple[Any, list[Bucket]] | None = None
     while True:
         t0 = time.monotonic()
-        differing, drows, nonempty, same = _compare_level(ts, ps, bits, where, within)
+        differing, drows, nonempty, same = _compare_level(ts, ps, kind, level, within)
         stats.skipped_rows += same
-        stats.levels.append(Level(bits, nonempty, len(differing), drows, time.monotonic() - t0))
+        seconds = time.monotonic() - t0
+        stats.levels.append(Level(bits, nonempty, len(differing), drows, seconds, kind.describe(level)))
         mostly = nonempty > 0 and len(differing) > FALLBACK_RATIO * nonempty
         if mostly and fallback and len(stats.levels) == 1:
             stats.fell_back = True
             return None
-        if mostly or drows <= REFINE_ROWS or len(stats.levels) >= MAX_LEVELS or bits + STEP_BITS > FINE_BITS:
+        nxt = kind.finer(level, drows, len(differing))
+        if mostly or drows <= kind.refine_rows or len(stats.levels) >= MAX_LEVELS or nxt is None:
             break
-        within, bits = (bits, differing), bits + STEP_BITS
+        within, level, bits = (level, differing), nxt[0], bits + nxt[1]
     outcome = DiffOutcome()
     if differing:  # in bucket order already
-        only_t, only_p = ts.in_buckets(bits, differing), ps.in_buckets(bits, differing)
-        rows_t = _read_ahead(truth.stream(tplan, where=where, extra_filter=only_t, session=FETCH_SQL))
-        rows_p = _read_ahead(projection.stream(pplan, where=where, extra_filter=only_p, session=FETCH_SQL))
+        rows_t = _read_ahead(_fetch(ts, kind, level, differing))
+        rows_p = _read_ahead(_fetch(ps, kind, level, differing))
         with closing(rows_t), closing(rows_p):
             outcome = diff_rows(
                 rows_t, rows_p, rules, key_names, now=now, grace=grace, watch=watch, on_row=on_row
             )
         stats.fetched_truth, stats.fetched_projection = outcome.truth_rows, outcome.projection_rows
-    if where is not None and watch:
+    if (where is not None or key_range is not None) and watch:
         # With a filter, the store resolves only the watched keys the run saw clean: look up
         # the ones in matching buckets by key (they cannot differ, only be clean or absent).
         decided = outcome.clean | outcome.pending_keys
         rest = sorted(k for k in watch if k not in decided)
         if rest:
             extra = diff_rows(
-                truth.stream(tplan, where=where, keys=rest),
-                projection.stream(pplan, where=where, keys=rest),
+                truth.stream(tplan, where=where, keys=rest, extra_filter=ts.extra),
+                projection.stream(pplan, where=where, keys=rest, extra_filter=ps.extra),
                 rules,
                 key_names,
                 now=now,

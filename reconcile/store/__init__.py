@@ -26,7 +26,17 @@ from ..errors import StoreError, mask_url
 from ..findings import Finding, FindingKind, FindingStatus, Summary
 from ..lifecycle import Stored, plan_run
 from . import schema
-from .port import Claim, OutboxEntry, OutboxRow, PreflightRecord, RunRecord, Store
+from .port import (
+    Claim,
+    CorrectionRecord,
+    FindingRecord,
+    HealHistogram,
+    OutboxEntry,
+    OutboxRow,
+    PreflightRecord,
+    RunRecord,
+    Store,
+)
 from .schema import findings as F
 from .schema import locks as L
 from .schema import outbox as O
@@ -42,6 +52,9 @@ __all__ = [
     "OutboxEntry",
     "PreflightRecord",
     "Claim",
+    "FindingRecord",
+    "CorrectionRecord",
+    "HealHistogram",
     "ACTIVE",
 ]
 
@@ -777,6 +790,69 @@ class AuditStore(Store):
         from .preflight import baseline_run
 
         return baseline_run(self, spec)
+
+    # -- read-only queries for the dashboard and /metrics (reconcile.store.queries) -------
+    def spec_names(self) -> list[str]:
+        from .queries import spec_names
+
+        return spec_names(self)
+
+    def runs(
+        self,
+        spec: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        from .queries import runs
+
+        return runs(self, spec, since=since, until=until, limit=limit)
+
+    def latest_runs(self) -> dict[str, RunRecord]:
+        from .queries import latest_runs
+
+        return latest_runs(self)
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        from .queries import run_counts
+
+        return run_counts(self)
+
+    def finding_counts(self) -> dict[tuple[str, str, str], int]:
+        from .queries import finding_counts
+
+        return finding_counts(self)
+
+    def finding_records(
+        self,
+        spec: str,
+        *,
+        statuses: Sequence[str] | None = None,
+        since: datetime | None = None,
+        key_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[FindingRecord]:
+        from .queries import finding_records
+
+        return finding_records(self, spec, statuses=statuses, since=since, key_ids=key_ids, limit=limit)
+
+    def corrections(self, spec: str, finding_ids: Sequence[int]) -> list[CorrectionRecord]:
+        from .queries import corrections
+
+        return corrections(self, spec, finding_ids)
+
+    def outbox_backlogs(self) -> dict[str, tuple[int, datetime | None]]:
+        from .queries import outbox_backlogs
+
+        return outbox_backlogs(self)
+
+    def heal_histograms(
+        self, bounds: Sequence[float], specs: Sequence[str] | None = None
+    ) -> dict[str, HealHistogram]:
+        from .queries import heal_histograms
+
+        return heal_histograms(self, bounds, specs)
 
 
 def _outbox_row(r: Any) -> OutboxRow:

@@ -18,7 +18,17 @@ from typing import Any
 from ..findings import Finding, FindingStatus, Summary
 from ..lifecycle import ACTIVE
 
-__all__ = ["Store", "RunRecord", "OutboxRow", "OutboxEntry", "PreflightRecord", "Claim"]
+__all__ = [
+    "Store",
+    "RunRecord",
+    "OutboxRow",
+    "OutboxEntry",
+    "PreflightRecord",
+    "FindingRecord",
+    "CorrectionRecord",
+    "HealHistogram",
+    "Claim",
+]
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,40 @@ class PreflightRecord:
     success: bool
     results: dict[str, Any]
     docs: str | None
+
+
+@dataclass(frozen=True)
+class FindingRecord:
+    """One stored finding with its whole lifecycle: one episode of one entity's drift."""
+
+    id: int
+    spec: str
+    finding: Finding
+    last_seen: datetime
+    resolved_at: datetime | None
+    first_run_id: str
+    last_run_id: str
+    corrections: int = 0  # corrective events written to the outbox for this episode
+
+
+@dataclass(frozen=True)
+class CorrectionRecord:
+    """A corrective event in the outbox, with the finding it was written for and its delivery."""
+
+    event: OutboxRow
+    finding_id: int | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class HealHistogram:
+    """Time to heal (first seen -> resolved) of one spec's resolved findings, Prometheus-style."""
+
+    bounds: tuple[float, ...]  # upper bounds in seconds, ascending, without +Inf
+    cumulative: tuple[int, ...]  # findings healed within each bound
+    count: int
+    total_seconds: float
 
 
 class Store(ABC):
@@ -251,3 +295,58 @@ class Store(ABC):
     @abstractmethod
     def baseline_run(self, spec: str) -> RunRecord | None:
         """The latest run of a spec that covered the whole pair (what row counts are held against)."""
+
+    # -- read-only queries for the dashboard and /metrics ---------------------------------
+    @abstractmethod
+    def spec_names(self) -> list[str]:
+        """Every spec the store has runs, findings or preflight gates of, sorted."""
+
+    @abstractmethod
+    def runs(
+        self,
+        spec: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """A spec's runs started in [since, until], newest first."""
+
+    @abstractmethod
+    def latest_runs(self) -> dict[str, RunRecord]:
+        """Spec name -> its most recent run, for every spec at once."""
+
+    @abstractmethod
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """(spec, run status) -> number of stored runs."""
+
+    @abstractmethod
+    def finding_counts(self) -> dict[tuple[str, str, str], int]:
+        """(spec, kind, status) -> active findings (open, correcting, acknowledged)."""
+
+    @abstractmethod
+    def finding_records(
+        self,
+        spec: str,
+        *,
+        statuses: Sequence[str] | None = None,
+        since: datetime | None = None,
+        key_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[FindingRecord]:
+        """A spec's findings (all statuses unless given; active ones or first seen since
+        ``since``; only ``key_ids`` when given), newest episode first."""
+
+    @abstractmethod
+    def corrections(self, spec: str, finding_ids: Sequence[int]) -> list[CorrectionRecord]:
+        """The corrective events written for these findings, oldest first."""
+
+    @abstractmethod
+    def outbox_backlogs(self) -> dict[str, tuple[int, datetime | None]]:
+        """Spec name -> (unsent rows, creation time of the oldest), for every spec with a backlog."""
+
+    @abstractmethod
+    def heal_histograms(
+        self, bounds: Sequence[float], specs: Sequence[str] | None = None
+    ) -> dict[str, HealHistogram]:
+        """Spec name -> the time-to-heal histogram of its resolved findings (of ``specs`` only)."""

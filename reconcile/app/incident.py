@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from ..app import Context, HealResult, audit, heal
 from ..events.kafka import KafkaSettings
 from ..findings import RunResult
+from ..shop.channel import Channel
+from ..shop.load import GroundTruth, LoadGenerator, Score
+from ..shop.projector import InventoryProjector, wait_until
+from ..shop.service import ORDERS_TOPIC, OrderService, ShopRelay
+from ..shop.world import create_world
 from ..spec import Spec
 from ..store import AuditStore
-from .channel import Channel
-from .load import GroundTruth, LoadGenerator, Score
-from .projector import InventoryProjector, wait_until
-from .service import ORDERS_TOPIC, OrderService, ShopRelay
-from .world import create_world
+from .audit import audit
+from .context import Context
+from .heal import HealResult, heal
 
 __all__ = ["Incident", "Faults"]
 
