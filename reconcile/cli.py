@@ -208,6 +208,23 @@ def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
     return t
 
 
+def _print_run_json(result: RunResult, store: Any = None, confirm_runs: int = 1) -> None:
+    """The audit's JSON document; a huge run's findings are streamed from the store, page by
+    page, so printing a million of them keeps memory flat."""
+    doc = result.to_dict()
+    if not result.truncated or store is None:
+        _print_json(doc)
+        return
+    doc.pop("findings_truncated", None)
+    head = json.dumps({**doc, "findings": []}, indent=2, default=str)
+    before, _, after = head.partition('"findings": []')
+    sys.stdout.write(before + '"findings": [')
+    for i, f in enumerate(store.iter_run_findings(result.spec, result.run_id, confirm_runs)):
+        sys.stdout.write(("," if i else "") + "\n    " + json.dumps(f.to_dict(), default=str))
+    sys.stdout.write("\n  ]" + after + "\n")
+    sys.stdout.flush()
+
+
 def _topic_lines(topics: dict[str, Any]) -> list[str]:
     """One line per topic side: its recorded extent and what reading it met, then any problems."""
     lines = []
@@ -231,10 +248,10 @@ def _topic_lines(topics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_run(result: RunResult, fmt: str) -> None:
+def print_run(result: RunResult, fmt: str, store: Any = None, confirm_runs: int = 1) -> None:
     """Show one audit result as a table or as the JSON document of the contract."""
     if fmt == "json":
-        _print_json(result.to_dict())
+        _print_run_json(result, store, confirm_runs)
         return
     s = result.summary
     verdict = "drift found" if result.exit_code else "no drift"
@@ -318,7 +335,7 @@ def audit(
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
             result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy, wait=wait)
-        print_run(result, fmt)
+        print_run(result, fmt, ctx.store, s.freshness.confirm_runs)
     raise typer.Exit(result.exit_code)
 
 
@@ -476,9 +493,15 @@ def correct(
         fmt = _format(fmt)
         s = _spec(spec)
         result = do_correct(_context(store), s, dry_run=dry_run, force=force)
+        for r in result.refused[:20]:
+            err.print(
+                f"reconcile: refused: {s.name} {_cut(json.dumps(r['key'], sort_keys=True))}: its event is "
+                f"{r['bytes']:,} bytes, over correction.max_event_bytes; the finding stays open",
+                markup=False,
+            )
         if fmt == "json":
             _print_json(result.to_dict())
-            return
+            raise typer.Exit(result.exit_code)
         verb = "would write" if dry_run else "wrote"
         new = len(result.events) if dry_run else result.written
         out.print(
@@ -487,6 +510,7 @@ def correct(
         )
         if result.events:
             _print_events(result)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -503,10 +527,17 @@ def relay(
     timeout: TimeoutOpt = "30s",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per batch.")] = 20000,
     fmt: FormatOpt = None,
+    max_attempts: Annotated[
+        int,
+        typer.Option("--max-attempts", min=1, help="Refused attempts before a row is parked (dead)."),
+    ] = 3,
 ) -> None:
     """Publish unsent outbox rows to Kafka (or the embedded log); mark each sent only when confirmed.
 
     Broker unreachable: retries with backoff up to --timeout, then exits 2; the rows stay unsent.
+    A row the broker refuses for good (too large, invalid) is parked after --max-attempts with
+    its reason and its finding reopened, and never blocks the others: exit 1 when this pass
+    parked rows. Two relays never publish the same row (rows are claimed).
     """
     from .app import relay as do_relay
 
@@ -523,14 +554,32 @@ def relay(
 
         ctx = _context(store, bootstrap, _seconds(timeout, "--timeout"))
         try:
-            result = do_relay(ctx, spec_name=name, once=once, batch_size=batch_size, on_batch=progress)
+            result = do_relay(
+                ctx,
+                spec_name=name,
+                once=once,
+                batch_size=batch_size,
+                on_batch=progress,
+                max_attempts=max_attempts,
+            )
         finally:
             ctx.close()
+        for d in result.dead[:20]:
+            err.print(
+                f"reconcile: parked: outbox row {d['id']} (event {d['event_id']}, key {_cut(d['key'])}) "
+                f"after {max_attempts} refused attempts: {_cut(d['error'], 200)}",
+                markup=False,
+            )
         if fmt == "json":
             _print_json(result.to_dict())
         else:
             d = result.to_dict()
             out.print(f"relay: sent {d['sent']:,} event(s) in {d['seconds']}s ({d['events_per_second']:,}/s)")
+            if result.dead:
+                out.print(
+                    f"relay: parked {len(result.dead):,} event(s) the broker refused (see `reconcile health`)"
+                )
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -766,13 +815,13 @@ def health(
 
 def _print_health(report: Any) -> None:
     t = Table(pad_edge=False)
-    for col in ("spec", "status", "outbox", "oldest", "lag", "last audit"):
+    for col in ("spec", "status", "outbox", "oldest", "parked", "lag", "last audit"):
         t.add_column(col, overflow="fold")
     for h in report.specs:
         oldest = "—" if h.outbox_oldest_age_s is None else f"{h.outbox_oldest_age_s:,.0f}s"
         last = h.last_run_at.strftime("%Y-%m-%d %H:%M:%SZ") if h.last_run_at else "never"
         lag = "—" if h.lag is None else f"{h.lag:,}"
-        t.add_row(h.spec, h.status, f"{h.outbox_unsent:,}", oldest, lag, last)
+        t.add_row(h.spec, h.status, f"{h.outbox_unsent:,}", oldest, f"{h.outbox_dead:,}", lag, last)
     out.print(t)
     # One line per problem, below the table: they are sentences, and CI logs are 80 columns.
     for h in report.specs:

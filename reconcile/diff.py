@@ -124,11 +124,14 @@ def diff_rows(
     grace: timedelta,
     watch: set[Key] | frozenset[Key] = frozenset(),
     on_row: Callable[[], None] | None = None,
+    sink: Callable[[Finding], None] | None = None,
 ) -> DiffOutcome:
     """Merge two key-ordered streams and classify every entity.
 
     ``watch`` holds keys of findings still open from earlier runs: the outcome says which of
     them were seen clean (so the store can resolve them) or pending (left as they are).
+    ``sink`` receives each finding instead of the outcome's list (so a caller can keep memory
+    flat however much drift there is).
     """
     now = to_utc(now)
     names = [r.name for r in rules]
@@ -182,7 +185,10 @@ def diff_rows(
             if watched:
                 out.pending_keys.add(key)
             continue
-        out.findings.append(finding)
+        if sink is not None:
+            sink(finding)
+        else:
+            out.findings.append(finding)
     out.truth_rows, out.projection_rows = t.count, p.count
     return out
 

@@ -57,10 +57,13 @@ class Finding:
     first_seen: datetime | None = None
     note: str | None = None
     episode: int = 1  # 1 for an entity's first drift; drift that comes back after resolving: 2, 3...
+    _key_id: str | None = field(default=None, repr=False, compare=False)  # computed once
 
     @property
     def key_id(self) -> str:
-        return key_id(self.key)
+        if self._key_id is None:
+            object.__setattr__(self, "_key_id", key_id(self.key))
+        return self._key_id  # type: ignore[return-value]
 
     def with_lifecycle(self, **changes: Any) -> Finding:
         return replace(self, **changes)
@@ -144,7 +147,13 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.actionable else 0
+        return 1 if self.actionable or self.summary.drift > self.summary.acknowledged else 0
+
+    @property
+    def truncated(self) -> int:
+        """Confirmed findings not held in ``findings`` (a huge run keeps the first ones; the
+        store has them all)."""
+        return max(0, self.summary.drift - len(self.findings))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,4 +166,5 @@ class RunResult:
             "summary": self.summary.to_dict(),
             "findings": [f.to_dict() for f in self.findings],
             "unconfirmed": [f.to_dict() for f in self.unconfirmed],
+            **({"findings_truncated": self.truncated} if self.truncated else {}),
         }

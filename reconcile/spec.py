@@ -230,6 +230,9 @@ class Correction(_Model):
     payload: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     transport: Literal["kafka", "embedded"] = "kafka"
+    # A corrective event larger than this (key, value and headers, in bytes) is refused by
+    # `correct` (its finding stays open, saying why): below Kafka's default 1 MB message limit.
+    max_event_bytes: int = Field(default=900_000, ge=1)
     verify_timeout: timedelta = timedelta(minutes=5)  # how long verify waits for the projector
 
     @field_validator("verify_timeout", mode="before")

@@ -542,3 +542,30 @@ def test_on_demand_guard_and_lag_page_for_the_right_reason(
     posts = [p for p in receivers["webhook"].posts[before:] if p["json"]["reconcile"]["spec"] == name]
     assert [p["json"]["reconcile"]["event"] for p in posts] == ["verify"]
     assert group in posts[0]["json"]["text"] and "behind" in posts[0]["json"]["text"]
+
+
+def test_on_demand_where_param_is_checked_like_the_cli(specs_dir: Path, make_pg_db, store_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15, case 1: the DAG's `where` param is parsed and checked, never pasted into SQL."""
+    import sqlalchemy as sa
+
+    from .audit_cases import build
+    from .builders import engine, execute
+
+    truth, proj = make_pg_db("truth"), make_pg_db("proj")
+    build(truth, proj)
+    execute(truth, "CREATE SEQUENCE s")
+    name = _name("odw")
+    write_spec(specs_dir, name, f"url: {truth}", f"url: {proj}")
+    for where in ("1=1) OR (1=1", "nextval('s') > 0"):
+        dr = run("reconcile_on_demand", {"spec": name, "where": where, "verify": False})
+        assert states(dr)["audit"] == "failed"
+    ok = run("reconcile_on_demand", {"spec": name, "where": "warehouse = 'W2'", "verify": False})
+    assert states(ok)["audit"] == "success" and xcom(ok, "audit")["summary"]["compared"] == 1
+    e = engine(truth)
+    with e.connect() as c:
+        assert c.execute(sa.text("SELECT is_called FROM s")).scalar() is False
+    e.dispose()
+    e = engine(store_url)
+    with e.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM reconcile_runs")).scalar() == 1
+    e.dispose()

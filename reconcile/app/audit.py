@@ -18,7 +18,7 @@ included::
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -249,8 +249,9 @@ def audit(
         raise SpecError("--keys: no keys given (leave --keys out to audit every entity)")
     pair = open_pair(ctx, spec)  # names checked before anything is written, the store included
     try:
+        canon = canonical_keys(keys, pair.kinds) if keys is not None else None
         with ctx.store.audit_lock(spec.name, wait=wait):
-            return _audit(ctx, spec, pair, keys, where, now, on_row, strategy)
+            return _audit(ctx, spec, pair, canon, where, now, on_row, strategy)
     finally:
         pair.close()
 
@@ -259,7 +260,7 @@ def _audit(
     ctx: Context,
     spec: Spec,
     pair: Pair,
-    keys: Sequence[tuple[Any, ...]] | None,
+    canon: list[tuple[Any, ...]] | None,
     where: str | None,
     now: datetime | None,
     on_row: Callable[[], None] | None,
@@ -268,19 +269,29 @@ def _audit(
     store = ctx.store
     started = datetime.now(UTC)
     now = now or started
-    canon = canonical_keys(keys, pair.kinds) if keys is not None else None
     if canon is None:
-        refuse_null_keys(pair, where)
+        refuse_null_keys(pair, where)  # under the lock: a topic side spills before it counts
     watch = _watch(store, spec, pair.kinds)
-    outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy)
-    outcome = _recheck(pair, outcome, where, set(watch))
-    outcome.findings = locate(outcome.findings, (pair.truth, pair.projection), spec.key_truth)
+    spill = _Spill(RECHECK_LIMIT) if canon is None else None
+    outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy, spill)
+    sides = (pair.truth, pair.projection)
+    if spill is not None and spill.spilled:
+        # Too many to re-check: straight to the store, in batches (located batch by batch).
+        seen: Iterable[Finding] = _located(spill, sides, spec.key_truth)
+    else:
+        if spill is not None:
+            outcome.findings = spill.head
+        outcome = _recheck(pair, outcome, where, set(watch))
+        outcome.findings = locate(outcome.findings, sides, spec.key_truth)
+        seen = outcome.findings
     clean = {watch[k] for k in outcome.clean}
     pending = {watch[k] for k in outcome.pending_keys}
     if canon is not None:  # watched keys asked for but absent on both sides are consistent
-        seen = {f.key_id for f in outcome.findings}
+        seen_ids = {f.key_id for f in outcome.findings}
         asked = set(canon)
-        clean |= {kid for k, kid in watch.items() if k in asked and kid not in seen and kid not in pending}
+        clean |= {
+            kid for k, kid in watch.items() if k in asked and kid not in seen_ids and kid not in pending
+        }
     scope: dict[str, Any] = {
         "keys": len(canon) if canon is not None else None,
         "where": where,
@@ -292,6 +303,7 @@ def _audit(
         store,
         spec,
         outcome,
+        seen=seen,
         started_at=started,
         strategy=used,
         scope=scope,
@@ -316,11 +328,81 @@ def refuse_null_keys(pair: Pair, where: str | None = None) -> None:
             )
 
 
+class _Spill:
+    """A run's findings: in memory up to ``limit`` (enough to re-check them), beyond that in a
+    temporary file, in batches, so an audit with a million findings keeps memory flat."""
+
+    def __init__(self, limit: int, batch: int = 5_000):
+        self.limit, self.batch = limit, batch
+        self.head: list[Finding] = []
+        self._buf: list[Finding] = []
+        self._file: Any = None
+        self.count = 0
+
+    @property
+    def spilled(self) -> bool:
+        return self._file is not None
+
+    def __call__(self, finding: Finding) -> None:
+        self.count += 1
+        if self._file is None:
+            if len(self.head) < self.limit:
+                self.head.append(finding)
+                return
+            import tempfile
+
+            self._file = tempfile.TemporaryFile(prefix="reconcile-findings-")
+            self._buf, self.head = self.head, []
+        self._buf.append(finding)
+        if len(self._buf) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pickle
+
+        if self._buf:
+            pickle.dump(self._buf, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._buf = []
+
+    def __iter__(self) -> Iterator[Finding]:
+        import pickle
+
+        if self._file is None:
+            yield from self.head
+            return
+        self._flush()
+        self._file.seek(0)
+        try:
+            while True:
+                try:
+                    batch = pickle.load(self._file)  # noqa: S301 - our own temporary file
+                except EOFError:
+                    break
+                yield from batch
+        finally:
+            self._file.close()
+
+
+def _located(
+    findings: Iterable[Finding], sides: Any, names: Sequence[str], batch: int = 5_000
+) -> Iterator[Finding]:
+    """:func:`locate` over a stream of findings, a batch at a time."""
+    buf: list[Finding] = []
+    for f in findings:
+        buf.append(f)
+        if len(buf) >= batch:
+            yield from locate(buf, sides, names)
+            buf = []
+    if buf:
+        yield from locate(buf, sides, names)
+
+
 def _record(
     store: Store,
     spec: Spec,
     outcome: DiffOutcome,
     *,
+    seen: Iterable[Finding] | None = None,
     started_at: datetime,
     strategy: str,
     scope: dict[str, Any],
@@ -344,7 +426,7 @@ def _record(
         strategy=strategy,
         scope=scope,
         summary=summary,
-        seen=outcome.findings,
+        seen=outcome.findings if seen is None else seen,
         clean=clean,
         pending=pending,
         resolve_unseen=resolve_unseen,
@@ -553,6 +635,7 @@ def _diff(
     watch: set[tuple[Any, ...]],
     on_row: Callable[[], None] | None,
     strategy: str = "auto",
+    sink: Callable[[Finding], None] | None = None,
 ) -> tuple[DiffOutcome, str]:
     """Run the diff with the strategy asked for; returns the outcome and the strategy used."""
     tplan, pplan = pair.plans()
@@ -578,6 +661,10 @@ def _diff(
                 fallback=strategy == "auto",
             )
             if got is not None:
+                if sink is not None:  # the checksum path hands its (bucket-sized) findings back
+                    for f in got.outcome.findings:
+                        sink(f)
+                    got.outcome.findings = []
                 return got.outcome, "checksum"
     return diff_rows(
         pair.truth.stream(tplan, where=where, keys=keys),
@@ -588,4 +675,5 @@ def _diff(
         grace=pair.spec.freshness.grace,
         watch=watch,
         on_row=on_row,
+        sink=sink,
     ), "stream"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +27,7 @@ from ..findings import Finding, FindingStatus, RunResult
 from ..guard import check_guard
 from ..lifecycle import correctable, plan_verify
 from ..spec import Spec
-from ..store import OutboxEntry, RunRecord, Store
+from ..store import Claim, OutboxEntry, RunRecord, Store
 from .audit import audit
 from .context import Context
 
@@ -55,6 +55,12 @@ class CorrectionResult:
     written: int
     dry_run: bool
     compared: int
+    refused: list[dict[str, Any]] = field(default_factory=list)  # events over max_event_bytes
+
+    @property
+    def exit_code(self) -> int:
+        """1 when some events were refused (their findings stay open), else 0."""
+        return 1 if self.refused else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +70,7 @@ class CorrectionResult:
             "events": len(self.events),
             "written": self.written,
             "already_in_outbox": 0 if self.dry_run else len(self.events) - self.written,
+            "refused": self.refused,
             "corrections": [e.to_dict() for e in self.events],
         }
 
@@ -104,12 +111,22 @@ def correct(
         raise ReconcileError(f"spec {spec.name}: no audit run yet; run `reconcile audit` first")
     compared = _guard_base(store, spec.name, latest)
     events: list[CorrectiveEvent] = []
+    refused: list[dict[str, Any]] = []
 
     def decide(found: list[Finding]) -> list[OutboxEntry]:
         todo = correctable(found, spec.freshness.confirm_runs)
         if not force:
             check_guard(spec.name, len(todo), compared, max_count=c.max_count, max_ratio=c.max_ratio)
-        events.extend(build_event(spec, f, latest.id, now) for f in todo)
+        fits: list[Finding] = []
+        for f in todo:
+            e = build_event(spec, f, latest.id, now)
+            size = event_size(e)
+            if size > c.max_event_bytes:
+                refused.append({"key": f.key, "key_id": f.key_id, "bytes": size})
+                continue
+            fits.append(f)
+            events.append(e)
+        todo = fits
         if dry_run:
             return []
         return [
@@ -128,9 +145,40 @@ def correct(
 
     if dry_run:
         decide(store.run_findings(spec.name, latest.id, FindingStatus.OPEN.value))
-        return CorrectionResult(spec.name, latest.id, events, 0, True, compared)
+        return CorrectionResult(spec.name, latest.id, events, 0, True, compared, _jsonable(refused))
     _, written = store.correct(spec.name, latest.id, decide, note=f"correction sent by run {latest.id}")
-    return CorrectionResult(spec.name, latest.id, events, written, False, compared)
+    if refused:
+        # The finding stays open, saying why: a poison event never enters the outbox.
+        for r in refused:
+            store.move(
+                spec.name,
+                [
+                    (
+                        [r["key_id"]],
+                        FindingStatus.OPEN,
+                        f"not corrected: its event is {r['bytes']:,} bytes, over correction.max_event_bytes "
+                        f"{c.max_event_bytes:,}",
+                    )
+                ],
+                only_from=[FindingStatus.OPEN.value],
+            )
+    return CorrectionResult(spec.name, latest.id, events, written, False, compared, _jsonable(refused))
+
+
+def event_size(e: CorrectiveEvent) -> int:
+    """Bytes a corrective event takes on the wire: key, value and headers."""
+    value = e.value()
+    return (
+        len(e.subject.encode())
+        + (len(value.encode()) if value is not None else 0)
+        + sum(len(k.encode()) + len(v.encode()) for k, v in e.headers().items())
+    )
+
+
+def _jsonable(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from ..compare import jsonable
+
+    return [{"key": jsonable(r["key"]), "bytes": r["bytes"]} for r in refused]
 
 
 # -- relay ---------------------------------------------------------------------------------
@@ -142,6 +190,13 @@ class RelayResult:
     batches: int = 0
     seconds: float = 0.0
     by_transport: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0  # attempts the broker refused for good
+    dead: list[dict[str, Any]] = field(default_factory=list)  # rows parked by this pass
+
+    @property
+    def exit_code(self) -> int:
+        """1 when this pass parked rows (a refusal: see `reconcile health`), else 0."""
+        return 1 if self.dead else 0
 
     def to_dict(self) -> dict[str, Any]:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0
@@ -151,6 +206,8 @@ class RelayResult:
             "seconds": round(self.seconds, 3),
             "events_per_second": round(rate, 1),
             "by_transport": self.by_transport,
+            "rejected": self.rejected,
+            "dead": self.dead,
         }
 
 
@@ -163,10 +220,14 @@ def relay(
     idle_s: float = 1.0,
     on_batch: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    max_attempts: int = 3,
 ) -> RelayResult:
     """Publish unsent outbox rows in batches until the outbox is empty (``once``) or stopped.
 
-    A row is marked sent only after its transport confirmed it. When some rows cannot be
+    A row is marked sent only after its transport confirmed it. A row the destination refuses
+    for good (too large, invalid) is retried up to ``max_attempts`` times, then parked
+    (``dead``, with the broker's reason; its finding goes back to ``open``): it never blocks the
+    other rows, nor verify. When some rows cannot be
     delivered within ``timeout_s`` (broker down), the confirmed ones are marked, the rest stay
     unsent, and PublishError is raised. How long a broker is waited for is the context's
     ``kafka_timeout_s``.
@@ -174,53 +235,100 @@ def relay(
     store = ctx.store
     result = RelayResult()
     started = time.monotonic()
-    # The next batch is read while this one is published: the store's query time overlaps the
-    # broker's. Reads go by id after the last row taken (no rescanning rows already in flight);
-    # a pass that finds nothing after an id rescans from the start once before calling the
-    # outbox empty, so a row committed late under a lower id is not left behind. The reader
-    # thread only reads; marking stays here, after the delivery reports, in order.
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-read")
-    after = 0
-    ahead = reader.submit(store.unsent, batch_size, spec_name, after)
+    # Rows are *claimed* (Store.claim): two relays never publish the same row. The next batch is
+    # claimed while this one is published, so the store's query time overlaps the broker's; the
+    # reader thread only claims, marking stays here, after the delivery reports, in order.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
+    ahead: Future[Claim] | None = reader.submit(store.claim, batch_size, spec_name)
     try:
         while not (should_stop and should_stop()):
-            rows = ahead.result()
-            if not rows:
-                if after:
-                    after = 0
-                    ahead = reader.submit(store.unsent, batch_size, spec_name, after)
+            assert ahead is not None
+            claim = ahead.result()
+            ahead = None
+            try:
+                if not claim.rows:
+                    claim.close()
+                    if once:
+                        break
+                    time.sleep(idle_s)
+                    ahead = reader.submit(store.claim, batch_size, spec_name)
                     continue
-                if once:
-                    break
-                time.sleep(idle_s)
-                ahead = reader.submit(store.unsent, batch_size, spec_name, after)
-                continue
-            after = rows[-1].id
-            ahead = reader.submit(store.unsent, batch_size, spec_name, after)
-            for kind in dict.fromkeys(r.transport for r in rows):
-                batch = [r for r in rows if r.transport == kind]
-                transport = ctx.transport(kind)
-                report = transport.publish(batch)
-                if report.confirmed:
-                    store.mark_sent(report.confirmed)
-                    result.sent += len(report.confirmed)
-                    result.by_transport[kind] = result.by_transport.get(kind, 0) + len(report.confirmed)
-                if report.failed:
-                    store.mark_failed(report.failed, report.first_error or "not delivered")
-                    raise PublishError(
-                        f"relay: {len(report.failed):,} event(s) not delivered to {kind} {transport.where} "
-                        f"within {ctx.kafka_timeout_s:g}s (first error: {report.first_error}); they stay "
-                        "in the outbox "
-                        f"for the next relay ({result.sent:,} sent)"
-                    )
+                ahead = reader.submit(store.claim, batch_size, spec_name)
+                _publish(ctx, claim, result, max_attempts)
+            finally:
+                claim.close()
             result.batches += 1
             if on_batch:
                 on_batch(result.sent)
     finally:
-        ahead.cancel()
+        if ahead is not None:
+            ahead.cancel()
+            try:
+                ahead.result().close()
+            except BaseException:  # noqa: BLE001,S110 - it never started, or failed: nothing held
+                pass
         reader.shutdown(wait=True)
         result.seconds = time.monotonic() - started
     return result
+
+
+def _park_refused(
+    claim: Claim, transport: Any, refused: list[Any], result: RelayResult, max_attempts: int, kind: str
+) -> None:
+    """Rows a broker refused for good, retried alone until they go through or are parked.
+
+    A broker refuses a whole record batch for one bad message in it, so the refused rows are
+    published one by one; each refusal of a row alone counts as one attempt, and a row refused
+    ``max_attempts`` times is parked (dead, with the broker's reason; its finding reopens).
+    """
+    for _ in range(max_attempts):
+        errors: dict[int, str] = {}
+        for row in refused:
+            alone = transport.publish([row])
+            if alone.confirmed:
+                claim.sent(alone.confirmed)
+                result.sent += len(alone.confirmed)
+                result.by_transport[kind] = result.by_transport.get(kind, 0) + len(alone.confirmed)
+            errors.update(alone.rejected)
+            if alone.failed:
+                claim.failed(alone.failed, alone.first_error or "not delivered")
+        if not errors:
+            return
+        result.rejected += len(errors)
+        parked = set(claim.rejected(errors, max_attempts))
+        by_id = {r.id: r for r in refused}
+        result.dead += [
+            {"id": i, "event_id": by_id[i].event_id, "key": by_id[i].message_key[:200], "error": errors[i]}
+            for i in sorted(parked)
+        ]
+        refused = [r for r in refused if r.id in errors and r.id not in parked]
+        if not refused:
+            return
+
+
+def _publish(ctx: Context, claim: Claim, result: RelayResult, max_attempts: int) -> None:
+    """Publish one claim's rows, transport by transport, and mark each row as it went."""
+    rows = claim.rows
+    for kind in dict.fromkeys(r.transport for r in rows):
+        batch = [r for r in rows if r.transport == kind]
+        transport = ctx.transport(kind)
+        report = transport.publish(batch)
+        if report.confirmed:
+            claim.sent(report.confirmed)
+            result.sent += len(report.confirmed)
+            result.by_transport[kind] = result.by_transport.get(kind, 0) + len(report.confirmed)
+        if report.rejected:
+            _park_refused(
+                claim, transport, [r for r in batch if r.id in report.rejected], result, max_attempts, kind
+            )
+        if report.failed:
+            claim.failed(report.failed, report.first_error or "not delivered")
+            raise PublishError(
+                f"relay: {len(report.failed):,} event(s) not delivered to {kind} {transport.where} "
+                f"within {ctx.kafka_timeout_s:g}s (first error: {report.first_error}); they stay "
+                "in the outbox "
+                f"for the next relay ({result.sent:,} sent)"
+            )
 
 
 # -- verify --------------------------------------------------------------------------------
@@ -350,7 +458,7 @@ class HealResult:
     def exit_code(self) -> int:
         if self.error is not None:
             return self.error.exit_code
-        if not self.audit.actionable:
+        if not self.audit.exit_code:
             return 0
         if self.verify is not None:
             return self.verify.exit_code
@@ -400,7 +508,7 @@ def heal(
         gate_summary = {"id": passed.id, "success": passed.success, "seconds": round(passed.seconds, 3)}
     result = audit(ctx, spec, keys=keys, where=where, on_row=on_row, wait=wait)
     outcome = HealResult(result, preflight=gate_summary)
-    if not result.actionable or spec.correction is None:
+    if not result.exit_code or spec.correction is None:
         return outcome
     try:
         outcome.correction = correct(ctx, spec, dry_run=dry_run, force=force)

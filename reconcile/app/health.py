@@ -42,6 +42,7 @@ class SpecHealth:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # what could not be measured, and why
+    outbox_dead: int = 0  # corrective events parked: the broker refused them for good
 
     @property
     def status(self) -> str:
@@ -114,6 +115,14 @@ def health(
         elif n > thresholds.outbox_max_rows:
             h.problems.append(
                 f"outbox: {n} unsent corrective events (threshold {thresholds.outbox_max_rows})"
+            )
+        dead, first = store.dead_letters(spec.name, limit=1)
+        h.outbox_dead = dead
+        if dead:
+            why = f" (row {first[0].id}: {(first[0].last_error or '')[:200]})" if first else ""
+            h.problems.append(
+                f"outbox: {dead} corrective event(s) parked: the broker refused them for good{why}; "
+                "their findings are open again"
             )
         corr = spec.correction
         if corr and corr.consumer_group:

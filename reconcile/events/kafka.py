@@ -26,6 +26,28 @@ __all__ = ["KafkaSettings", "KafkaTransport", "KafkaConsumer", "consumer_lag", "
 log = logging.getLogger("reconcile.kafka")
 log.addHandler(logging.NullHandler())
 
+# Errors no retry can fix: the broker (or librdkafka) refuses this message itself. Such a row is
+# "rejected" (parked after a few attempts), never retried forever and never in the way of others.
+_PERMANENT = {
+    "MSG_SIZE_TOO_LARGE",
+    "INVALID_RECORD",
+    "RECORD_LIST_TOO_LARGE",
+    "INVALID_MSG",
+    "INVALID_MSG_SIZE",
+    "_INVALID_ARG",
+    "_BAD_MSG",
+}
+
+
+def _permanent(err: Any) -> bool:
+    from confluent_kafka import KafkaError
+
+    codes = {getattr(KafkaError, n) for n in _PERMANENT if hasattr(KafkaError, n)}
+    try:
+        return err.code() in codes
+    except AttributeError:
+        return False
+
 
 @dataclass(frozen=True)
 class KafkaSettings:
@@ -102,6 +124,8 @@ class KafkaTransport(Transport):
             def done(err, _msg) -> None:  # type: ignore[no-untyped-def]
                 if err is None:
                     report.confirmed.append(row_id)
+                elif _permanent(err):
+                    report.rejected[row_id] = f"kafka refused it: {err.str()}"
                 else:
                     report.failed.append(row_id)
                     report.first_error = report.first_error or str(err.str())
@@ -124,14 +148,18 @@ class KafkaTransport(Transport):
                 except BufferError:  # local queue full: serve callbacks, then retry
                     self.producer.poll(0.5)
                 except KafkaException as e:
-                    report.failed.append(row.id)
-                    report.first_error = report.first_error or str(e)
+                    if e.args and _permanent(e.args[0]):
+                        size = len(row.payload or "") + len(row.message_key)
+                        report.rejected[row.id] = f"kafka refused it ({size:,} bytes): {e.args[0].str()}"
+                    else:
+                        report.failed.append(row.id)
+                        report.first_error = report.first_error or str(e)
                     break
             if n % 1000 == 0:  # serve delivery reports as they come, without a call per row
                 self.producer.poll(0)
         remaining = self.producer.flush(self.timeout_s + 10)
         if remaining:
-            pending = {r.id for r in rows} - set(report.confirmed) - set(report.failed)
+            pending = {r.id for r in rows} - set(report.confirmed) - set(report.failed) - set(report.rejected)
             report.failed += sorted(pending)
             report.first_error = (
                 report.first_error or f"{remaining} message(s) not delivered before the timeout"

@@ -61,11 +61,14 @@ class Message:
 
 @dataclass
 class PublishReport:
-    """What one publish call achieved: confirmed row ids, failed row ids, the first error."""
+    """What one publish call achieved: confirmed row ids; failed row ids (worth retrying: the
+    broker was unreachable, a timeout) with the first error; and rejected rows (the destination
+    refused them for good — too large, invalid) with each one's reason."""
 
     confirmed: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     first_error: str | None = None
+    rejected: dict[int, str] = field(default_factory=dict)
 
 
 class EventConsumer(ABC):

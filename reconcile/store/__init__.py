@@ -27,6 +27,7 @@ from ..findings import Finding, FindingKind, FindingStatus, Summary
 from ..lifecycle import Stored, plan_run
 from . import schema
 from .port import (
+    Claim,
     CorrectionRecord,
     FindingRecord,
     HealHistogram,
@@ -50,6 +51,7 @@ __all__ = [
     "OutboxRow",
     "OutboxEntry",
     "PreflightRecord",
+    "Claim",
     "FindingRecord",
     "CorrectionRecord",
     "HealHistogram",
@@ -119,12 +121,16 @@ class AuditStore(Store):
         self.url = default_store_url(url)
         try:
             self.engine: Engine = make_engine(self.url, sqlite_wal=True)
+            # Batched INSERT ... VALUES (...), (...) for executemany: one round trip per page of
+            # rows instead of one per row (recording 200k findings).
+            self.engine.dialect.use_insertmanyvalues_wo_returning = True
         except Exception as e:  # noqa: BLE001 - any URL problem is the user's input
             raise StoreError(
                 f"audit store {mask_url(self.url)}: cannot use this URL: {mask_url(str(e))}"
             ) from None
         self._migrated = False
         self._lock_rows: set[str] = set()
+        self._parked: set[str] = set()
 
     @property
     def display(self) -> str:
@@ -262,7 +268,7 @@ class AuditStore(Store):
     ) -> lifecycle.RunPlan:
         kids = [f.key_id for f in batch]
         active: dict[str, Stored] = {}
-        for cond in self._id_chunks(F.c.key_id, kids):
+        for cond in self._key_lookup(kids):
             for r in conn.execute(
                 sa.select(
                     F.c.id, F.c.key_id, F.c.status, F.c.times_seen, F.c.first_seen, F.c.note, F.c.episode
@@ -282,7 +288,7 @@ class AuditStore(Store):
         )
         # A new finding of an entity that drifted before is its next episode.
         before: dict[str, int] = {}
-        for cond in self._id_chunks(F.c.key_id, [f.key_id for f in plan.new]):
+        for cond in self._key_lookup([f.key_id for f in plan.new]):
             before.update(
                 conn.execute(
                     sa.select(F.c.key_id, sa.func.max(F.c.episode))
@@ -312,8 +318,9 @@ class AuditStore(Store):
             }
 
         if plan.new:
-            conn.execute(
-                F.insert(),
+            self._insert_many(
+                conn,
+                F,
                 [
                     {
                         **values(f),
@@ -339,6 +346,29 @@ class AuditStore(Store):
             )
         return plan
 
+    def _insert_many(self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows: PostgreSQL through COPY (recording 200k findings would otherwise spend
+        most of its time binding parameters), elsewhere one executemany."""
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+            import json
+
+            cols = list(rows[0])
+            is_json = [isinstance(table.c[c].type, sa.JSON) for c in cols]
+            raw = conn.connection.driver_connection
+            names = ", ".join(f'"{c}"' for c in cols)
+            with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:  # type: ignore[union-attr]
+                for r in rows:
+                    copy.write_row(
+                        [
+                            json.dumps(r[c], separators=(",", ":")) if j and r[c] is not None else r[c]
+                            for c, j in zip(cols, is_json, strict=True)
+                        ]
+                    )
+            return
+        conn.execute(table.insert(), list(rows))
+
     def _ensure_lock_row(self, name: str) -> None:
         """Create a lock row once (its own transaction: a racing creator is fine)."""
         if name in self._lock_rows:
@@ -352,6 +382,24 @@ class AuditStore(Store):
             except StoreError:  # another process created it first
                 pass
         self._lock_rows.add(name)
+
+    def _key_lookup(self, key_ids: Sequence[str]) -> Iterator[sa.ColumnElement[bool]]:
+        """``key_id IN key_ids`` that PostgreSQL answers through the (spec, key_id) index.
+
+        ``key_id = ANY(array)`` lets the planner pick the (spec, status) index and test every
+        row of the spec against the whole array (minutes per batch at 200k findings); a
+        semi-join on the unnested array is looked up key by key.
+        """
+        if not key_ids:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            arr = sa.bindparam(None, list(key_ids), type_=ARRAY(sa.String()))
+            yield F.c.key_id.in_(sa.select(sa.func.unnest(arr)))
+            return
+        for i in range(0, len(key_ids), 1000):
+            yield F.c.key_id.in_(key_ids[i : i + 1000])
 
     def _not_in(self, column: sa.Column[Any], values: Sequence[Any]) -> list[sa.ColumnElement[bool]]:
         """``column NOT IN values`` as conditions to AND together."""
@@ -481,6 +529,29 @@ class AuditStore(Store):
         )
         return [(r.id, _finding(r)) for r in rows]
 
+    def iter_run_findings(self, spec: str, run_id: str, confirm_runs: int = 1) -> Iterator[Finding]:
+        """Every confirmed finding a run saw, oldest first, read page by page (flat memory)."""
+        after = 0
+        while True:
+            with self._begin() as conn:
+                rows = conn.execute(
+                    sa.select(F)
+                    .where(
+                        F.c.spec == spec,
+                        F.c.last_run_id == run_id,
+                        F.c.status.in_(ACTIVE),
+                        F.c.times_seen >= confirm_runs,
+                        F.c.id > after,
+                    )
+                    .order_by(F.c.id)
+                    .limit(BATCH)
+                ).all()
+            if not rows:
+                return
+            after = rows[-1].id
+            for r in rows:
+                yield _finding(r, confirm_runs)
+
     def run_findings(self, spec: str, run_id: str, status: str) -> list[Finding]:
         """A spec's findings last seen by a run, in a status, oldest first."""
         with self._begin() as conn:
@@ -524,12 +595,22 @@ class AuditStore(Store):
                     for e in entries
                 ],
             )
+            parked = [e.key_id for e in entries if e.event_id in self._parked]
             self._set_status(
                 conn,
                 spec,
-                [e.key_id for e in entries],
+                [e.key_id for e in entries if e.event_id not in self._parked],
                 FindingStatus.CORRECTING,
                 note=note,
+                only_from=[FindingStatus.OPEN.value],
+            )
+            # Its event is parked (the broker refused it for good): sending it again cannot heal.
+            self._set_status(
+                conn,
+                spec,
+                parked,
+                FindingStatus.OPEN,
+                note="its corrective event is parked in the outbox (see `reconcile health`)",
                 only_from=[FindingStatus.OPEN.value],
             )
         return entries, written
@@ -573,10 +654,14 @@ class AuditStore(Store):
             return 0
         existing: set[str] = set()
         ids = [r["event_id"] for r in rows]
+        self._parked = set()
         for i in range(0, len(ids), 1000):
-            existing.update(
-                conn.execute(sa.select(O.c.event_id).where(O.c.event_id.in_(ids[i : i + 1000]))).scalars()
-            )
+            for event_id, dead_at in conn.execute(
+                sa.select(O.c.event_id, O.c.dead_at).where(O.c.event_id.in_(ids[i : i + 1000]))
+            ):
+                existing.add(event_id)
+                if dead_at is not None:
+                    self._parked.add(event_id)
         fresh = [r for r in rows if r["event_id"] not in existing]
         if fresh:
             try:
@@ -590,7 +675,7 @@ class AuditStore(Store):
     def unsent(self, limit: int, spec: str | None = None, after_id: int = 0) -> list[OutboxRow]:
         """The oldest unsent outbox rows (optionally of one spec)."""
         with self._begin() as conn:
-            q = sa.select(O).where(O.c.sent_at.is_(None), O.c.id > after_id)
+            q = sa.select(O).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None), O.c.id > after_id)
             if spec:
                 q = q.where(O.c.spec == spec)
             # fetchall in one go: iterating the result would fetch row by row
@@ -626,11 +711,70 @@ class AuditStore(Store):
     def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
         """(number of unsent rows, creation time of the oldest) — the relay's health."""
         with self._begin() as conn:
-            q = sa.select(sa.func.count(), sa.func.min(O.c.created_at)).where(O.c.sent_at.is_(None))
+            q = sa.select(sa.func.count(), sa.func.min(O.c.created_at)).where(
+                O.c.sent_at.is_(None), O.c.dead_at.is_(None)
+            )
             if spec:
                 q = q.where(O.c.spec == spec)
             n, oldest = conn.execute(q).one()
             return int(n), _aware(oldest)
+
+    def dead_letters(self, spec: str | None = None, limit: int = 20) -> tuple[int, list[OutboxRow]]:
+        """(parked rows, the oldest ``limit`` of them with their errors)."""
+        with self._begin() as conn:
+            q = sa.select(sa.func.count()).select_from(O).where(O.c.dead_at.is_not(None))
+            rows = sa.select(O).where(O.c.dead_at.is_not(None))
+            if spec:
+                q, rows = q.where(O.c.spec == spec), rows.where(O.c.spec == spec)
+            n = int(conn.execute(q).scalar() or 0)
+            return n, [_outbox_row(r) for r in conn.execute(rows.order_by(O.c.id).limit(limit)).all()]
+
+    def claim(self, limit: int, spec: str | None = None) -> Claim:
+        """Take up to ``limit`` unsent rows for one relay, so no other relay takes them too.
+
+        PostgreSQL/MySQL: the rows are locked (``FOR UPDATE SKIP LOCKED``) in a transaction the
+        claim holds until :meth:`Claim.close`; other relays skip them, and a relay that dies
+        releases them at once. SQLite: relays take turns, one claim at a time, under an OS file
+        lock beside the database.
+        """
+        from .claims import open_claim
+
+        self.migrate()
+        return open_claim(self, limit, spec)
+
+    def _reject(
+        self, conn: Connection, errors: dict[int, str], max_attempts: int, now: datetime
+    ) -> list[int]:
+        """Count a refused attempt on each row (with its error); park the rows that reached
+        ``max_attempts`` (``dead_at``) and send their findings back to ``open`` with the reason.
+        Returns the ids parked."""
+        if not errors:
+            return []
+        conn.execute(
+            O.update()
+            .where(O.c.id == sa.bindparam("_id"))
+            .values(attempts=O.c.attempts + 1, last_error=sa.bindparam("_error")),
+            [{"_id": i, "_error": e[:2000]} for i, e in errors.items()],
+        )
+        dead = conn.execute(
+            sa.select(O.c.id, O.c.spec, O.c.finding_id, O.c.last_error).where(
+                O.c.id.in_(list(errors)), O.c.attempts >= max_attempts
+            )
+        ).all()
+        if not dead:
+            return []
+        conn.execute(O.update().where(O.c.id.in_([d.id for d in dead])).values(dead_at=now))
+        for d in dead:
+            if d.finding_id is not None:
+                conn.execute(
+                    F.update()
+                    .where(F.c.id == d.finding_id, F.c.status == FindingStatus.CORRECTING.value)
+                    .values(
+                        status=FindingStatus.OPEN.value,
+                        note=f"correction parked in the outbox (row {d.id}): {d.last_error}"[:2000],
+                    )
+                )
+        return [d.id for d in dead]
 
     # -- preflight gates -----------------------------------------------------------------
     def record_preflight(
@@ -742,6 +886,9 @@ def _outbox_row(r: Any) -> OutboxRow:
         payload=r.payload,
         created_at=_aware(r.created_at),  # type: ignore[arg-type]
         sent_at=_aware(r.sent_at),
+        attempts=r.attempts or 0,
+        last_error=r.last_error,
+        dead_at=_aware(r.dead_at),
     )
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "FindingRecord",
     "CorrectionRecord",
     "HealHistogram",
+    "Claim",
 ]
 
 
@@ -73,6 +74,32 @@ class OutboxRow:
     payload: str | None
     created_at: datetime
     sent_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    dead_at: datetime | None = None
+
+
+class Claim(ABC):
+    """Outbox rows one relay took (:meth:`Store.claim`): no other relay publishes them."""
+
+    rows: list[OutboxRow]
+
+    @abstractmethod
+    def sent(self, ids: Sequence[int]) -> None:
+        """Mark rows sent (only rows their destination confirmed)."""
+
+    @abstractmethod
+    def failed(self, ids: Sequence[int], error: str) -> None:
+        """Count a failed attempt (the broker was unreachable...) on rows that stay unsent."""
+
+    @abstractmethod
+    def rejected(self, errors: dict[int, str], max_attempts: int) -> list[int]:
+        """Count a refused attempt (row id -> the broker's reason); park the rows at
+        ``max_attempts``; the ids parked."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the rows (commit what was marked)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +208,10 @@ class Store(ABC):
         """A spec's findings last seen by a run, in a status."""
 
     @abstractmethod
+    def iter_run_findings(self, spec: str, run_id: str, confirm_runs: int = 1) -> Iterable[Finding]:
+        """Every confirmed finding a run saw, oldest first, read page by page (flat memory)."""
+
+    @abstractmethod
     def correct(
         self,
         spec: str,
@@ -233,7 +264,15 @@ class Store(ABC):
 
     @abstractmethod
     def outbox_backlog(self, spec: str | None = None) -> tuple[int, datetime | None]:
-        """(unsent rows, creation time of the oldest)."""
+        """(unsent rows that are not parked, creation time of the oldest)."""
+
+    @abstractmethod
+    def dead_letters(self, spec: str | None = None, limit: int = 20) -> tuple[int, list[OutboxRow]]:
+        """(parked rows: refused by the broker for good, the oldest ``limit`` of them)."""
+
+    @abstractmethod
+    def claim(self, limit: int, spec: str | None = None) -> Claim:
+        """Take up to ``limit`` unsent, unparked rows (oldest first) for one relay."""
 
     # -- preflight gates -----------------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,161 @@
+"""Memory and recording speed with many findings (issue 15, case 7).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/memory.py --findings 200000 [--heal]
+
+Builds a truth of N rows and an empty projection (every row a `missing` finding) in fresh
+PostgreSQL databases, a third one for the audit store, and runs the real CLI in child
+processes, each measured on its own (peak RSS from wait4, wall time):
+
+* ``record``  -- store.record_run of N synthetic findings alone: findings recorded per second
+* ``audit``   -- `reconcile audit --format json --strategy stream` (the JSON goes to /dev/null)
+* ``correct`` / ``relay`` (with --heal) -- `reconcile correct --force`, `reconcile relay` to Kafka
+
+Everything it creates carries a uuid suffix and is dropped at the end. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+RECORD = """
+import sys, time, uuid
+from datetime import UTC, datetime
+from reconcile.findings import Finding, FindingKind, Summary
+from reconcile.store import AuditStore
+n, url = int(sys.argv[1]), sys.argv[2]
+store = AuditStore(url)
+store.migrate()
+def seen():
+    for i in range(n):
+        yield Finding(FindingKind.MISSING, {"sku": f"R{i:08d}"}, truth={"on_hand": i, "title": f"item {i}"})
+t0 = time.monotonic()
+store.record_run(run_id=str(uuid.uuid4()), spec="bench-record", started_at=datetime.now(UTC),
+    finished_at=datetime.now(UTC), strategy="stream", scope={"keys": None, "where": None},
+    summary=Summary(compared=n), seen=seen(), clean=set(), pending=set(), resolve_unseen=True, confirm_runs=1)
+print(f"{time.monotonic() - t0:.3f}")
+"""
+
+
+def _sa(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+    """(wall seconds, peak RSS MiB, exit code, stdout) of one child process."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = p.stdout.read() if p.stdout else ""
+    err = p.stderr.read() if p.stderr else ""
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode not in (0, 1):
+        print(err, file=sys.stderr)
+    return time.monotonic() - t0, usage.ru_maxrss / 1024, p.returncode, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--findings", type=int, default=200_000)
+    ap.add_argument(
+        "--pg",
+        default=os.environ.get(
+            "RECONCILE_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    ap.add_argument(
+        "--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    )
+    ap.add_argument("--heal", action="store_true", help="also time correct and relay (needs Kafka)")
+    a = ap.parse_args(argv)
+    n = a.findings
+    admin = sa.create_engine(_sa(a.pg), isolation_level="AUTOCOMMIT")
+    names = [f"bench_{p}_{uuid.uuid4().hex[:8]}" for p in ("truth", "proj", "store")]
+    with admin.connect() as c:
+        for name in names:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    truth, proj, store = (
+        str(sa.make_url(a.pg).set(database=name).render_as_string(hide_password=False)) for name in names
+    )
+    topic = f"bench.memory.{uuid.uuid4().hex[:8]}"
+    rows: list[tuple[str, float, float, str]] = []
+    try:
+        e = sa.create_engine(_sa(truth))
+        with e.begin() as c:
+            c.execute(
+                sa.text(
+                    "CREATE TABLE stock AS SELECT 'S' || lpad(i::text, 8, '0') AS sku, i AS on_hand, "
+                    "'item ' || i AS title FROM generate_series(1, :n) i"
+                ),
+                {"n": n},
+            )
+            c.execute(sa.text("ALTER TABLE stock ADD PRIMARY KEY (sku)"))
+        e.dispose()
+        e = sa.create_engine(_sa(proj))
+        with e.begin() as c:
+            c.execute(sa.text("CREATE TABLE stock_view (product_id text, on_hand int, title text)"))
+        e.dispose()
+        spec = Path(f"/tmp/{topic}.yaml")
+        spec.write_text(
+            f"name: bench-memory\ntruth: {{url: '{truth}', table: stock}}\n"
+            f"projection: {{url: '{proj}', table: stock_view}}\nkey: [{{sku: product_id}}]\n"
+            f"columns: [on_hand, title]\ncorrection: {{topic: {topic}, event_type: StockLevelReconciled, "
+            f"max_ratio: 1.0, max_count: {n * 2}}}\n"
+        )
+        env = {
+            **os.environ,
+            "RECONCILE_STORE_URL": store,
+            "PYTHONPATH": str(ROOT),
+            "KAFKA_BOOTSTRAP_SERVERS": a.bootstrap_servers,
+        }
+        py = [sys.executable]
+        wall, rss, code, out = run_child([*py, "-c", RECORD, str(n), store], env)
+        rec = float(out.strip() or "nan")
+        rows.append(("record", rec, rss, f"{n / rec:,.0f} findings/s recorded (store.record_run alone)"))
+        cli = [*py, "-m", "reconcile"]
+        wall, rss, code, out = run_child(
+            [*cli, "audit", str(spec), "--format", "json", "--strategy", "stream"], env
+        )
+        assert code == 1, code
+        rows.append(("audit", wall, rss, f"{n:,} findings, JSON of {len(out) / 2**20:,.0f} MiB printed"))
+        if a.heal:
+            from reconcile.events.kafka import KafkaSettings, ensure_topic
+
+            ensure_topic(KafkaSettings(a.bootstrap_servers), topic)
+            wall, rss, code, out = run_child([*cli, "correct", str(spec), "--force", "--format", "json"], env)
+            rows.append(("correct", wall, rss, f"exit {code}"))
+            wall, rss, code, out = run_child([*cli, "relay", "--spec", str(spec), "--format", "json"], env)
+            rows.append(("relay", wall, rss, f"exit {code}"))
+        spec.unlink()
+    finally:
+        with admin.connect() as c:
+            for name in names:
+                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        if a.heal:
+            try:
+                from confluent_kafka.admin import AdminClient
+
+                AdminClient({"bootstrap.servers": a.bootstrap_servers}).delete_topics([topic])[topic].result(
+                    30
+                )
+            except Exception:  # noqa: BLE001,S110 - best effort
+                pass
+    print(f"\n{n:,} findings\n\n| stage | wall s | peak RSS MiB | note |\n|---|---:|---:|---|")
+    for stage, secs, rss, note in rows:
+        print(f"| {stage} | {secs:.2f} | {rss:,.0f} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

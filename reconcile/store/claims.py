@@ -1,0 +1,134 @@
+"""Claims: the outbox rows one relay publishes, taken so that no other relay publishes them too.
+
+PostgreSQL and MySQL lock the claimed rows in a transaction held while they are published
+(``SELECT ... FOR UPDATE SKIP LOCKED``): a second relay skips them and takes the next ones, and a
+relay that dies releases them with its connection, so a rerun loses nothing. SQLite has no row
+locks: relays on one SQLite store take turns, one claim at a time, under an OS file lock beside
+the database (released by the kernel if the relay dies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .port import Claim, OutboxRow
+from .schema import outbox as O
+
+if TYPE_CHECKING:
+    from . import AuditStore
+
+__all__ = ["open_claim"]
+
+_memory = threading.Lock()
+
+
+def open_claim(store: AuditStore, limit: int, spec: str | None) -> Claim:
+    if store.engine.dialect.name in ("postgresql", "mysql", "mariadb"):
+        return _RowLockClaim(store, limit, spec)
+    return _TurnClaim(store, limit, spec)
+
+
+def _unsent(spec: str | None, limit: int) -> sa.Select[Any]:
+    q = sa.select(O).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
+    if spec:
+        q = q.where(O.c.spec == spec)
+    return q.order_by(O.c.id).limit(limit)
+
+
+class _RowLockClaim(Claim):
+    def __init__(self, store: AuditStore, limit: int, spec: str | None):
+        from . import _outbox_row
+
+        self.store = store
+        with store._errors():
+            self.conn = store.engine.connect()
+            try:
+                self.tx = self.conn.begin()
+                got = self.conn.execute(_unsent(spec, limit).with_for_update(skip_locked=True)).all()
+            except BaseException:
+                self.conn.close()
+                raise
+        self.rows: list[OutboxRow] = [_outbox_row(r) for r in got]
+
+    def _ids(self, ids: Sequence[int]) -> Any:
+        return list(self.store._id_chunks(O.c.id, list(ids)))
+
+    def sent(self, ids: Sequence[int]) -> None:
+        now = datetime.now(UTC)
+        with self.store._errors():
+            for where in self._ids(ids):
+                self.conn.execute(
+                    O.update().where(where).values(sent_at=now, attempts=O.c.attempts + 1, last_error=None)
+                )
+
+    def failed(self, ids: Sequence[int], error: str) -> None:
+        with self.store._errors():
+            for where in self._ids(ids):
+                self.conn.execute(
+                    O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000])
+                )
+
+    def rejected(self, errors: dict[int, str], max_attempts: int) -> list[int]:
+        with self.store._errors():
+            return self.store._reject(self.conn, errors, max_attempts, datetime.now(UTC))
+
+    def close(self) -> None:
+        try:
+            with self.store._errors():
+                if self.tx.is_active:
+                    self.tx.commit()
+        finally:
+            self.conn.close()
+
+
+class _TurnClaim(Claim):
+    def __init__(self, store: AuditStore, limit: int, spec: str | None):
+        import fcntl
+
+        from . import _outbox_row
+
+        self.store = store
+        self._fd: int | None = None
+        self._memory = False
+        database = store.engine.url.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            _memory.acquire()
+            self._memory = True
+        else:
+            key = hashlib.sha1(b"relay").hexdigest()[:16]  # noqa: S324 - a file name, not a secret
+            self._fd = os.open(f"{os.path.abspath(database)}.{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # our turn: the claim before ours was closed
+        try:
+            with store._begin() as conn:
+                self.rows = [_outbox_row(r) for r in conn.execute(_unsent(spec, limit)).all()]
+        except BaseException:
+            self.close()
+            raise
+
+    def sent(self, ids: Sequence[int]) -> None:
+        self.store.mark_sent(ids)
+
+    def failed(self, ids: Sequence[int], error: str) -> None:
+        self.store.mark_failed(ids, error)
+
+    def rejected(self, errors: dict[int, str], max_attempts: int) -> list[int]:
+        with self.store._begin() as conn:
+            return self.store._reject(conn, errors, max_attempts, datetime.now(UTC))
+
+    def close(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        if self._memory:
+            self._memory = False
+            _memory.release()
