@@ -1,0 +1,138 @@
+"""The audit engine against the real MariaDB: every pairing with itself, PostgreSQL and SQLite.
+
+The test server (scripts/mariadb.sh) runs like many production ones: utf8mb4 with a
+case-insensitive, space-padded collation and a time zone that is not UTC. Neither may leak into
+what reconcile reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from reconcile.app import Context, audit, gate
+from reconcile.errors import PreflightFailed, SpecError
+from reconcile.findings import FindingKind
+from reconcile.spec import load_spec, spec_from_dict
+from reconcile.store import AuditStore
+
+from .audit_cases import build, check_scenario, spec_file
+from .builders import execute, make_table
+from .test_cli_audit import _assert_one_line_error, cli
+
+pytestmark = pytest.mark.integration
+
+
+# -- the shared scenario, every pairing ------------------------------------------------------
+def test_mysql_to_mysql(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    check_scenario(tmp_path, make_mysql_db("truth"), make_mysql_db("proj"), f"sqlite:///{tmp_path / 's.db'}")
+
+
+def test_pg_truth_mysql_projection(tmp_path: Path, make_pg_db, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    check_scenario(tmp_path, make_pg_db("truth"), make_mysql_db("proj"), make_pg_db("store"))
+
+
+def test_mysql_truth_pg_projection(tmp_path: Path, make_pg_db, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    check_scenario(tmp_path, make_mysql_db("truth"), make_pg_db("proj"), make_pg_db("store"))
+
+
+def test_sqlite_truth_mysql_projection(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    check_scenario(
+        tmp_path, f"sqlite:///{tmp_path / 't.db'}", make_mysql_db("proj"), f"sqlite:///{tmp_path / 's.db'}"
+    )
+
+
+def test_mysql_truth_sqlite_projection(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    check_scenario(
+        tmp_path, make_mysql_db("truth"), f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    )
+
+
+@pytest.mark.parametrize("truth_engine", ["mysql", "pg"])
+def test_auto_strategy_streams_mariadb_pairs(
+    tmp_path: Path, make_mysql_db, make_pg_db, truth_engine: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Checksum pushdown speaks PostgreSQL only: `auto` streams, `checksum` says why it cannot."""
+    truth = make_mysql_db("truth") if truth_engine == "mysql" else make_pg_db("truth")
+    proj = make_mysql_db("proj")
+    build(truth, proj)
+    spec = load_spec(spec_file(tmp_path, truth, proj))
+    store = AuditStore(f"sqlite:///{tmp_path / 's.db'}")
+    assert audit(Context.of(store), spec, strategy="auto").strategy == "stream"
+    with pytest.raises(SpecError, match="checksum pushdown needs PostgreSQL on both sides"):
+        audit(Context.of(store), spec, strategy="checksum")
+    store.dispose()
+
+
+# -- sides, filters and the gate ------------------------------------------------------------
+def test_query_side_and_where(tmp_path: Path, make_mysql_db, make_pg_db) -> None:  # type: ignore[no-untyped-def]
+    truth, proj = make_mysql_db("truth"), make_pg_db("proj")
+    make_table(
+        truth,
+        "orders",
+        [
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("sku", sa.String(10)),
+            sa.Column("qty", sa.Integer),
+        ],
+        [{"id": i, "sku": f"S{i % 3}", "qty": 1} for i in range(30)],
+    )
+    make_table(
+        proj,
+        "sold",
+        [sa.Column("sku", sa.Text), sa.Column("qty", sa.Integer)],
+        [{"sku": "S0", "qty": 10}, {"sku": "S1", "qty": 10}, {"sku": "S2", "qty": 9}],
+    )
+    spec = spec_from_dict(
+        {
+            "name": "sold",
+            "truth": {"url": truth, "query": "SELECT sku, sum(qty) AS qty FROM orders GROUP BY sku"},
+            "projection": {"url": proj, "table": "sold"},
+            "key": ["sku"],
+            "columns": ["qty"],
+        }
+    )
+    store = AuditStore(f"sqlite:///{tmp_path / 's.db'}")
+    result = audit(Context.of(store), spec)
+    assert [(f.kind, f.key["sku"], f.truth, f.projection) for f in result.findings] == [
+        (FindingKind.MISMATCH, "S2", {"qty": 10}, {"qty": 9})
+    ]
+    assert audit(Context.of(store), spec, where="sku <> 'S2'").summary.compared == 2
+
+
+def test_preflight_gate_on_mariadb(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """Great Expectations validates MariaDB sides through its SQL datasource."""
+    truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
+    build(truth, proj)
+    spec = load_spec(spec_file(tmp_path, truth, proj))
+    store = AuditStore(f"sqlite:///{tmp_path / 's.db'}")
+    audit(Context.of(store), spec)
+    assert gate(Context.of(store), spec, docs_dir=tmp_path / "docs").success
+    html = "".join(p.read_text() for p in (tmp_path / "docs").rglob("*.html"))
+    assert "inventory.projection" in html and ":reconcile@" not in html
+
+    execute(proj, "DELETE FROM stock_view")
+    execute(truth, "ALTER TABLE stock_levels DROP PRIMARY KEY")
+    execute(truth, "INSERT INTO stock_levels (warehouse, sku, on_hand) VALUES ('W1', 'A-4', 1)")
+    with pytest.raises(PreflightFailed) as err:
+        gate(Context.of(store), spec, build_docs=False)
+    assert str(err.value) == (
+        "preflight inventory: truth: expect_compound_columns_to_be_unique on warehouse,sku failed "
+        '(observed 2 unexpected of 22, e.g. [{"warehouse": "W1", "sku": "A-4"}, '
+        '{"warehouse": "W1", "sku": "A-4"}]); '
+        "projection: expect_table_row_count_to_be_between failed (observed 0, min 11)"
+    )
+    store.dispose()
+
+
+def test_cli_names_a_wrong_table_in_one_line(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
+    build(truth, proj)
+    spec = spec_file(tmp_path, truth, proj)
+    spec.write_text(spec.read_text().replace("table: stock_view", "table: stock_vue"))
+    for cmd in ("audit", "validate"):
+        r = cli(cmd, str(spec), cwd=tmp_path)
+        _assert_one_line_error(r, "projection.table", "'stock_vue' does not exist", "reconcile:***@")
+        assert ":reconcile@" not in r.stderr
