@@ -8,6 +8,7 @@ what reconcile reports.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -64,6 +65,81 @@ def test_auto_strategy_streams_mariadb_pairs(
     with pytest.raises(SpecError, match="checksum pushdown needs PostgreSQL on both sides"):
         audit(Context.of(store), spec, strategy="checksum")
     store.dispose()
+
+
+# -- keys ------------------------------------------------------------------------------------
+def _audit(
+    tmp_path: Path,
+    truth: str,
+    proj: str,
+    key: list[Any],
+    columns: Any = (),
+    tables: tuple[str, str] = ("t", "p"),
+    **kw: Any,
+) -> Any:
+    spec = spec_from_dict(
+        {
+            "name": "t",
+            "truth": {"url": truth, "table": tables[0]},
+            "projection": {"url": proj, "table": tables[1]},
+            "key": key,
+            "columns": list(columns) if isinstance(columns, list | tuple) else columns,
+        }
+    )
+    return audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 's.db'}")), spec, **kw)
+
+
+# 'a\t' < 'a' < 'a b' under utf8mb4_bin (it pads with spaces); Python orders by code point.
+KEYS = ["a", "B", "_x", "a-b", "ab", "Z", "é", "a b", "a\t", "10", "9", "Ω", "😀"]
+
+
+@pytest.mark.parametrize("truth_engine", ["mysql", "pg"])
+def test_text_keys_order_by_code_point_not_collation(
+    tmp_path: Path, make_mysql_db, make_pg_db, truth_engine: str
+) -> None:  # type: ignore[no-untyped-def]
+    truth = make_mysql_db("truth") if truth_engine == "mysql" else make_pg_db("truth")
+    proj = make_mysql_db("proj")
+    make_table(truth, "t", [sa.Column("k", sa.String(20), primary_key=True)], [{"k": k} for k in KEYS])
+    make_table(proj, "p", [sa.Column("k", sa.String(20))], [{"k": k} for k in KEYS if k != "ab"])
+    result = _audit(tmp_path, truth, proj, ["k"])
+    assert [(f.kind, f.key["k"]) for f in result.findings] == [(FindingKind.MISSING, "ab")]
+
+
+def test_latin1_table_keys_order_by_code_point(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """MariaDB's latin1 is cp1252: '€' is byte 0x80 there, below 'é' (0xE9), yet U+20AC > U+00E9."""
+    truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
+    keys = ["a", "B", "é", "€", "Z", "ÿ", "a-b", "10", "9", "ab"]
+    for url, name, rows in ((truth, "t", keys), (proj, "p", [k for k in keys if k != "ab"])):
+        execute(url, f"CREATE TABLE {name} (k VARCHAR(20) PRIMARY KEY) CHARACTER SET latin1")
+        execute(
+            url,
+            f"INSERT INTO {name} VALUES " + ", ".join(f"(:k{i})" for i in range(len(rows))),
+            **{f"k{i}": k for i, k in enumerate(rows)},
+        )
+    result = _audit(tmp_path, truth, proj, ["k"])
+    assert [(f.kind, f.key["k"]) for f in result.findings] == [(FindingKind.MISSING, "ab")]
+
+
+def test_integer_key_facing_numeric_text_key(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """Truth keys are integers, projection keys text: 9 < 10 on both sides, never '10' < '9'."""
+    truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
+    make_table(
+        truth,
+        "t",
+        [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("v", sa.Text)],
+        [{"id": i, "v": f"v{i}"} for i in range(1, 120)],
+    )
+    make_table(
+        proj,
+        "p",
+        [sa.Column("id", sa.String(10)), sa.Column("v", sa.Text)],
+        [{"id": str(i), "v": f"v{i}"} for i in range(1, 120) if i != 100] + [{"id": "200", "v": "x"}],
+    )
+    result = _audit(tmp_path, truth, proj, ["id"], ["v"])
+    assert {(f.kind, f.key["id"]) for f in result.findings} == {
+        (FindingKind.MISSING, 100),
+        (FindingKind.ORPHAN, 200),
+    }
 
 
 # -- sides, filters and the gate ------------------------------------------------------------

@@ -3,8 +3,9 @@
 Rows are streamed from the server ordered by the canonical key (server-side cursors on
 PostgreSQL and MySQL, SQLite's own lazy cursor), ``yield_per`` rows at a time, so memory stays
 flat however large the table is. Text keys are ordered by code point (``COLLATE "C"`` /
-``BINARY`` / ``utf8mb4_bin``) because that is how Python orders them; an integer key facing a
-numeric-text key is ordered as an integer on both sides.
+``BINARY`` / their UTF-8 bytes on MySQL and MariaDB, whose ``utf8mb4_bin`` ignores trailing
+spaces) because that is how Python orders them; an integer key facing a numeric-text key is
+ordered as an integer on both sides.
 
 Every connection is read-only (the database enforces it: see :func:`~reconcile.db.make_engine`)
 with a statement timeout (``$RECONCILE_STATEMENT_TIMEOUT``, default 30m). Filters (``--where``,
@@ -26,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 KEY_KINDS = ("int", "number", "datetime", "text")
-_BIN_COLLATION = {"postgresql": "C", "sqlite": "BINARY", "mysql": "utf8mb4_bin", "mariadb": "utf8mb4_bin"}
+_BIN_COLLATION = {"postgresql": "C", "sqlite": "BINARY"}
 
 
 def source_errors(role: str, url: str) -> Any:
@@ -145,6 +147,7 @@ class SqlSource:
         self.chunk_rows = chunk_rows
         self.engine = open_engine(self.url, role)
         self.dialect = self.engine.dialect.name
+        self._mysql = self.dialect in ("mysql", "mariadb")
         self._columns: dict[str, Any] | None = None
         self._side_filter: Filter | None = None
         self._not_null: set[str] = set()
@@ -258,6 +261,10 @@ class SqlSource:
             return sa.cast(col, sa.BigInteger)
         if kind == "text":
             expr = col if mine == "text" else sa.cast(col, sa.String)
+            if self._mysql:
+                # utf8mb4_bin pads with spaces, so it sorts 'a\t' before 'a'; UTF-8 bytes compare
+                # in code point order with no padding, whatever the column's charset was.
+                return sa.cast(sa.cast(expr, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary)
             coll = _BIN_COLLATION.get(self.dialect)
             return sa.collate(expr, coll) if coll else expr
         return col
