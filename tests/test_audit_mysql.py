@@ -142,6 +142,32 @@ def test_integer_key_facing_numeric_text_key(tmp_path: Path, make_mysql_db) -> N
     }
 
 
+def test_key_lookup_is_exact_under_a_case_insensitive_collation(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """`--keys a` on MariaDB matches 'A' and 'a ' too (utf8mb4_general_ci): those are not asked."""
+    truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
+
+    def cols() -> list[sa.Column[Any]]:
+        return [sa.Column("k", sa.String(10)), sa.Column("v", sa.Integer)]
+
+    make_table(truth, "t", cols(), [{"k": "a", "v": 1}, {"k": "b", "v": 2}])
+    make_table(
+        proj,
+        "p",
+        cols(),
+        [{"k": "a", "v": 1}, {"k": "A", "v": 5}, {"k": "a ", "v": 1}, {"k": "b", "v": 2}],
+    )
+    whole = _audit(tmp_path, truth, proj, ["k"], ["v"])
+    assert sorted((f.kind, f.key["k"]) for f in whole.findings) == [
+        (FindingKind.ORPHAN, "A"),
+        (FindingKind.ORPHAN, "a "),
+    ]
+    asked = _audit(tmp_path, truth, proj, ["k"], ["v"], keys=[("a",)])
+    assert (asked.findings, asked.summary.compared, asked.summary.projection_rows) == ([], 1, 1)
+    # The orphans stay open: a keyed run that did not look at them cannot resolve them.
+    again = _audit(tmp_path, truth, proj, ["k"], ["v"], keys=[("A",)])
+    assert [(f.kind, f.key["k"], f.times_seen) for f in again.findings] == [(FindingKind.ORPHAN, "A", 2)]
+
+
 # -- sides, filters and the gate ------------------------------------------------------------
 def test_query_side_and_where(tmp_path: Path, make_mysql_db, make_pg_db) -> None:  # type: ignore[no-untyped-def]
     truth, proj = make_mysql_db("truth"), make_pg_db("proj")

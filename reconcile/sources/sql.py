@@ -323,6 +323,10 @@ class SqlSource:
             for batch in batches:
                 if batch is not None and not batch:
                     continue
+                # A key lookup matches by the column's collation: on MySQL and MariaDB a
+                # case-insensitive, space-padded one also returns 'A' and 'a ' for 'a'. Those
+                # are other entities (and may sort outside this batch), so only asked keys pass.
+                asked = set(batch) if batch is not None and self._mysql else None
                 stmt = self.select(plan, where=where, keys=batch, extra_filter=extra_filter)
                 result = conn.execution_options(stream_results=True, yield_per=self.chunk_rows).execute(stmt)
                 for r in result:
@@ -330,6 +334,8 @@ class SqlSource:
                         key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
                     except ValueError as e:
                         raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
+                    if asked is not None and key not in asked:
+                        continue
                     changed = _as_time(r[nk + nv]) if has_changed else None
                     yield Row(key, tuple(r[nk : nk + nv]), changed)
 
