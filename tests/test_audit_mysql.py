@@ -7,6 +7,8 @@ what reconcile reports.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,14 @@ import pytest
 import sqlalchemy as sa
 
 from reconcile.app import Context, audit, gate
+from reconcile.db import make_engine
 from reconcile.errors import PreflightFailed, SpecError
 from reconcile.findings import FindingKind
 from reconcile.spec import load_spec, spec_from_dict
 from reconcile.store import AuditStore
 
 from .audit_cases import build, check_scenario, spec_file
-from .builders import execute, make_table
+from .builders import engine, execute, make_table
 from .test_cli_audit import _assert_one_line_error, cli
 
 pytestmark = pytest.mark.integration
@@ -166,6 +169,76 @@ def test_key_lookup_is_exact_under_a_case_insensitive_collation(tmp_path: Path, 
     # The orphans stay open: a keyed run that did not look at them cannot resolve them.
     again = _audit(tmp_path, truth, proj, ["k"], ["v"], keys=[("A",)])
     assert [(f.kind, f.key["k"], f.times_seen) for f in again.findings] == [(FindingKind.ORPHAN, "A", 2)]
+
+
+# -- values ----------------------------------------------------------------------------------
+AT = datetime(2026, 3, 1, 12, 30, 15, 123456)  # UTC
+
+
+def test_values_compare_by_meaning_across_engines(tmp_path: Path, make_pg_db, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL truth, MariaDB projection of the same facts in MariaDB's own types."""
+    truth, proj = make_pg_db("truth"), make_mysql_db("proj")
+    make_table(
+        truth,
+        "t",
+        [
+            sa.Column("k", sa.Integer, primary_key=True),
+            sa.Column("at", sa.DateTime(timezone=True)),  # timestamptz facing TIMESTAMP
+            sa.Column("naive", sa.DateTime),  # timestamp facing DATETIME: both taken as UTC
+            sa.Column("price", sa.Numeric(12, 4)),  # numeric facing FLOAT (single precision)
+            sa.Column("ratio", sa.Float),  # double precision facing DECIMAL
+            sa.Column("flag", sa.Boolean),  # boolean facing TINYINT(1)
+            sa.Column("doc", sa.JSON),  # json facing MariaDB's JSON (text)
+            sa.Column("opens", sa.Time),  # time facing TIME (a timedelta in PyMySQL)
+            sa.Column("note", sa.Text),
+        ],
+        [
+            {"k": 1, "at": AT.replace(tzinfo=UTC), "naive": AT, "price": Decimal("9.1000"), "ratio": 0.1,
+             "flag": True, "doc": {"a": [1, 2]}, "opens": time(9, 30), "note": "x"},
+            {"k": 2, "at": None, "naive": None, "price": None, "ratio": None, "flag": None, "doc": None,
+             "opens": None, "note": None},
+            {"k": 3, "at": AT.replace(tzinfo=UTC), "naive": AT, "price": Decimal("-0.5000"), "ratio": 2.5,
+             "flag": False, "doc": {"x": None}, "opens": time(23, 59, 59, 500000), "note": ""},
+            {"k": 4, "at": AT.replace(tzinfo=UTC), "naive": AT, "price": Decimal("1"), "ratio": 1.0,
+             "flag": True, "doc": {}, "opens": time(0, 0), "note": "drifted"},
+        ],
+    )  # fmt: skip
+    execute(
+        proj,
+        "CREATE TABLE p (k INT, at TIMESTAMP(6) NULL, naive DATETIME(6), price FLOAT, ratio DECIMAL(6, 2),"
+        " flag BOOLEAN, doc JSON, opens TIME(6), note VARCHAR(20))",
+    )
+    # Written by a session in another zone: TIMESTAMP stores the instant, not the wall time.
+    e = engine(proj)
+    with e.begin() as conn:
+        conn.execute(sa.text("SET time_zone = '+05:00'"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO p VALUES"
+                " (1, '2026-03-01 17:30:15.123456', :naive, 9.1, 0.1, 1, '{\"a\": [1, 2]}', '09:30', 'x'),"
+                " (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),"
+                " (3, '2026-03-01 17:30:15.123456', :naive, -0.5, 2.5, 0, '{\"x\": null}', '23:59:59.5', ''),"
+                " (4, '2026-03-01 17:30:15.123456', :naive, 1, 1, 1, '{}', '00:00', NULL)"
+            ),
+            {"naive": AT},
+        )
+    e.dispose()
+    columns = ["at", "naive", "price", "ratio", "flag", "doc", "opens", "note"]
+    result = _audit(tmp_path, truth, proj, ["k"], columns)
+    assert [(f.key["k"], f.columns) for f in result.findings] == [(4, ("note",))]  # '' and NULL differ
+    # ... and the other way round, MariaDB as truth.
+    result = _audit(tmp_path, proj, truth, ["k"], columns, tables=("p", "t"))
+    assert [(f.key["k"], f.columns) for f in result.findings] == [(4, ("note",))]
+
+
+def test_sessions_are_utc_and_may_wait_for_the_other_side(make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """reconcile's MariaDB sessions read TIMESTAMP in UTC whatever the server's zone, and a
+    streamed side may wait for the other one longer than the server's net_write_timeout."""
+    e = make_engine(make_mysql_db())
+    with e.connect() as conn:
+        zone, wait = conn.execute(sa.text("SELECT @@session.time_zone, @@session.net_write_timeout")).one()
+    e.dispose()
+    assert (zone, wait) == ("+00:00", 86400)
 
 
 # -- sides, filters and the gate ------------------------------------------------------------
