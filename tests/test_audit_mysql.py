@@ -311,3 +311,31 @@ def test_cli_names_a_wrong_table_in_one_line(tmp_path: Path, make_mysql_db) -> N
         r = cli(cmd, str(spec), cwd=tmp_path)
         _assert_one_line_error(r, "projection.table", "'stock_vue' does not exist", "reconcile:***@")
         assert ":reconcile@" not in r.stderr
+
+
+def test_cli_error_mid_stream_is_one_line(tmp_path: Path, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
+    """A side that fails while the other is still streaming: one line, no driver noise after it.
+
+    The projection's first key ('abc' orders as 0) is no integer while 30k truth rows are still
+    unread: PyMySQL would warn, and read them all, when the pool took that connection back.
+    """
+    truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
+    make_table(
+        truth,
+        "t",
+        [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("v", sa.Text)],
+        [{"id": i, "v": f"v{i}"} for i in range(1, 30_000)],
+    )
+    make_table(
+        proj,
+        "p",
+        [sa.Column("id", sa.String(10)), sa.Column("v", sa.Text)],
+        [{"id": "abc", "v": "x"}, *({"id": str(i), "v": f"v{i}"} for i in range(1, 30_000))],
+    )
+    spec = tmp_path / "ids.yaml"
+    spec.write_text(
+        f"name: ids\ntruth: {{url: '{truth}', table: t}}\nprojection: {{url: '{proj}', table: p}}\n"
+        "key: [id]\ncolumns: [v]\n"
+    )
+    r = cli("audit", str(spec), cwd=tmp_path)
+    _assert_one_line_error(r, "projection: key value 'abc' is not an integer")

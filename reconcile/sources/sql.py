@@ -329,15 +329,34 @@ class SqlSource:
                 asked = set(batch) if batch is not None and self._mysql else None
                 stmt = self.select(plan, where=where, keys=batch, extra_filter=extra_filter)
                 result = conn.execution_options(stream_results=True, yield_per=self.chunk_rows).execute(stmt)
-                for r in result:
-                    try:
-                        key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
-                    except ValueError as e:
-                        raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
-                    if asked is not None and key not in asked:
-                        continue
-                    changed = _as_time(r[nk + nv]) if has_changed else None
-                    yield Row(key, tuple(r[nk : nk + nv]), changed)
+                try:
+                    for r in result:
+                        try:
+                            key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
+                        except ValueError as e:
+                            raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
+                        if asked is not None and key not in asked:
+                            continue
+                        changed = _as_time(r[nk + nv]) if has_changed else None
+                        yield Row(key, tuple(r[nk : nk + nv]), changed)
+                except BaseException:  # an error, Ctrl-C, or the merge stopped early
+                    self._abandon(conn, result)
+                    raise
+
+    def _abandon(self, conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
+        """Let go of a result that was not read to its end.
+
+        MySQL's protocol cannot cancel a streaming query: PyMySQL would read every row left
+        (minutes on a big table, after Ctrl-C) and warn on stderr when the pool reuses the
+        connection. Closing the connection ends the query on the server at once; the pool
+        opens another one.
+        """
+        if not self._mysql:
+            return
+        unread = getattr(result.cursor, "_result", None)  # PyMySQL's unbuffered MySQLResult
+        conn.invalidate()
+        if unread is not None:  # its socket is gone: nothing left to read at garbage collection
+            unread.unbuffered_active = False
 
     def null_keys(self, plan: ReadPlan, where: str | None = None) -> int:
         """Rows this side would read whose key has a NULL part: no entity can be named by them,
