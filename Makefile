@@ -1,12 +1,13 @@
 # The whole interface of the project. `make help` lists the targets.
 #   make demo      the main job on the embedded default (SQLite + embedded event log; no services)
-#   make test      venv + PostgreSQL + Kafka + lint + the whole test suite
+#   make test      venv + PostgreSQL + MariaDB + Kafka + lint + the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RECONCILE_TEST_PG_URL ?= postgresql://postgres:postgres@127.0.0.1:5432/postgres
+export RECONCILE_TEST_MYSQL_URL ?= mysql://reconcile:reconcile@127.0.0.1:3306/mysql
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
 .PHONY: help venv debs demo test unit integration lint services services-down services-status lock bench clean airflow
@@ -30,16 +31,19 @@ debs:  ## install Debian's chromium and prometheus (promtool) when absent: the d
 demo: $(STAMP)  ## run the inventory-desync story on the embedded default (no services needed)
 	$(BIN)/reconcile demo
 
-services:  ## start local PostgreSQL and Kafka (idempotent: reuses what runs)
+services:  ## start local PostgreSQL, MariaDB and Kafka (idempotent: reuses what runs)
 	scripts/postgres.sh start
+	scripts/mariadb.sh start
 	scripts/kafka.sh start
 
 services-down:  ## stop the services that `make services` started (by pid)
 	-scripts/kafka.sh stop
+	-scripts/mariadb.sh stop
 	-scripts/postgres.sh stop
 
 services-status:  ## show whether the local services are up
 	-scripts/postgres.sh status
+	-scripts/mariadb.sh status
 	-scripts/kafka.sh status
 
 lint: $(STAMP)  ## ruff and mypy
@@ -50,7 +54,7 @@ lint: $(STAMP)  ## ruff and mypy
 unit: $(STAMP) debs  ## the unit tests alone (no services)
 	$(BIN)/pytest -m "not integration and not airflow" -q
 
-integration: $(STAMP) services  ## the tests against real PostgreSQL and Kafka
+integration: $(STAMP) services  ## the tests against real PostgreSQL, MariaDB and Kafka
 	$(BIN)/pytest -m "integration or airflow" -q
 
 test: $(STAMP) debs services lint  ## set up everything and run the whole suite

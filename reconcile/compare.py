@@ -9,7 +9,8 @@ here decide when two values are the same fact:
 * Numbers (int, float, Decimal, numeric strings facing a number) compare as Decimals, within
   the column's absolute ``tolerance``.
 * Datetimes compare in UTC; a naive datetime is taken to be UTC; ISO text facing a datetime is
-  parsed first.
+  parsed first. A time of day compares with MySQL's TIME (a ``timedelta`` since midnight) and
+  with ISO text.
 * Text goes through the column's normalisers on both sides, then compares exactly.
 
 Keys are canonicalised (:func:`key_part`) so that ``10`` and ``'10'`` are one entity and the
@@ -23,7 +24,7 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -103,6 +104,19 @@ def _as_datetime(value: Any) -> datetime | None:
     return None
 
 
+def _as_time_of_day(value: Any) -> time | None:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, timedelta):  # MySQL's TIME: time since midnight (or any interval)
+        return (datetime.min + value).time() if timedelta(0) <= value < timedelta(days=1) else None
+    if isinstance(value, str):
+        try:
+            return time.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def values_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
     """True when the two sides hold the same fact for this column."""
     if truth is None or projection is None:
@@ -120,6 +134,11 @@ def values_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
         if rule.tolerance:
             return abs(a - b) <= Decimal(repr(rule.tolerance))
         return a == b
+    if isinstance(truth, timedelta) and isinstance(projection, timedelta):
+        return truth == projection
+    if isinstance(truth, time | timedelta) or isinstance(projection, time | timedelta):
+        a_t, b_t = _as_time_of_day(truth), _as_time_of_day(projection)
+        return a_t is not None and a_t == b_t
     if isinstance(truth, datetime | date) or isinstance(projection, datetime | date):
         if type(truth) is date and type(projection) is date:
             return truth == projection
@@ -191,6 +210,9 @@ def jsonable(value: Any) -> Any:
         return to_utc(value).isoformat().replace("+00:00", "Z")
     if isinstance(value, date | time):
         return value.isoformat()
+    if isinstance(value, timedelta):  # MySQL's TIME: as a time of day when it is one
+        t = _as_time_of_day(value)
+        return t.isoformat() if t is not None else str(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | memoryview):

@@ -5,8 +5,9 @@ reference projector all open databases the same way and translate driver errors 
 so both live here, below all of them, once:
 
 * :func:`normalize_url` picks the drivers reconcile ships with when a URL names none;
-* :func:`make_engine` creates an engine with reconcile's defaults (UTC sessions, connect
-  timeouts, SQLite busy timeout and, for databases reconcile owns, WAL);
+* :func:`make_engine` creates an engine with reconcile's defaults (UTC sessions on PostgreSQL
+  and MySQL/MariaDB, connect timeouts, SQLite busy timeout and, for databases reconcile owns,
+  WAL);
 * :func:`map_errors` turns any driver error raised inside it into one line of the project's
   error tree (:mod:`reconcile.errors`), naming what failed and the database, password masked.
 """
@@ -83,7 +84,7 @@ def make_engine(
 ) -> Engine:
     """An engine (no connection yet) with reconcile's defaults, for any URL it is given.
 
-    psycopg 3 / PyMySQL when the URL names no driver; PostgreSQL sessions in UTC; connect
+    psycopg 3 / PyMySQL when the URL names no driver; PostgreSQL and MySQL sessions in UTC; connect
     timeouts so a dead host fails fast; on SQLite a busy timeout, and WAL when ``sqlite_wal``
     (only for databases reconcile owns: the store, the embedded log, the demo shop — switching a
     user's file to WAL would be a write, and truth and projection are read-only to reconcile).
@@ -109,6 +110,12 @@ def make_engine(
         kwargs["connect_args"] = {"options": options, "connect_timeout": 10}
     elif backend in ("mysql", "mariadb"):
         kwargs["connect_args"] = {"connect_timeout": 10}
+        # TIMESTAMP values are shown in the session's zone (the server's by default); in UTC they
+        # mean what they say. DATETIME has no zone and is read as is, then taken as UTC.
+        # A streamed side waits while the merge consumes the other one (a long run of keys only
+        # the other side has, or a slower database): the server drops a connection whose writes
+        # block for net_write_timeout (60 s by default), so allow a day.
+        session += ["SET time_zone = '+00:00'", "SET SESSION net_write_timeout = 86400"]
         if read_only:
             session.append("SET SESSION TRANSACTION READ ONLY")
     elif backend == "sqlite":

@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-Integration tests (marker ``integration``) talk to the real PostgreSQL and Kafka that
+Integration tests (marker ``integration``) talk to the real PostgreSQL, MariaDB and Kafka that
 ``make services`` starts; they never skip when those are down — they fail with a hint, so a
 green suite always means the real services were exercised. Every test gets its own database
 or topic with a uuid suffix, so tests (and developers) never share state.
@@ -8,6 +8,7 @@ or topic with a uuid suffix, so tests (and developers) never share state.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 PG_URL = os.environ.get("RECONCILE_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
+MYSQL_URL = os.environ.get("RECONCILE_TEST_MYSQL_URL", "mysql://reconcile:reconcile@127.0.0.1:3306/mysql")
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
 
@@ -63,6 +65,47 @@ def make_pg_db(pg_admin: sa.Engine) -> Iterator[object]:
 def pg_url(make_pg_db) -> str:  # type: ignore[no-untyped-def]
     """A fresh PostgreSQL database for this test."""
     return make_pg_db()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def mysql_admin() -> Iterator[sa.Engine]:
+    """An AUTOCOMMIT engine on the MariaDB/MySQL test server (a user that may create databases)."""
+    from reconcile.db import normalize_url
+
+    engine = sa.create_engine(normalize_url(MYSQL_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as e:
+        pytest.fail(
+            f"MariaDB at {MYSQL_URL.split('@')[-1]} is not reachable: run `make services` "
+            f"or set RECONCILE_TEST_MYSQL_URL ({e.orig})"
+        )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def make_mysql_db(mysql_admin: sa.Engine) -> Iterator[object]:
+    """Factory: a fresh MariaDB database per call, dropped after the test. Returns its URL."""
+    made: list[str] = []
+
+    def make(prefix: str = "rc") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with mysql_admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
+        made.append(name)
+        return str(sa.make_url(MYSQL_URL).set(database=name).render_as_string(hide_password=False))
+
+    yield make
+    with mysql_admin.connect() as conn:
+        for name in made:
+            # Like PostgreSQL's DROP ... WITH (FORCE): a session left open on it would block the drop.
+            others = "SELECT id FROM information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()"
+            for (pid,) in conn.execute(sa.text(others), {"db": name}):
+                with contextlib.suppress(sa.exc.DBAPIError):  # it may have ended meanwhile
+                    conn.execute(sa.text(f"KILL {int(pid)}"))
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
 
 
 @pytest.fixture(scope="session")

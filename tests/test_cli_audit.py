@@ -108,13 +108,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not (tmp_path / "store.db").exists()
 
 
-def test_unreachable_database_masks_password(tmp_path: Path, sqlite_pair: Path) -> None:
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql", "mariadb"])
+def test_unreachable_database_masks_password(tmp_path: Path, sqlite_pair: Path, scheme: str) -> None:
     text = sqlite_pair.read_text().replace(
-        f"sqlite:///{tmp_path / 'truth.db'}", "postgresql://auditor:hunter2@127.0.0.1:1/orders"
+        f"sqlite:///{tmp_path / 'truth.db'}", f"{scheme}://auditor:hunter2@127.0.0.1:1/orders"
     )
     sqlite_pair.write_text(text)
     r = cli("audit", str(sqlite_pair), cwd=tmp_path)
-    _assert_one_line_error(r, "truth", "127.0.0.1:1/orders", "***")
+    _assert_one_line_error(r, f"truth: database {scheme}://auditor:***@127.0.0.1:1/orders")
     assert "hunter2" not in r.stderr
     assert not (tmp_path / "store.db").exists()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -28,6 +28,9 @@ EXACT = ColumnRule("c")
         (datetime(2026, 1, 1, 12, tzinfo=UTC), "2026-01-01T12:00:00Z"),
         (datetime(2026, 1, 1, 12), "2026-01-01 12:00:00"),
         (date(2026, 1, 1), date(2026, 1, 1)),
+        (time(12, 30, 5), timedelta(hours=12, minutes=30, seconds=5)),  # PostgreSQL / MySQL TIME
+        (time(0, 0, 0, 500), "00:00:00.000500"),  # SQLite keeps TIME as text
+        (timedelta(hours=100), timedelta(hours=100)),  # MySQL TIME as an interval
         ({"a": 1}, '{"a": 1}'),
         ("same", "same"),
     ],
@@ -50,6 +53,9 @@ def test_same_fact_different_representation(a: object, b: object) -> None:
         ("abc", "ABC"),
         ("abc", "abc "),
         ("x", 1),
+        (time(12, 30), timedelta(hours=12, minutes=31)),
+        (time(0, 0), timedelta(days=1)),
+        (time(0, 0), "midnight"),
     ],
 )
 def test_different_facts(a: object, b: object) -> None:
@@ -100,3 +106,5 @@ def test_jsonable() -> None:
     assert jsonable(Decimal("3")) == 3
     assert jsonable(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00Z"
     assert jsonable({"a": (1, Decimal("1.5"))}) == {"a": [1, 1.5]}
+    assert jsonable(timedelta(hours=9, seconds=5)) == jsonable(time(9, 0, 5)) == "09:00:05"  # MySQL TIME
+    assert jsonable(timedelta(hours=100)) == "4 days, 4:00:00"

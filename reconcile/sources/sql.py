@@ -3,8 +3,9 @@
 Rows are streamed from the server ordered by the canonical key (server-side cursors on
 PostgreSQL and MySQL, SQLite's own lazy cursor), ``yield_per`` rows at a time, so memory stays
 flat however large the table is. Text keys are ordered by code point (``COLLATE "C"`` /
-``BINARY`` / ``utf8mb4_bin``) because that is how Python orders them; an integer key facing a
-numeric-text key is ordered as an integer on both sides.
+``BINARY`` / their UTF-8 bytes on MySQL and MariaDB, whose ``utf8mb4_bin`` ignores trailing
+spaces) because that is how Python orders them; an integer key facing a numeric-text key is
+ordered as an integer on both sides.
 
 Every connection is read-only (the database enforces it: see :func:`~reconcile.db.make_engine`)
 with a statement timeout (``$RECONCILE_STATEMENT_TIMEOUT``, default 30m). Filters (``--where``,
@@ -26,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 KEY_KINDS = ("int", "number", "datetime", "text")
-_BIN_COLLATION = {"postgresql": "C", "sqlite": "BINARY", "mysql": "utf8mb4_bin", "mariadb": "utf8mb4_bin"}
+_BIN_COLLATION = {"postgresql": "C", "sqlite": "BINARY"}
 
 
 def source_errors(role: str, url: str) -> Any:
@@ -145,6 +147,7 @@ class SqlSource:
         self.chunk_rows = chunk_rows
         self.engine = open_engine(self.url, role)
         self.dialect = self.engine.dialect.name
+        self._mysql = self.dialect in ("mysql", "mariadb")
         self._columns: dict[str, Any] | None = None
         self._side_filter: Filter | None = None
         self._not_null: set[str] = set()
@@ -258,6 +261,10 @@ class SqlSource:
             return sa.cast(col, sa.BigInteger)
         if kind == "text":
             expr = col if mine == "text" else sa.cast(col, sa.String)
+            if self._mysql:
+                # utf8mb4_bin pads with spaces, so it sorts 'a\t' before 'a'; UTF-8 bytes compare
+                # in code point order with no padding, whatever the column's charset was.
+                return sa.cast(sa.cast(expr, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary)
             coll = _BIN_COLLATION.get(self.dialect)
             return sa.collate(expr, coll) if coll else expr
         return col
@@ -316,15 +323,40 @@ class SqlSource:
             for batch in batches:
                 if batch is not None and not batch:
                     continue
+                # A key lookup matches by the column's collation: on MySQL and MariaDB a
+                # case-insensitive, space-padded one also returns 'A' and 'a ' for 'a'. Those
+                # are other entities (and may sort outside this batch), so only asked keys pass.
+                asked = set(batch) if batch is not None and self._mysql else None
                 stmt = self.select(plan, where=where, keys=batch, extra_filter=extra_filter)
                 result = conn.execution_options(stream_results=True, yield_per=self.chunk_rows).execute(stmt)
-                for r in result:
-                    try:
-                        key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
-                    except ValueError as e:
-                        raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
-                    changed = _as_time(r[nk + nv]) if has_changed else None
-                    yield Row(key, tuple(r[nk : nk + nv]), changed)
+                try:
+                    for r in result:
+                        try:
+                            key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
+                        except ValueError as e:
+                            raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
+                        if asked is not None and key not in asked:
+                            continue
+                        changed = _as_time(r[nk + nv]) if has_changed else None
+                        yield Row(key, tuple(r[nk : nk + nv]), changed)
+                except BaseException:  # an error, Ctrl-C, or the merge stopped early
+                    self._abandon(conn, result)
+                    raise
+
+    def _abandon(self, conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
+        """Let go of a result that was not read to its end.
+
+        MySQL's protocol cannot cancel a streaming query: PyMySQL would read every row left
+        (minutes on a big table, after Ctrl-C) and warn on stderr when the pool reuses the
+        connection. Closing the connection ends the query on the server at once; the pool
+        opens another one.
+        """
+        if not self._mysql:
+            return
+        unread = getattr(result.cursor, "_result", None)  # PyMySQL's unbuffered MySQLResult
+        conn.invalidate()
+        if unread is not None:  # its socket is gone: nothing left to read at garbage collection
+            unread.unbuffered_active = False
 
     def null_keys(self, plan: ReadPlan, where: str | None = None) -> int:
         """Rows this side would read whose key has a NULL part: no entity can be named by them,
