@@ -58,11 +58,11 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -71,7 +71,7 @@ from ..compare import ColumnRule, key_part
 from ..diff import DiffOutcome, Row, diff_rows
 from ..errors import SourceError, SpecError
 from . import keyranges
-from .keyranges import FirstGrain, Grain, RangeKey
+from .keyranges import FirstGrain, Grain, RangeKey, both
 from .sql import ReadPlan, SqlSource, _as_time, _type_kind
 
 __all__ = [
@@ -101,20 +101,29 @@ FINAL_ROWS = 4  # key ranges: a refined level aims at this many rows per sub-ran
 MAX_SUMMARY_ROWS = 50_000  # ... but returns about this many summary rows at most
 MAX_LEVELS = 3
 FALLBACK_RATIO = 0.5  # with fallback, stream when more than this share of buckets differ
-WORK_MEM = "64MB"  # so the per-bucket hash aggregate stays in memory
-# A hash-bucket fetch keeps a few rows out of a whole scan: PostgreSQL cannot estimate the bucket
-# filter and walks the key index for the ORDER BY; a sequential scan and a small sort is ~2x faster.
-FETCH_SQL = ("SET LOCAL enable_indexscan = off",)
-# Range lookups are a few index probes, but the planner, blind to how many ranges there are,
-# costs them like a big join and would spend longer compiling (JIT) or forking workers than reading.
-RANGE_SQL = ("SET LOCAL jit = off", "SET LOCAL max_parallel_workers_per_gather = 0")
+WORK_MEM = "64MB"
+# Settings local to one query's transaction (applied in one round trip, see _settle).
+SUMMARY_SQL = {"work_mem": WORK_MEM}  # so the per-bucket hash aggregate stays in memory
 # Every query here is read to its end through a server-side cursor; planned for its first 10% of
 # rows (the default), a range lookup walks the whole key index in order instead of probing it.
-CURSOR_SQL = "SET LOCAL cursor_tuple_fraction = 1.0"
+CURSOR_SQL = {"cursor_tuple_fraction": "1"}
+# A hash-bucket fetch keeps a few rows out of a whole scan: PostgreSQL cannot estimate the bucket
+# filter and walks the key index for the ORDER BY; a sequential scan and a small sort is ~2x faster.
+FETCH_SQL = {"enable_indexscan": "off"}
+# Range lookups are a few index probes, but the planner, blind to how many ranges there are,
+# costs them like a big join and would spend longer compiling (JIT) or forking workers than reading.
+RANGE_SQL = {"jit": "off", "max_parallel_workers_per_gather": "0"}
 
 Key = tuple[Any, ...]
 Expr = sa.ColumnElement[Any]
 T = TypeVar("T")
+
+
+def _settle(conn: sa.Connection, *settings: Mapping[str, str]) -> None:
+    """Apply transaction-local settings (reconcile's own constants) in one round trip."""
+    merged = {k: v for s in settings for k, v in s.items()}
+    if merged:
+        conn.execute(sa.select(*[sa.func.set_config(k, v, True) for k, v in merged.items()]))
 
 
 def unsupported_reason(truth: SqlSource, projection: SqlSource) -> str | None:
@@ -304,16 +313,14 @@ class _Side:
             h = _hash(family, expr, h, nullable)
         return h
 
-    def stream(self, stmt: sa.Select[Any], session: Sequence[str]) -> Iterator[Row]:
+    def stream(self, stmt: sa.Select[Any], session: Mapping[str, str]) -> Iterator[Row]:
         """Rows of ``stmt`` (laid out as :meth:`SqlSource.select` lays them) as diff Rows."""
         plan, src = self.plan, self.src
         nk, nv = len(plan.key), len(plan.values)
         kinds = list(plan.kinds)
         has_changed = plan.changed_at is not None
         with src.errors(), src.engine.connect() as conn:
-            conn.exec_driver_sql(CURSOR_SQL)
-            for sql in session:
-                conn.exec_driver_sql(sql)
+            _settle(conn, CURSOR_SQL, session)
             result = conn.execution_options(stream_results=True, yield_per=src.chunk_rows).execute(stmt)
             for r in result:
                 try:
@@ -334,8 +341,8 @@ class _Buckets:
     first: Any  # the first level (hash: its bits; ranges: a Grain)
     first_bits: int
     refine_rows: int  # refine while the differing buckets hold more rows than this
-    scoped_session: tuple[str, ...] = ()  # settings for reading some buckets' rows
-    fetch_session: tuple[str, ...] = ()
+    scoped_session: Mapping[str, str] = {}  # settings for reading some buckets' rows
+    fetch_session: Mapping[str, str] = {}
 
     def keyed(self, side: _Side, rows: sa.FromClause, level: Any) -> tuple[Any, list[Expr], Expr]:
         """(the columns to hash values from, the bucket expressions, the row-hash seed)."""
@@ -360,7 +367,6 @@ class _Buckets:
 
 class _HashBuckets(_Buckets):
     name = "hash"
-    scoped_session: tuple[str, ...] = ()
     fetch_session = FETCH_SQL
 
     def __init__(self, bits: int):
@@ -454,12 +460,9 @@ def _summaries(
         ]
     stmt = sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
     n = len(bs)
-    session = kind.scoped_session if within is not None else ()
+    session = kind.scoped_session if within is not None else {}
     with side.src.errors(), side.src.engine.connect() as conn:
-        conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        conn.exec_driver_sql(CURSOR_SQL)
-        for sql in session:
-            conn.exec_driver_sql(sql)
+        _settle(conn, SUMMARY_SQL, CURSOR_SQL, session)
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
         for r in result:
             yield tuple(r[:n]), int(r[n]), int(r[n + 1]), int(r[n + 2])
@@ -472,27 +475,29 @@ def _compare_level(
     (larger side), non-empty buckets, and rows in matching buckets."""
     differing: list[Bucket] = []
     drows = nonempty = same = 0
-    with closing(_read_ahead(_summaries(ts, kind, level, within))) as t_it:
-        with closing(_read_ahead(_summaries(ps, kind, level, within))) as p_it:
-            t, p = next(t_it, None), next(p_it, None)
-            while t is not None or p is not None:
-                nonempty += 1
-                if p is None or (t is not None and t[0] < p[0]):
-                    assert t is not None
-                    differing.append(t[0])
-                    drows += t[1]
-                    t = next(t_it, None)
-                elif t is None or p[0] < t[0]:
-                    differing.append(p[0])
-                    drows += p[1]
-                    p = next(p_it, None)
+    with (
+        closing(_read_ahead(_summaries(ts, kind, level, within))) as t_it,
+        closing(_read_ahead(_summaries(ps, kind, level, within))) as p_it,
+    ):
+        t, p = next(t_it, None), next(p_it, None)
+        while t is not None or p is not None:
+            nonempty += 1
+            if p is None or (t is not None and t[0] < p[0]):
+                assert t is not None
+                differing.append(t[0])
+                drows += t[1]
+                t = next(t_it, None)
+            elif t is None or p[0] < t[0]:
+                differing.append(p[0])
+                drows += p[1]
+                p = next(p_it, None)
+            else:
+                if t == p:
+                    same += t[1]
                 else:
-                    if t == p:
-                        same += t[1]
-                    else:
-                        differing.append(t[0])
-                        drows += max(t[1], p[1])
-                    t, p = next(t_it, None), next(p_it, None)
+                    differing.append(t[0])
+                    drows += max(t[1], p[1])
+                t, p = next(t_it, None), next(p_it, None)
     return differing, drows, nonempty, same
 
 
@@ -506,8 +511,8 @@ def _fetch(side: _Side, kind: _Buckets, level: Any, buckets: Sequence[Bucket]) -
     return side.stream(sa.select(*rows.c).order_by(*order), kind.fetch_session)
 
 
-def _first_bits(truth: SqlSource, projection: SqlSource) -> int:
-    est = max((s.estimate_rows() or 0) for s in (truth, projection))
+def _first_bits(estimates: Sequence[int | None]) -> int:
+    est = max((e or 0) for e in estimates)
     if est <= 0:
         return DEFAULT_BITS
     return max(MIN_BITS, min(MAX_FIRST_BITS, math.ceil(math.log2(max(est / ROWS_PER_BUCKET, 1)))))
@@ -584,12 +589,12 @@ def checksum_diff(
     ts.xor = ps.xor = all(
         (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
     )
-    nn_t, nn_p = _not_null(truth), _not_null(projection)
+    (est_t, nn_t), (est_p, nn_p) = both(lambda s: (s.estimate_rows(), _not_null(s)), truth, projection)
     ts.nullable = ps.nullable = [
         not (v in nn_t and o in nn_p) for v, o in zip(tplan.values, pplan.values, strict=True)
     ]
     stats = ChecksumStats()
-    bits = first_bits or _first_bits(truth, projection)
+    bits = first_bits or _first_bits((est_t, est_p))
     kind: _Buckets | None = None
     if buckets != "hash":
         rk, why = keyranges.range_key(truth, projection, tplan, pplan)
@@ -620,9 +625,10 @@ def checksum_diff(
         within, level, bits = (level, differing), nxt[0], bits + nxt[1]
     outcome = DiffOutcome()
     if differing:  # in bucket order already
-        rows_t = _read_ahead(_fetch(ts, kind, level, differing))
-        rows_p = _read_ahead(_fetch(ps, kind, level, differing))
-        with closing(rows_t), closing(rows_p):
+        with (
+            closing(_read_ahead(_fetch(ts, kind, level, differing))) as rows_t,
+            closing(_read_ahead(_fetch(ps, kind, level, differing))) as rows_p,
+        ):
             outcome = diff_rows(
                 rows_t, rows_p, rules, key_names, now=now, grace=grace, watch=watch, on_row=on_row
             )
@@ -652,52 +658,80 @@ def checksum_diff(
 _END = object()
 
 
-def _read_ahead(rows: Iterator[T], chunk: int = 2_000, depth: int = 4) -> Generator[T, None, None]:
+class _ReadAhead(Iterator[T]):
     """Iterate ``rows`` in a thread, ``depth`` chunks ahead, so both sides' queries run at once.
 
+    The thread starts when this is made, not on the first ``next()``: the merge asks truth for
+    its first row before projection, and a per-bucket aggregate sends its first row only when
+    its scan is done, so a lazy start would run the two scans one after the other.
     Memory stays bounded (``chunk * depth`` items); an error in the thread is re-raised here,
-    and closing this iterator early stops the thread and closes ``rows``.
+    and :meth:`close` (also at the end) stops the thread and closes ``rows``.
     """
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, rows: Iterator[T], chunk: int = 2_000, depth: int = 4):
+        self._rows = rows
+        self._chunk = chunk
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._buf: Iterator[T] = iter(())
+        self._done = False
+        self._thread = threading.Thread(target=self._work, name="reconcile-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
             buf: list[T] = []
-            for r in rows:
+            for r in self._rows:
                 buf.append(r)
-                if len(buf) >= chunk:
-                    if not put(buf):
+                if len(buf) >= self._chunk:
+                    if not self._put(buf):
                         return
                     buf = []
-            if put(buf):
-                put(_END)
+            if self._put(buf):
+                self._put(_END)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            put(e)
+            self._put(e)
         finally:
-            close = getattr(rows, "close", None)
+            close = getattr(self._rows, "close", None)
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=work, name="reconcile-read-ahead", daemon=True)
-    thread.start()
-    try:
+    def __iter__(self) -> _ReadAhead[T]:
+        return self
+
+    def __next__(self) -> T:
         while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
-    finally:
-        stop.set()
-        thread.join()
+            item: Any = next(self._buf, _END)
+            if item is not _END:
+                return cast(T, item)
+            if self._done:
+                raise StopIteration
+            got = self._q.get()
+            if got is _END:
+                self.close()
+                raise StopIteration
+            if isinstance(got, BaseException):
+                self.close()
+                raise got
+            self._buf = iter(got)
+
+    def close(self) -> None:
+        """Stop the thread (it closes ``rows``) and wait for it."""
+        self._done = True
+        self._buf = iter(())
+        self._stop.set()
+        self._thread.join()
+
+
+def _read_ahead(rows: Iterator[T], chunk: int = 2_000, depth: int = 4) -> _ReadAhead[T]:
+    """Read ``rows`` ahead in a thread started now (see :class:`_ReadAhead`)."""
+    return _ReadAhead(rows, chunk, depth)
