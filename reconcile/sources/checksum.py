@@ -17,20 +17,23 @@ Two kinds of bucket:
   and a level with ``b`` bits groups rows by the top ``b`` of those bits. That spreads any key
   evenly without boundaries, but a bucket's rows are scattered, so each level is a full scan.
 
-Per bucket each side returns ``count(*)`` and the sum of a 64-bit row hash, summed as two int4
-halves (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state). The
-row hash chains typed hash functions over the row's compared values (``hashint8extended``,
-``hash_numeric_extended``, ``hashtextextended`` of the text form for the rest), seeded with the
-key (or its hash) and with a bitmap of which values are NULL, so NULL stays apart from ``0`` and
-``''``. Values are put in a canonical form where the two sides' types differ (integers as bigint,
-numbers through ``trim_scale(numeric)``, timestamps in UTC), so equal facts usually hash equal.
+Per bucket each side returns ``count(*)`` and a fold of a 64-bit hash of each row: ``bit_xor``
+where both servers are PostgreSQL 14+, else the sum as two int4 halves (``sum(int4)`` keeps a
+plain bigint, where ``sum(bigint)`` keeps a numeric state). The row hash chains typed hash
+functions over the row's compared values (``hashint8extended``, ``hash_numeric_extended``,
+``hashtextextended`` of the text form for the rest), seeded with the key (or its hash) and, for
+values that may be NULL on either side, a bitmap of which are, so NULL stays apart from ``0``
+and ``''``. Values are put in a canonical form where the two sides' types differ (integers as
+bigint, numbers through ``trim_scale(numeric)``, timestamps in UTC), so equal facts usually
+hash equal.
 
 Correctness never rests on that canonical form: a bucket is skipped only when both sides' count
-and hash sum agree, i.e. (short of a 64-bit collision) when the (key, values) are the same
-multiset, and equal values are equal by meaning. Anything else (a real difference, or only a
-representation such as ``9.50`` facing ``9.5`` text) just makes the bucket differ, and its rows
-are fetched and judged by the merge. A key that falls in different buckets on the two sides
-makes both buckets differ, and both are fetched from both sides, so the merge still pairs it.
+and hash fold agree, i.e. (short of a 64-bit collision) when the (key, values) are the same
+multiset (with XOR, equal rows cancel only in pairs, which changes the count), and equal values
+are equal by meaning. Anything else (a real difference, or only a representation such as
+``9.50`` facing ``9.5`` text) just makes the bucket differ, and its rows are fetched and judged
+by the merge. A key that falls in different buckets on the two sides makes both buckets differ,
+and both are fetched from both sides, so the merge still pairs it.
 
 Levels: the first level is sized from the table statistics (about :data:`ROWS_PER_BUCKET` rows
 a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` rows (hash) or
@@ -38,10 +41,10 @@ a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` 
 summary row per sub-range, far cheaper than merging the rows in Python), the next level splits
 only those buckets: hash buckets ``2**STEP_BITS`` ways, ranges into sub-ranges of about
 :data:`FINAL_ROWS` rows (at most about :data:`MAX_SUMMARY_ROWS` of them), so the fetch after
-reads little more than the drifted rows. When most buckets differ
-(``fallback``), pushdown cannot save anything and the caller streams instead. Both databases
-are queried concurrently, each in its own thread; the final fetch is also read ahead in one
-thread per side, through a bounded queue.
+reads little more than the drifted rows. When most buckets differ (``fallback``), pushdown
+cannot save anything and the caller streams instead. Both databases are queried at once, each
+from its own thread (started before the merge asks either for a row); the final fetch is read
+ahead the same way, through a bounded queue.
 
 Summary counts stay those of the streaming path: a skipped bucket holds ``count`` entities
 that are equal on both sides, so it adds ``count`` to ``compared``, ``truth_rows`` and
@@ -54,8 +57,10 @@ push its own range down.
 
 from __future__ import annotations
 
+import heapq
 import math
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -100,6 +105,9 @@ RANGE_REFINE_ROWS = 2_000
 FINAL_ROWS = 4  # key ranges: a refined level aims at this many rows per sub-range ...
 MAX_SUMMARY_ROWS = 50_000  # ... but returns about this many summary rows at most
 MAX_LEVELS = 3
+# The first (full) scan of a big table is cut into block ranges read at once, on one snapshot:
+MAX_CHUNKS = 4  # at most this many per side (and no more than PostgreSQL's own parallel workers + 1)
+CHUNK_PAGES = 8192  # each at least this many 8 kB pages (64 MB)
 FALLBACK_RATIO = 0.5  # with fallback, stream when more than this share of buckets differ
 WORK_MEM = "64MB"
 # Settings local to one query's transaction (applied in one round trip, see _settle).
@@ -160,6 +168,7 @@ class ChecksumStats:
     fell_back: bool = False
     buckets: str = "hash"  # "range" or "hash"
     why_hash: str | None = None  # why key ranges could not be used, when they were not
+    scan_chunks: tuple[int, int] = (1, 1)  # block ranges of each side's first scan
 
 
 @dataclass(slots=True)
@@ -259,6 +268,7 @@ class _Side:
         # Per compared value: can it be NULL on either side? (Both sides must agree on it.)
         self.nullable: list[bool] = [True] * len(plan.values)
         self.xor = False  # fold row hashes with bit_xor (PostgreSQL 14+ on both sides) or sum halves
+        self.chunks, self.pages = 1, 0  # block ranges of the first scan, and the table's pages
         mine, theirs = src.columns(), other.columns()
         self._key_types = [mine.get(k) for k in plan.key]
         # How each key column is hashed; the same on both sides: integers through
@@ -431,18 +441,7 @@ class _RangeBuckets(_Buckets):
         return level.describe(self.names, self.key.kinds)
 
 
-def _summaries(
-    side: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
-) -> Iterator[tuple[Bucket, int, int, int]]:
-    """(bucket, rows, two folds of the row hashes) at this level, by bucket.
-
-    ``within`` = (the previous level, its differing buckets) restricts the rows to those. The
-    64-bit row hashes are folded with ``bit_xor`` (PostgreSQL 14+) or summed as two int4 halves
-    (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state); OFFSET 0
-    keeps the hash from being inlined (and so computed) once per aggregate. Streamed in bucket
-    order, so memory stays flat however many buckets there are.
-    """
-    rows = side.base() if within is None else kind.scoped(side, *within)
+def _summary_stmt(side: _Side, kind: _Buckets, level: Any, rows: sa.FromClause) -> sa.Select[Any]:
     cols, bucket_exprs, seed = kind.keyed(side, rows, level)
     labelled = [e.label(f"b{i}") for i, e in enumerate(bucket_exprs)]
     inner = sa.select(*labelled, side.values_hash(cols, seed).label("h")).offset(0).subquery("k")
@@ -458,14 +457,107 @@ def _summaries(
             # The low half as a signed int4: all 32 bits count.
             sa.func.sum(sa.cast(h.op("&")(_lit(2**32 - 1)) - _lit(2**31), sa.Integer)),
         ]
-    stmt = sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
-    n = len(bs)
-    session = kind.scoped_session if within is not None else {}
-    with side.src.errors(), side.src.engine.connect() as conn:
-        _settle(conn, SUMMARY_SQL, CURSOR_SQL, session)
-        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
-        for r in result:
+    return sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
+
+
+Summary = tuple[Bucket, int, int, int]
+
+
+def _run_summary(
+    side: _Side, stmt: sa.Select[Any], session: Mapping[str, str], conn: sa.Connection | None = None
+) -> Iterator[Summary]:
+    """Execute one summary statement (on ``conn`` when given, closed at the end)."""
+    n = len(stmt.selected_columns) - 3
+    with side.src.errors(), conn if conn is not None else side.src.engine.connect() as c:
+        _settle(c, SUMMARY_SQL, CURSOR_SQL, session)
+        for r in c.execution_options(stream_results=True, yield_per=10_000).execute(stmt):
             yield tuple(r[:n]), int(r[n]), int(r[n + 1]), int(r[n + 2])
+
+
+def _summaries(
+    side: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
+) -> Iterator[Summary]:
+    """(bucket, rows, two folds of the row hashes) at this level, by bucket.
+
+    ``within`` = (the previous level, its differing buckets) restricts the rows to those. The
+    64-bit row hashes are folded with ``bit_xor`` (PostgreSQL 14+) or summed as two int4 halves
+    (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state); OFFSET 0
+    keeps the hash from being inlined (and so computed) once per aggregate. Streamed in bucket
+    order, so memory stays flat however many buckets there are.
+    """
+    if within is not None:
+        rows = kind.scoped(side, *within)
+        return _run_summary(side, _summary_stmt(side, kind, level, rows), kind.scoped_session)
+    if side.chunks > 1:
+        chunked = _chunked_summaries(side, kind, level)
+        if chunked is not None:
+            return chunked
+    return _run_summary(side, _summary_stmt(side, kind, level, side.base()), {})
+
+
+_SNAPSHOT = re.compile(r"^[0-9A-Fa-f-]+$")
+
+
+def _chunked_summaries(side: _Side, kind: _Buckets, level: Any) -> Iterator[Summary] | None:
+    """The first level's summaries from ``side.chunks`` block ranges scanned at once.
+
+    The way PostgreSQL runs one query with parallel workers, but each range is its own query
+    (so each keeps its in-memory hash aggregate): one connection exports its snapshot and the
+    others import it before anything runs, so together they read the table exactly once, as
+    one consistent scan. The chunks' sorted summaries are merged by bucket and a bucket met in
+    several chunks is folded into one (counts and sums add, XORs XOR). None when the snapshot
+    cannot be shared (then one plain scan).
+    """
+    k, step = side.chunks, -(-max(side.pages, 1) // side.chunks)
+    conns: list[sa.Connection] = []
+    try:
+        with side.src.errors():
+            for i in range(k):
+                conn = side.src.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+                conns.append(conn)
+                if i == 0:
+                    snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
+                    if not _SNAPSHOT.match(snapshot):
+                        raise SourceError(f"{side.src.role}: unexpected snapshot id {snapshot!r}")
+                else:
+                    conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+    except (SourceError, sa.exc.SQLAlchemyError):
+        for c in conns:
+            c.close()
+        return None
+
+    def blocks(i: int) -> Callable[[sa.FromClause], Any]:
+        ctid: Expr = sa.literal_column("ctid")
+        conds: list[Expr] = []
+        if i > 0:
+            conds.append(ctid >= sa.literal_column(f"'({i * step},0)'::tid"))
+        if i < k - 1:
+            conds.append(ctid < sa.literal_column(f"'({(i + 1) * step},0)'::tid"))
+        return lambda t: sa.and_(sa.true(), *conds)
+
+    streams = [
+        _read_ahead(_run_summary(side, _summary_stmt(side, kind, level, side.base(blocks(i))), {}, conns[i]))
+        for i in range(k)
+    ]
+    return _fold_chunks(streams, side.xor)
+
+
+def _fold_chunks(streams: list[_ReadAhead[Summary]], xor: bool) -> Iterator[Summary]:
+    """Merge bucket-ordered chunk summaries into one, folding a bucket met in several chunks."""
+    try:
+        cur: Summary | None = None
+        for b, n, f1, f2 in heapq.merge(*streams, key=lambda x: x[0]):
+            if cur is not None and cur[0] == b:
+                cur = (b, cur[1] + n, (cur[2] ^ f1) if xor else (cur[2] + f1), cur[3] + f2)
+                continue
+            if cur is not None:
+                yield cur
+            cur = (b, n, f1, f2)
+        if cur is not None:
+            yield cur
+    finally:
+        for st in streams:
+            st.close()
 
 
 def _compare_level(
@@ -518,19 +610,53 @@ def _first_bits(estimates: Sequence[int | None]) -> int:
     return max(MIN_BITS, min(MAX_FIRST_BITS, math.ceil(math.log2(max(est / ROWS_PER_BUCKET, 1)))))
 
 
-def _not_null(src: SqlSource) -> set[str]:
-    """The columns of a table side declared NOT NULL (none for a query, or when unknown)."""
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What one side's catalog says: rows, pages, NOT NULL columns, parallel workers allowed."""
+
+    rows: int | None = None
+    pages: int = 0
+    not_null: frozenset[str] = frozenset()
+    workers: int = 0  # the server's max_parallel_workers_per_gather for this session
+
+
+_FACTS_SQL = sa.text(
+    """
+    SELECT c.reltuples::bigint, c.relpages::bigint,
+           current_setting('max_parallel_workers_per_gather')::int,
+           ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                 AND a.attnotnull AND NOT a.attisdropped)
+    FROM pg_class c WHERE c.oid = to_regclass(:t)
+    """
+)
+
+
+def _facts(src: SqlSource) -> _Facts:
+    """One catalog round trip for a table side (nothing known for a query, or on error)."""
     if not src.side.table:
-        return set()
-    sql = sa.text(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 "
-        "AND attnotnull AND NOT attisdropped"
-    )
+        return _Facts()
     try:
         with src.engine.connect() as conn:
-            return {r[0] for r in conn.execute(sql, {"t": keyranges.quoted_table(src)})}
+            r = conn.execute(_FACTS_SQL, {"t": keyranges.quoted_table(src)}).first()
     except sa.exc.SQLAlchemyError:
-        return set()
+        return _Facts()
+    if r is None:
+        return _Facts()
+    rows = int(r[0]) if r[0] is not None and r[0] > 0 else None
+    return _Facts(rows, int(r[1] or 0), frozenset(r[3] or ()), int(r[2] or 0))
+
+
+def _chunks(src: SqlSource, facts: _Facts) -> int:
+    """How many block ranges this side's first scan is cut into (1: one plain scan).
+
+    As many as PostgreSQL would give one query (its leader and max_parallel_workers_per_gather
+    workers, at most :data:`MAX_CHUNKS`), each of at least :data:`CHUNK_PAGES` pages; only
+    on tables, and from PostgreSQL 14, whose TID range scans read just a chunk's blocks.
+    """
+    version = src.engine.dialect.server_version_info or (0,)
+    if not src.side.table or version < (14,):
+        return 1
+    return max(1, min(MAX_CHUNKS, 1 + facts.workers, facts.pages // CHUNK_PAGES))
 
 
 def _key_range_filter(side: _Side, key_range: tuple[Any, Any]) -> Callable[[sa.FromClause], Any]:
@@ -589,12 +715,14 @@ def checksum_diff(
     ts.xor = ps.xor = all(
         (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
     )
-    (est_t, nn_t), (est_p, nn_p) = both(lambda s: (s.estimate_rows(), _not_null(s)), truth, projection)
+    ft, fp = both(_facts, truth, projection)
     ts.nullable = ps.nullable = [
-        not (v in nn_t and o in nn_p) for v, o in zip(tplan.values, pplan.values, strict=True)
+        not (v in ft.not_null and o in fp.not_null) for v, o in zip(tplan.values, pplan.values, strict=True)
     ]
-    stats = ChecksumStats()
-    bits = first_bits or _first_bits((est_t, est_p))
+    ts.chunks, ts.pages = _chunks(truth, ft), ft.pages
+    ps.chunks, ps.pages = _chunks(projection, fp), fp.pages
+    stats = ChecksumStats(scan_chunks=(ts.chunks, ps.chunks))
+    bits = first_bits or _first_bits((ft.rows, fp.rows))
     kind: _Buckets | None = None
     if buckets != "hash":
         rk, why = keyranges.range_key(truth, projection, tplan, pplan)
