@@ -1,14 +1,22 @@
-"""Benchmark: `reconcile audit` against `reladiff` on the same PostgreSQL truth/projection pair.
+"""Benchmark: `reconcile audit` against `reladiff` and the scan bound, on one PostgreSQL pair.
 
 For each row count, builds a truth table and a projection table in two fresh PostgreSQL
 databases (unique names, dropped afterwards unless --keep) with 100 missing, 100 orphan and
-100 mismatched keys scattered over the key range, warms the cache, then runs each tool once as
-a child process and reports wall time, rows/s (both tables), the child's peak RSS and whether
-it found exactly the 300 planted keys. Prints a markdown table and writes it to bench/results/.
+100 mismatched keys scattered over the key range, warms the cache, then measures, in the same
+run and on the same tables:
+
+* the **scan bound**: both tables scanned and row-hashed by PostgreSQL itself, concurrently (two
+  connections, each ``SELECT sum(hashtext(id::text||'|'||customer::text||...))`` at once): what
+  reading and hashing every row costs, with nothing sent back;
+* ``reconcile audit`` and ``reladiff``, each as a child process: wall time, rows/s (both
+  tables), the child's peak RSS and whether it found exactly the 300 planted keys.
+
+``--repeat N`` measures the three N times (the machine may be shared: compare within a round).
+Prints a markdown table and writes it to bench/results/.
 
 reladiff pins older drivers, so it lives in its own virtualenv (bench/.venv-reladiff, made here
-on first use). Run with the project's venv: ``make bench`` or
-``.venv/bin/python bench/run.py --rows 1000000 5000000``.
+on first use). Run with the project's venv: ``make bench`` (1M and 5M rows),
+``.venv/bin/python bench/run.py --big`` (also 20M) or ``--rows N [N ...]``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,6 +45,11 @@ RELADIFF_PIN = "reladiff[postgresql]==0.6.0"
 DEFAULT_PG = os.environ.get("RECONCILE_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
 PLANTED = 100  # keys of each kind: missing, orphan, mismatch
 COLUMNS = ("customer", "amount", "status")
+DEFAULT_ROWS = [1_000_000, 5_000_000]
+BIG_ROWS = 20_000_000
+BOUND_SQL = "SELECT sum(hashtext(id::text || '|' || {cols})) FROM {table}".format(
+    cols=" || '|' || ".join(f"{c}::text" for c in COLUMNS), table="{table}"
+)
 
 TABLE_SQL = """
 CREATE TABLE {name} (
@@ -58,10 +72,15 @@ class Measure:
     tool: str
     rows: int
     seconds: float
-    peak_rss_mb: float
-    found: int
+    peak_rss_mb: float | None  # None: not a child process of ours (the scan bound)
+    found: int | None  # None: finds nothing (the scan bound)
     exact: bool
     note: str = ""
+    round: int = 1
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def pg_url(base: str, database: str, driver: str = "postgresql") -> str:
@@ -136,6 +155,53 @@ def drop(admin: sa.Engine, suffix: str) -> None:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
 
 
+def scan_bound(truth: str, proj: str, rows: int, parallel: bool = False) -> Measure:
+    """Both tables scanned and row-hashed by PostgreSQL itself, at once (one connection each).
+
+    Serial by default (one backend per table, as reconcile's own scans run); ``parallel`` leaves
+    PostgreSQL's parallel workers on (its defaults), which on a shared machine also takes a
+    bigger share of the CPUs.
+    """
+    engines = [
+        sa.create_engine(sa.make_url(url).set(drivername="postgresql+psycopg")) for url in (truth, proj)
+    ]
+    conns = [e.connect() for e in engines]  # connected before the clock starts
+    if not parallel:
+        for c in conns:
+            c.exec_driver_sql("SET max_parallel_workers_per_gather = 0")
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def scan(conn: sa.Connection, table: str) -> None:
+        start.wait()
+        try:
+            conn.exec_driver_sql(BOUND_SQL.format(table=table)).scalar()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=scan, args=(c, t))
+        for c, t in zip(conns, ("orders", "orders_view"), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    note = load()
+    start.wait()
+    t0 = time.monotonic()
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - t0
+    for c in conns:
+        c.close()
+    for e in engines:
+        e.dispose()
+    if errors:
+        raise errors[0]
+    tool = "scan bound, parallel" if parallel else "scan bound"
+    how = "PostgreSQL's parallel workers on" if parallel else "one backend per table"
+    return Measure(tool, rows, seconds, None, None, True, f"sum(hashtext(row)), 2 connections, {how}; {note}")
+
+
 SPEC = """name: bench
 truth: {{url: "{truth}", table: orders}}
 projection: {{url: "{proj}", table: orders_view}}
@@ -150,6 +216,7 @@ def run_reconcile(truth: str, proj: str, rows: int, planted: dict[str, set[int]]
     store = f"sqlite:///{work / f'store-{rows}.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "reconcile", "audit", str(spec), "--format", "json", "--no-progress"]
+    note = load()
     code, out, err, seconds, rss = run_child([*cmd, "--store", store], env)
     if code not in (0, 1):
         return Measure("reconcile", rows, seconds, rss, -1, False, err.strip().splitlines()[-1][:80])
@@ -157,15 +224,19 @@ def run_reconcile(truth: str, proj: str, rows: int, planted: dict[str, set[int]]
     got = {kind: {f["key"]["id"] for f in doc["findings"] if f["kind"] == kind} for kind in planted}
     found = len(doc["findings"])
     exact = got == planted and found == 3 * PLANTED
-    return Measure("reconcile", rows, seconds, rss, found, exact, f"strategy {doc.get('strategy')}")
+    return Measure("reconcile", rows, seconds, rss, found, exact, f"strategy {doc.get('strategy')}; {note}")
 
 
-def run_reladiff(exe: Path, truth: str, proj: str, rows: int, planted: dict[str, set[int]]) -> Measure:
+def run_reladiff(
+    exe: Path, truth: str, proj: str, rows: int, planted: dict[str, set[int]], threads: int = 1
+) -> Measure:
     cols = [a for c in COLUMNS for a in ("-c", c)]
-    cmd = [str(exe), truth, "orders", proj, "orders_view", "-k", "id", *cols, "--json"]
+    cmd = [str(exe), truth, "orders", proj, "orders_view", "-k", "id", *cols, "--json", "-j", str(threads)]
+    tool = "reladiff" if threads == 1 else f"reladiff -j {threads}"
+    note = load()
     code, out, err, seconds, rss = run_child(cmd)
     if code != 0:
-        return Measure("reladiff", rows, seconds, rss, -1, False, err.strip().splitlines()[-1][:80])
+        return Measure(tool, rows, seconds, rss, -1, False, err.strip().splitlines()[-1][:80])
     signs: dict[int, set[str]] = {}
     for line in out.splitlines():
         if line.strip():
@@ -177,59 +248,94 @@ def run_reladiff(exe: Path, truth: str, proj: str, rows: int, planted: dict[str,
         "mismatch": {k for k, s in signs.items() if s == {"-", "+"}},
     }
     exact = got == planted and len(signs) == 3 * PLANTED
-    return Measure("reladiff", rows, seconds, rss, len(signs), exact, "hashdiff, 1 thread")
+    what = "1 thread" if threads == 1 else f"{threads} threads"
+    return Measure(tool, rows, seconds, rss, len(signs), exact, f"hashdiff, {what} per database; {note}")
 
 
-def table(results: list[Measure]) -> str:
+def table(results: list[Measure], summary: bool = True) -> str:
+    rounds = max((m.round for m in results), default=1) > 1
     lines = [
-        "| rows per table | tool | wall s | rows/s (both tables) | peak RSS MB | keys found "
-        "| exactly the 300 | note |",
-        "|---:|---|---:|---:|---:|---:|:---:|---|",
+        "| rows per table |" + (" round |" if rounds else "") + " tool | wall s | rows/s (both tables) "
+        "| peak RSS MB | keys found | exactly the 300 | note |",
+        "|---:|" + ("---:|" if rounds else "") + "---|---:|---:|---:|---:|:---:|---|",
     ]
     for m in results:
         rate = 2 * m.rows / m.seconds if m.seconds else 0
+        rss = f"{m.peak_rss_mb:.0f}" if m.peak_rss_mb is not None else "—"
+        found = str(m.found) if m.found is not None else "—"
+        exact = "—" if m.found is None else ("yes" if m.exact else "NO")
         lines.append(
-            f"| {m.rows:,} | {m.tool} | {m.seconds:.1f} | {rate:,.0f} | {m.peak_rss_mb:.0f} | "
-            f"{m.found} | {'yes' if m.exact else 'NO'} | {m.note} |"
+            f"| {m.rows:,} |" + (f" {m.round} |" if rounds else "") + f" {m.tool} | {m.seconds:.1f} | "
+            f"{rate:,.0f} | {rss} | {found} | {exact} | {m.note} |"
         )
-    by_rows: dict[int, dict[str, float]] = {}
+    if not summary:
+        return "\n".join(lines)
+    by_round: dict[tuple[int, int], dict[str, float]] = {}
     for m in results:
-        by_rows.setdefault(m.rows, {})[m.tool] = m.seconds
-    for rows, t in by_rows.items():
-        if "reconcile" in t and "reladiff" in t and t["reconcile"]:
-            lines.append(
-                f"\n{rows:,} rows: reconcile is {t['reladiff'] / t['reconcile']:.1f}x faster than reladiff"
-            )
+        by_round.setdefault((m.rows, m.round), {})[m.tool] = m.seconds
+    lines.append("")
+    for (rows, rnd), t in by_round.items():
+        rc = t.get("reconcile")
+        if not rc:
+            continue
+        parts = []
+        if "scan bound" in t:
+            parts.append(f"{rc / t['scan bound']:.2f}x the scan bound")
+        if "scan bound, parallel" in t:
+            parts.append(f"{rc / t['scan bound, parallel']:.2f}x the parallel one")
+        for tool, secs in t.items():
+            if tool.startswith("reladiff"):
+                parts.append(f"{secs / rc:.1f}x faster than {tool}")
+        label = f"{rows:,} rows" + (f", round {rnd}" if rounds else "")
+        lines.append(f"{label}: reconcile takes " + ", ".join(parts))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000], help="rows per table")
+    ap.add_argument("--rows", type=int, nargs="+", default=None, help="rows per table (default 1M 5M)")
+    ap.add_argument("--big", action="store_true", help=f"also {BIG_ROWS:,} rows per table")
+    ap.add_argument("--repeat", type=int, default=1, help="measure each size this many times")
     ap.add_argument("--pg-url", default=DEFAULT_PG, help="PostgreSQL server (a maintenance database URL)")
     ap.add_argument("--keep", action="store_true", help="keep the databases (their names are printed)")
-    ap.add_argument("--no-reladiff", action="store_true", help="time reconcile alone")
+    ap.add_argument("--no-reladiff", action="store_true", help="time reconcile and the scan bound alone")
+    ap.add_argument(
+        "--reladiff-threads", type=int, nargs="+", default=[1], help="reladiff -j values to time (default 1)"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for the markdown table")
     args = ap.parse_args(argv)
+    sizes = list(args.rows or DEFAULT_ROWS) + ([BIG_ROWS] if args.big else [])
 
     exe = None if args.no_reladiff else ensure_reladiff()
     admin = sa.create_engine(
         sa.make_url(args.pg_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
     )
+    with admin.connect() as conn:
+        server = conn.exec_driver_sql("SHOW server_version").scalar()
+        buffers = conn.exec_driver_sql("SHOW shared_buffers").scalar()
     results: list[Measure] = []
     with tempfile.TemporaryDirectory(prefix="reconcile-bench-") as tmp:
-        for rows in args.rows:
+        for rows in sizes:
             suffix = f"{rows}_{uuid.uuid4().hex[:8]}"
             t0 = time.monotonic()
             print(f"building {rows:,} rows per table (suffix {suffix}) ...", flush=True)
             try:
                 truth, proj, planted = build(admin, args.pg_url, rows, suffix)
                 print(f"  built in {time.monotonic() - t0:.1f} s", flush=True)
-                results.append(run_reconcile(truth, proj, rows, planted, Path(tmp)))
-                print(f"  {table(results[-1:]).splitlines()[-1]}", flush=True)
-                if exe is not None:
-                    results.append(run_reladiff(exe, truth, proj, rows, planted))
-                    print(f"  {table(results[-1:]).splitlines()[-1]}", flush=True)
+                for rnd in range(1, args.repeat + 1):
+                    got = [
+                        scan_bound(truth, proj, rows),
+                        scan_bound(truth, proj, rows, parallel=True),
+                        run_reconcile(truth, proj, rows, planted, Path(tmp)),
+                    ]
+                    if exe is not None:
+                        got += [
+                            run_reladiff(exe, truth, proj, rows, planted, j) for j in args.reladiff_threads
+                        ]
+                    for m in got:
+                        m.round = rnd
+                        results.append(m)
+                        print(f"  round {rnd}: {table([m], summary=False).splitlines()[-1]}", flush=True)
             finally:
                 if args.keep:
                     print(f"  kept databases bench_truth_{suffix}, bench_proj_{suffix}")
@@ -238,14 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     admin.dispose()
     report = table(results)
     header = (
-        f"# reconcile vs reladiff, {datetime.now():%Y-%m-%d %H:%M}\n\n"
-        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}; "
-        "both databases on one PostgreSQL server; one run per tool, warm cache.\n\n"
+        f"# reconcile vs reladiff and the scan bound, {datetime.now():%Y-%m-%d %H:%M}\n\n"
+        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"PostgreSQL {server} (shared_buffers {buffers}); both databases on that one server; "
+        "warm cache.\n\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{datetime.now():%Y%m%d-%H%M%S}.md"
     path.write_text(header + report + "\n")
-    print("\n" + report + f"\n\nwritten to {path}")
+    print("\n" + header + report + f"\n\nwritten to {path}")
     return 0 if all(m.exact for m in results) else 1
 
 

@@ -473,3 +473,58 @@ def test_hash_buckets_when_ranges_cannot_run(make_pg_db: Any, opened: Any) -> No
     with pytest.raises(SpecError, match="projection is a query"):
         push(pair, "range")
     agree(pair, "hash")
+
+
+# -- the first scan in block ranges, on one snapshot -------------------------------------------------
+def test_first_scan_in_block_ranges_on_one_snapshot(
+    make_pg_db: Any, opened: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t, p = make_pg_db("truth"), make_pg_db("proj")
+    ddl = "CREATE TABLE {} (id bigint PRIMARY KEY, name text, amount numeric(10,2))"
+    fill = "INSERT INTO {} SELECT g, 'n' || g, g / 7.0 FROM generate_series(1, 20000) g"
+    run_sql(t, ddl.format("a"), fill.format("a"), "DELETE FROM a WHERE mod(id, 1999) = 0", "ANALYZE a")
+    run_sql(
+        p, ddl.format("b"), fill.format("b"), "UPDATE b SET name = NULL WHERE mod(id, 1777) = 0", "ANALYZE b"
+    )  # ANALYZE: relpages, which the cut into block ranges reads
+    spec = spec_from_dict(
+        {
+            "name": "ab",
+            "truth": {"url": t, "table": "a"},
+            "projection": {"url": p, "table": "b"},
+            "key": ["id"],
+            "columns": ["name", "amount"],
+        }
+    )
+    pair = opened(spec)
+    monkeypatch.setattr(checksum, "CHUNK_PAGES", 1)  # a small table, cut as a big one would be
+    for buckets in ("range", "hash"):
+        got = agree(pair, buckets)
+        assert got.stats.scan_chunks == (3, 3)  # PostgreSQL's default: a leader and 2 workers
+
+    tplan, pplan = pair.plans()
+    side = checksum._Side(pair.truth, tplan, pair.projection, pplan, 0, None)
+    side.pages = 200
+    kind = checksum._HashBuckets(6)
+
+    def summaries(chunks: int, xor: bool) -> list[Any]:
+        side.chunks, side.xor = chunks, xor
+        return list(checksum._summaries(side, kind, kind.first, None))
+
+    for xor in (True, False):  # the folds of a bucket met in several chunks add up
+        assert summaries(3, xor) == summaries(1, xor)
+
+    # A row written after the snapshot was shared is in no chunk: they read one snapshot.
+    before = summaries(1, True)
+    real = checksum._summary_stmt
+    calls: list[int] = []
+
+    def write_then_build(*a: Any) -> Any:
+        if not calls:
+            run_sql(t, "INSERT INTO a VALUES (1999, 'late', 1)", "DELETE FROM a WHERE id = 2")
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(checksum, "_summary_stmt", write_then_build)
+    assert summaries(3, True) == before
+    monkeypatch.setattr(checksum, "_summary_stmt", real)
+    assert summaries(3, True) != before

@@ -1,4 +1,4 @@
-"""The read-ahead iterator of the checksum strategy: order, errors, early close (no services)."""
+"""The read-ahead iterator of the checksum strategy: order, errors, early close, eager start."""
 
 from __future__ import annotations
 
@@ -38,3 +38,18 @@ def test_early_close_stops_the_thread_and_closes_the_source() -> None:
     assert next(it) == 0
     it.close()  # type: ignore[attr-defined]
     assert closed.wait(5)
+
+
+def test_reading_starts_before_the_first_next() -> None:
+    """Both sides' queries start at once: a side does not wait to be asked for its first row."""
+    started = [threading.Event(), threading.Event()]
+
+    def rows(i: int) -> Iterator[int]:
+        started[i].set()
+        yield i
+
+    first, second = _read_ahead(rows(0)), _read_ahead(rows(1))
+    assert started[1].wait(5) and started[0].is_set()  # nobody called next() yet
+    assert (next(first), next(second)) == (0, 1)
+    first.close()
+    second.close()

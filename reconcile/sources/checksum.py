@@ -17,20 +17,23 @@ Two kinds of bucket:
   and a level with ``b`` bits groups rows by the top ``b`` of those bits. That spreads any key
   evenly without boundaries, but a bucket's rows are scattered, so each level is a full scan.
 
-Per bucket each side returns ``count(*)`` and the sum of a 64-bit row hash, summed as two int4
-halves (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state). The
-row hash chains typed hash functions over the row's compared values (``hashint8extended``,
-``hash_numeric_extended``, ``hashtextextended`` of the text form for the rest), seeded with the
-key (or its hash) and with a bitmap of which values are NULL, so NULL stays apart from ``0`` and
-``''``. Values are put in a canonical form where the two sides' types differ (integers as bigint,
-numbers through ``trim_scale(numeric)``, timestamps in UTC), so equal facts usually hash equal.
+Per bucket each side returns ``count(*)`` and a fold of a 64-bit hash of each row: ``bit_xor``
+where both servers are PostgreSQL 14+, else the sum as two int4 halves (``sum(int4)`` keeps a
+plain bigint, where ``sum(bigint)`` keeps a numeric state). The row hash chains typed hash
+functions over the row's compared values (``hashint8extended``, ``hash_numeric_extended``,
+``hashtextextended`` of the text form for the rest), seeded with the key (or its hash) and, for
+values that may be NULL on either side, a bitmap of which are, so NULL stays apart from ``0``
+and ``''``. Values are put in a canonical form where the two sides' types differ (integers as
+bigint, numbers through ``trim_scale(numeric)``, timestamps in UTC), so equal facts usually
+hash equal.
 
 Correctness never rests on that canonical form: a bucket is skipped only when both sides' count
-and hash sum agree, i.e. (short of a 64-bit collision) when the (key, values) are the same
-multiset, and equal values are equal by meaning. Anything else (a real difference, or only a
-representation such as ``9.50`` facing ``9.5`` text) just makes the bucket differ, and its rows
-are fetched and judged by the merge. A key that falls in different buckets on the two sides
-makes both buckets differ, and both are fetched from both sides, so the merge still pairs it.
+and hash fold agree, i.e. (short of a 64-bit collision) when the (key, values) are the same
+multiset (with XOR, equal rows cancel only in pairs, which changes the count), and equal values
+are equal by meaning. Anything else (a real difference, or only a representation such as
+``9.50`` facing ``9.5`` text) just makes the bucket differ, and its rows are fetched and judged
+by the merge. A key that falls in different buckets on the two sides makes both buckets differ,
+and both are fetched from both sides, so the merge still pairs it.
 
 Levels: the first level is sized from the table statistics (about :data:`ROWS_PER_BUCKET` rows
 a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` rows (hash) or
@@ -38,10 +41,10 @@ a bucket); while the differing buckets still hold more than :data:`REFINE_ROWS` 
 summary row per sub-range, far cheaper than merging the rows in Python), the next level splits
 only those buckets: hash buckets ``2**STEP_BITS`` ways, ranges into sub-ranges of about
 :data:`FINAL_ROWS` rows (at most about :data:`MAX_SUMMARY_ROWS` of them), so the fetch after
-reads little more than the drifted rows. When most buckets differ
-(``fallback``), pushdown cannot save anything and the caller streams instead. Both databases
-are queried concurrently, each in its own thread; the final fetch is also read ahead in one
-thread per side, through a bounded queue.
+reads little more than the drifted rows. When most buckets differ (``fallback``), pushdown
+cannot save anything and the caller streams instead. Both databases are queried at once, each
+from its own thread (started before the merge asks either for a row); the final fetch is read
+ahead the same way, through a bounded queue.
 
 Summary counts stay those of the streaming path: a skipped bucket holds ``count`` entities
 that are equal on both sides, so it adds ``count`` to ``compared``, ``truth_rows`` and
@@ -54,15 +57,17 @@ push its own range down.
 
 from __future__ import annotations
 
+import heapq
 import math
 import queue
+import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -71,7 +76,7 @@ from ..compare import ColumnRule, key_part
 from ..diff import DiffOutcome, Row, diff_rows
 from ..errors import SourceError, SpecError
 from . import keyranges
-from .keyranges import FirstGrain, Grain, RangeKey
+from .keyranges import FirstGrain, Grain, RangeKey, both
 from .sql import ReadPlan, SqlSource, _as_time, _type_kind
 
 __all__ = [
@@ -100,21 +105,33 @@ RANGE_REFINE_ROWS = 2_000
 FINAL_ROWS = 4  # key ranges: a refined level aims at this many rows per sub-range ...
 MAX_SUMMARY_ROWS = 50_000  # ... but returns about this many summary rows at most
 MAX_LEVELS = 3
+# The first (full) scan of a big table is cut into block ranges read at once, on one snapshot:
+MAX_CHUNKS = 4  # at most this many per side (and no more than PostgreSQL's own parallel workers + 1)
+CHUNK_PAGES = 8192  # each at least this many 8 kB pages (64 MB)
 FALLBACK_RATIO = 0.5  # with fallback, stream when more than this share of buckets differ
-WORK_MEM = "64MB"  # so the per-bucket hash aggregate stays in memory
-# A hash-bucket fetch keeps a few rows out of a whole scan: PostgreSQL cannot estimate the bucket
-# filter and walks the key index for the ORDER BY; a sequential scan and a small sort is ~2x faster.
-FETCH_SQL = ("SET LOCAL enable_indexscan = off",)
-# Range lookups are a few index probes, but the planner, blind to how many ranges there are,
-# costs them like a big join and would spend longer compiling (JIT) or forking workers than reading.
-RANGE_SQL = ("SET LOCAL jit = off", "SET LOCAL max_parallel_workers_per_gather = 0")
+WORK_MEM = "64MB"
+# Settings local to one query's transaction (applied in one round trip, see _settle).
+SUMMARY_SQL = {"work_mem": WORK_MEM}  # so the per-bucket hash aggregate stays in memory
 # Every query here is read to its end through a server-side cursor; planned for its first 10% of
 # rows (the default), a range lookup walks the whole key index in order instead of probing it.
-CURSOR_SQL = "SET LOCAL cursor_tuple_fraction = 1.0"
+CURSOR_SQL = {"cursor_tuple_fraction": "1"}
+# A hash-bucket fetch keeps a few rows out of a whole scan: PostgreSQL cannot estimate the bucket
+# filter and walks the key index for the ORDER BY; a sequential scan and a small sort is ~2x faster.
+FETCH_SQL = {"enable_indexscan": "off"}
+# Range lookups are a few index probes, but the planner, blind to how many ranges there are,
+# costs them like a big join and would spend longer compiling (JIT) or forking workers than reading.
+RANGE_SQL = {"jit": "off", "max_parallel_workers_per_gather": "0"}
 
 Key = tuple[Any, ...]
 Expr = sa.ColumnElement[Any]
 T = TypeVar("T")
+
+
+def _settle(conn: sa.Connection, *settings: Mapping[str, str]) -> None:
+    """Apply transaction-local settings (reconcile's own constants) in one round trip."""
+    merged = {k: v for s in settings for k, v in s.items()}
+    if merged:
+        conn.execute(sa.select(*[sa.func.set_config(k, v, True) for k, v in merged.items()]))
 
 
 def unsupported_reason(truth: SqlSource, projection: SqlSource) -> str | None:
@@ -151,6 +168,7 @@ class ChecksumStats:
     fell_back: bool = False
     buckets: str = "hash"  # "range" or "hash"
     why_hash: str | None = None  # why key ranges could not be used, when they were not
+    scan_chunks: tuple[int, int] = (1, 1)  # block ranges of each side's first scan
 
 
 @dataclass(slots=True)
@@ -250,6 +268,7 @@ class _Side:
         # Per compared value: can it be NULL on either side? (Both sides must agree on it.)
         self.nullable: list[bool] = [True] * len(plan.values)
         self.xor = False  # fold row hashes with bit_xor (PostgreSQL 14+ on both sides) or sum halves
+        self.chunks, self.pages = 1, 0  # block ranges of the first scan, and the table's pages
         mine, theirs = src.columns(), other.columns()
         self._key_types = [mine.get(k) for k in plan.key]
         # How each key column is hashed; the same on both sides: integers through
@@ -304,16 +323,14 @@ class _Side:
             h = _hash(family, expr, h, nullable)
         return h
 
-    def stream(self, stmt: sa.Select[Any], session: Sequence[str]) -> Iterator[Row]:
+    def stream(self, stmt: sa.Select[Any], session: Mapping[str, str]) -> Iterator[Row]:
         """Rows of ``stmt`` (laid out as :meth:`SqlSource.select` lays them) as diff Rows."""
         plan, src = self.plan, self.src
         nk, nv = len(plan.key), len(plan.values)
         kinds = list(plan.kinds)
         has_changed = plan.changed_at is not None
         with src.errors(), src.engine.connect() as conn:
-            conn.exec_driver_sql(CURSOR_SQL)
-            for sql in session:
-                conn.exec_driver_sql(sql)
+            _settle(conn, CURSOR_SQL, session)
             result = conn.execution_options(stream_results=True, yield_per=src.chunk_rows).execute(stmt)
             for r in result:
                 try:
@@ -334,8 +351,8 @@ class _Buckets:
     first: Any  # the first level (hash: its bits; ranges: a Grain)
     first_bits: int
     refine_rows: int  # refine while the differing buckets hold more rows than this
-    scoped_session: tuple[str, ...] = ()  # settings for reading some buckets' rows
-    fetch_session: tuple[str, ...] = ()
+    scoped_session: Mapping[str, str] = {}  # settings for reading some buckets' rows
+    fetch_session: Mapping[str, str] = {}
 
     def keyed(self, side: _Side, rows: sa.FromClause, level: Any) -> tuple[Any, list[Expr], Expr]:
         """(the columns to hash values from, the bucket expressions, the row-hash seed)."""
@@ -360,7 +377,6 @@ class _Buckets:
 
 class _HashBuckets(_Buckets):
     name = "hash"
-    scoped_session: tuple[str, ...] = ()
     fetch_session = FETCH_SQL
 
     def __init__(self, bits: int):
@@ -425,18 +441,7 @@ class _RangeBuckets(_Buckets):
         return level.describe(self.names, self.key.kinds)
 
 
-def _summaries(
-    side: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
-) -> Iterator[tuple[Bucket, int, int, int]]:
-    """(bucket, rows, two folds of the row hashes) at this level, by bucket.
-
-    ``within`` = (the previous level, its differing buckets) restricts the rows to those. The
-    64-bit row hashes are folded with ``bit_xor`` (PostgreSQL 14+) or summed as two int4 halves
-    (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state); OFFSET 0
-    keeps the hash from being inlined (and so computed) once per aggregate. Streamed in bucket
-    order, so memory stays flat however many buckets there are.
-    """
-    rows = side.base() if within is None else kind.scoped(side, *within)
+def _summary_stmt(side: _Side, kind: _Buckets, level: Any, rows: sa.FromClause) -> sa.Select[Any]:
     cols, bucket_exprs, seed = kind.keyed(side, rows, level)
     labelled = [e.label(f"b{i}") for i, e in enumerate(bucket_exprs)]
     inner = sa.select(*labelled, side.values_hash(cols, seed).label("h")).offset(0).subquery("k")
@@ -452,17 +457,107 @@ def _summaries(
             # The low half as a signed int4: all 32 bits count.
             sa.func.sum(sa.cast(h.op("&")(_lit(2**32 - 1)) - _lit(2**31), sa.Integer)),
         ]
-    stmt = sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
-    n = len(bs)
-    session = kind.scoped_session if within is not None else ()
-    with side.src.errors(), side.src.engine.connect() as conn:
-        conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        conn.exec_driver_sql(CURSOR_SQL)
-        for sql in session:
-            conn.exec_driver_sql(sql)
-        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
-        for r in result:
+    return sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
+
+
+Summary = tuple[Bucket, int, int, int]
+
+
+def _run_summary(
+    side: _Side, stmt: sa.Select[Any], session: Mapping[str, str], conn: sa.Connection | None = None
+) -> Iterator[Summary]:
+    """Execute one summary statement (on ``conn`` when given, closed at the end)."""
+    n = len(stmt.selected_columns) - 3
+    with side.src.errors(), conn if conn is not None else side.src.engine.connect() as c:
+        _settle(c, SUMMARY_SQL, CURSOR_SQL, session)
+        for r in c.execution_options(stream_results=True, yield_per=10_000).execute(stmt):
             yield tuple(r[:n]), int(r[n]), int(r[n + 1]), int(r[n + 2])
+
+
+def _summaries(
+    side: _Side, kind: _Buckets, level: Any, within: tuple[Any, Sequence[Bucket]] | None
+) -> Iterator[Summary]:
+    """(bucket, rows, two folds of the row hashes) at this level, by bucket.
+
+    ``within`` = (the previous level, its differing buckets) restricts the rows to those. The
+    64-bit row hashes are folded with ``bit_xor`` (PostgreSQL 14+) or summed as two int4 halves
+    (``sum(int4)`` keeps a plain bigint, where ``sum(bigint)`` keeps a numeric state); OFFSET 0
+    keeps the hash from being inlined (and so computed) once per aggregate. Streamed in bucket
+    order, so memory stays flat however many buckets there are.
+    """
+    if within is not None:
+        rows = kind.scoped(side, *within)
+        return _run_summary(side, _summary_stmt(side, kind, level, rows), kind.scoped_session)
+    if side.chunks > 1:
+        chunked = _chunked_summaries(side, kind, level)
+        if chunked is not None:
+            return chunked
+    return _run_summary(side, _summary_stmt(side, kind, level, side.base()), {})
+
+
+_SNAPSHOT = re.compile(r"^[0-9A-Fa-f-]+$")
+
+
+def _chunked_summaries(side: _Side, kind: _Buckets, level: Any) -> Iterator[Summary] | None:
+    """The first level's summaries from ``side.chunks`` block ranges scanned at once.
+
+    The way PostgreSQL runs one query with parallel workers, but each range is its own query
+    (so each keeps its in-memory hash aggregate): one connection exports its snapshot and the
+    others import it before anything runs, so together they read the table exactly once, as
+    one consistent scan. The chunks' sorted summaries are merged by bucket and a bucket met in
+    several chunks is folded into one (counts and sums add, XORs XOR). None when the snapshot
+    cannot be shared (then one plain scan).
+    """
+    k, step = side.chunks, -(-max(side.pages, 1) // side.chunks)
+    conns: list[sa.Connection] = []
+    try:
+        with side.src.errors():
+            for i in range(k):
+                conn = side.src.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+                conns.append(conn)
+                if i == 0:
+                    snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
+                    if not _SNAPSHOT.match(snapshot):
+                        raise SourceError(f"{side.src.role}: unexpected snapshot id {snapshot!r}")
+                else:
+                    conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+    except (SourceError, sa.exc.SQLAlchemyError):
+        for c in conns:
+            c.close()
+        return None
+
+    def blocks(i: int) -> Callable[[sa.FromClause], Any]:
+        ctid: Expr = sa.literal_column("ctid")
+        conds: list[Expr] = []
+        if i > 0:
+            conds.append(ctid >= sa.literal_column(f"'({i * step},0)'::tid"))
+        if i < k - 1:
+            conds.append(ctid < sa.literal_column(f"'({(i + 1) * step},0)'::tid"))
+        return lambda t: sa.and_(sa.true(), *conds)
+
+    streams = [
+        _read_ahead(_run_summary(side, _summary_stmt(side, kind, level, side.base(blocks(i))), {}, conns[i]))
+        for i in range(k)
+    ]
+    return _fold_chunks(streams, side.xor)
+
+
+def _fold_chunks(streams: list[_ReadAhead[Summary]], xor: bool) -> Iterator[Summary]:
+    """Merge bucket-ordered chunk summaries into one, folding a bucket met in several chunks."""
+    try:
+        cur: Summary | None = None
+        for b, n, f1, f2 in heapq.merge(*streams, key=lambda x: x[0]):
+            if cur is not None and cur[0] == b:
+                cur = (b, cur[1] + n, (cur[2] ^ f1) if xor else (cur[2] + f1), cur[3] + f2)
+                continue
+            if cur is not None:
+                yield cur
+            cur = (b, n, f1, f2)
+        if cur is not None:
+            yield cur
+    finally:
+        for st in streams:
+            st.close()
 
 
 def _compare_level(
@@ -472,27 +567,29 @@ def _compare_level(
     (larger side), non-empty buckets, and rows in matching buckets."""
     differing: list[Bucket] = []
     drows = nonempty = same = 0
-    with closing(_read_ahead(_summaries(ts, kind, level, within))) as t_it:
-        with closing(_read_ahead(_summaries(ps, kind, level, within))) as p_it:
-            t, p = next(t_it, None), next(p_it, None)
-            while t is not None or p is not None:
-                nonempty += 1
-                if p is None or (t is not None and t[0] < p[0]):
-                    assert t is not None
-                    differing.append(t[0])
-                    drows += t[1]
-                    t = next(t_it, None)
-                elif t is None or p[0] < t[0]:
-                    differing.append(p[0])
-                    drows += p[1]
-                    p = next(p_it, None)
+    with (
+        closing(_read_ahead(_summaries(ts, kind, level, within))) as t_it,
+        closing(_read_ahead(_summaries(ps, kind, level, within))) as p_it,
+    ):
+        t, p = next(t_it, None), next(p_it, None)
+        while t is not None or p is not None:
+            nonempty += 1
+            if p is None or (t is not None and t[0] < p[0]):
+                assert t is not None
+                differing.append(t[0])
+                drows += t[1]
+                t = next(t_it, None)
+            elif t is None or p[0] < t[0]:
+                differing.append(p[0])
+                drows += p[1]
+                p = next(p_it, None)
+            else:
+                if t == p:
+                    same += t[1]
                 else:
-                    if t == p:
-                        same += t[1]
-                    else:
-                        differing.append(t[0])
-                        drows += max(t[1], p[1])
-                    t, p = next(t_it, None), next(p_it, None)
+                    differing.append(t[0])
+                    drows += max(t[1], p[1])
+                t, p = next(t_it, None), next(p_it, None)
     return differing, drows, nonempty, same
 
 
@@ -506,26 +603,60 @@ def _fetch(side: _Side, kind: _Buckets, level: Any, buckets: Sequence[Bucket]) -
     return side.stream(sa.select(*rows.c).order_by(*order), kind.fetch_session)
 
 
-def _first_bits(truth: SqlSource, projection: SqlSource) -> int:
-    est = max((s.estimate_rows() or 0) for s in (truth, projection))
+def _first_bits(estimates: Sequence[int | None]) -> int:
+    est = max((e or 0) for e in estimates)
     if est <= 0:
         return DEFAULT_BITS
     return max(MIN_BITS, min(MAX_FIRST_BITS, math.ceil(math.log2(max(est / ROWS_PER_BUCKET, 1)))))
 
 
-def _not_null(src: SqlSource) -> set[str]:
-    """The columns of a table side declared NOT NULL (none for a query, or when unknown)."""
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What one side's catalog says: rows, pages, NOT NULL columns, parallel workers allowed."""
+
+    rows: int | None = None
+    pages: int = 0
+    not_null: frozenset[str] = frozenset()
+    workers: int = 0  # the server's max_parallel_workers_per_gather for this session
+
+
+_FACTS_SQL = sa.text(
+    """
+    SELECT c.reltuples::bigint, c.relpages::bigint,
+           current_setting('max_parallel_workers_per_gather')::int,
+           ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                 AND a.attnotnull AND NOT a.attisdropped)
+    FROM pg_class c WHERE c.oid = to_regclass(:t)
+    """
+)
+
+
+def _facts(src: SqlSource) -> _Facts:
+    """One catalog round trip for a table side (nothing known for a query, or on error)."""
     if not src.side.table:
-        return set()
-    sql = sa.text(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 "
-        "AND attnotnull AND NOT attisdropped"
-    )
+        return _Facts()
     try:
         with src.engine.connect() as conn:
-            return {r[0] for r in conn.execute(sql, {"t": keyranges.quoted_table(src)})}
+            r = conn.execute(_FACTS_SQL, {"t": keyranges.quoted_table(src)}).first()
     except sa.exc.SQLAlchemyError:
-        return set()
+        return _Facts()
+    if r is None:
+        return _Facts()
+    rows = int(r[0]) if r[0] is not None and r[0] > 0 else None
+    return _Facts(rows, int(r[1] or 0), frozenset(r[3] or ()), int(r[2] or 0))
+
+
+def _chunks(src: SqlSource, facts: _Facts) -> int:
+    """How many block ranges this side's first scan is cut into (1: one plain scan).
+
+    As many as PostgreSQL would give one query (its leader and max_parallel_workers_per_gather
+    workers, at most :data:`MAX_CHUNKS`), each of at least :data:`CHUNK_PAGES` pages; only
+    on tables, and from PostgreSQL 14, whose TID range scans read just a chunk's blocks.
+    """
+    version = src.engine.dialect.server_version_info or (0,)
+    if not src.side.table or version < (14,):
+        return 1
+    return max(1, min(MAX_CHUNKS, 1 + facts.workers, facts.pages // CHUNK_PAGES))
 
 
 def _key_range_filter(side: _Side, key_range: tuple[Any, Any]) -> Callable[[sa.FromClause], Any]:
@@ -584,12 +715,14 @@ def checksum_diff(
     ts.xor = ps.xor = all(
         (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
     )
-    nn_t, nn_p = _not_null(truth), _not_null(projection)
+    ft, fp = both(_facts, truth, projection)
     ts.nullable = ps.nullable = [
-        not (v in nn_t and o in nn_p) for v, o in zip(tplan.values, pplan.values, strict=True)
+        not (v in ft.not_null and o in fp.not_null) for v, o in zip(tplan.values, pplan.values, strict=True)
     ]
-    stats = ChecksumStats()
-    bits = first_bits or _first_bits(truth, projection)
+    ts.chunks, ts.pages = _chunks(truth, ft), ft.pages
+    ps.chunks, ps.pages = _chunks(projection, fp), fp.pages
+    stats = ChecksumStats(scan_chunks=(ts.chunks, ps.chunks))
+    bits = first_bits or _first_bits((ft.rows, fp.rows))
     kind: _Buckets | None = None
     if buckets != "hash":
         rk, why = keyranges.range_key(truth, projection, tplan, pplan)
@@ -620,9 +753,10 @@ def checksum_diff(
         within, level, bits = (level, differing), nxt[0], bits + nxt[1]
     outcome = DiffOutcome()
     if differing:  # in bucket order already
-        rows_t = _read_ahead(_fetch(ts, kind, level, differing))
-        rows_p = _read_ahead(_fetch(ps, kind, level, differing))
-        with closing(rows_t), closing(rows_p):
+        with (
+            closing(_read_ahead(_fetch(ts, kind, level, differing))) as rows_t,
+            closing(_read_ahead(_fetch(ps, kind, level, differing))) as rows_p,
+        ):
             outcome = diff_rows(
                 rows_t, rows_p, rules, key_names, now=now, grace=grace, watch=watch, on_row=on_row
             )
@@ -652,52 +786,80 @@ def checksum_diff(
 _END = object()
 
 
-def _read_ahead(rows: Iterator[T], chunk: int = 2_000, depth: int = 4) -> Generator[T, None, None]:
+class _ReadAhead(Iterator[T]):
     """Iterate ``rows`` in a thread, ``depth`` chunks ahead, so both sides' queries run at once.
 
+    The thread starts when this is made, not on the first ``next()``: the merge asks truth for
+    its first row before projection, and a per-bucket aggregate sends its first row only when
+    its scan is done, so a lazy start would run the two scans one after the other.
     Memory stays bounded (``chunk * depth`` items); an error in the thread is re-raised here,
-    and closing this iterator early stops the thread and closes ``rows``.
+    and :meth:`close` (also at the end) stops the thread and closes ``rows``.
     """
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, rows: Iterator[T], chunk: int = 2_000, depth: int = 4):
+        self._rows = rows
+        self._chunk = chunk
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._buf: Iterator[T] = iter(())
+        self._done = False
+        self._thread = threading.Thread(target=self._work, name="reconcile-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
             buf: list[T] = []
-            for r in rows:
+            for r in self._rows:
                 buf.append(r)
-                if len(buf) >= chunk:
-                    if not put(buf):
+                if len(buf) >= self._chunk:
+                    if not self._put(buf):
                         return
                     buf = []
-            if put(buf):
-                put(_END)
+            if self._put(buf):
+                self._put(_END)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            put(e)
+            self._put(e)
         finally:
-            close = getattr(rows, "close", None)
+            close = getattr(self._rows, "close", None)
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=work, name="reconcile-read-ahead", daemon=True)
-    thread.start()
-    try:
+    def __iter__(self) -> _ReadAhead[T]:
+        return self
+
+    def __next__(self) -> T:
         while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
-    finally:
-        stop.set()
-        thread.join()
+            item: Any = next(self._buf, _END)
+            if item is not _END:
+                return cast(T, item)
+            if self._done:
+                raise StopIteration
+            got = self._q.get()
+            if got is _END:
+                self.close()
+                raise StopIteration
+            if isinstance(got, BaseException):
+                self.close()
+                raise got
+            self._buf = iter(got)
+
+    def close(self) -> None:
+        """Stop the thread (it closes ``rows``) and wait for it."""
+        self._done = True
+        self._buf = iter(())
+        self._stop.set()
+        self._thread.join()
+
+
+def _read_ahead(rows: Iterator[T], chunk: int = 2_000, depth: int = 4) -> _ReadAhead[T]:
+    """Read ``rows`` ahead in a thread started now (see :class:`_ReadAhead`)."""
+    return _ReadAhead(rows, chunk, depth)

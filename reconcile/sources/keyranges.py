@@ -31,9 +31,10 @@ table has no more than ``target`` buckets.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -41,6 +42,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..compare import key_part
 from .sql import ReadPlan, SqlSource
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def both(fn: Callable[[T], R], a: T, b: T) -> tuple[R, R]:
+    """``fn(a)`` and ``fn(b)`` at once: each side is its own database, so round trips overlap."""
+    with ThreadPoolExecutor(2, thread_name_prefix="reconcile-side") as pool:
+        fa, fb = pool.submit(fn, a), pool.submit(fn, b)
+        return fa.result(), fb.result()
+
 
 __all__ = [
     "Grain",
@@ -51,6 +63,7 @@ __all__ = [
     "finer",
     "text_successor",
     "quoted_table",
+    "both",
     "SAMPLE_ROWS",
     "TEXT_STEP",
 ]
@@ -337,16 +350,20 @@ def range_key(
             own = _own_kind(types.get(name))
             if kind not in ("int", "text") or own != kind:
                 return None, f"{src.role} key column {name!r} is neither an integer nor a text on both sides"
-    collations: list[tuple[str | None, ...]] = []
-    for src, plan in ((truth, tplan), (projection, pplan)):
+
+    def facts(side: tuple[SqlSource, ReadPlan]) -> tuple[str | None, ...] | str:
+        src, plan = side
         try:
-            got = _side_collations(src, plan, kinds)
+            return _side_collations(src, plan, kinds)
         except SQLAlchemyError as e:  # a catalog we cannot read: keep hash buckets
-            return None, f"{src.role} catalog: {e.__class__.__name__}"
-        if isinstance(got, str):
-            return None, got
-        collations.append(got)
-    return RangeKey(kinds, (collations[0], collations[1])), None
+            return f"{src.role} catalog: {e.__class__.__name__}"
+
+    t_colls, p_colls = both(facts, (truth, tplan), (projection, pplan))
+    if isinstance(t_colls, str):
+        return None, t_colls
+    if isinstance(p_colls, str):
+        return None, p_colls
+    return RangeKey(kinds, (t_colls, p_colls)), None
 
 
 # -- the first grain -------------------------------------------------------------------------------
@@ -418,14 +435,17 @@ def first_grain(
     """
     n = len(key.kinds)
     if n == 1 and key.kinds[0] == "int":
-        lo, hi = None, None
-        for src, plan, base in ((truth, plans[0], bases[0]), (projection, plans[1], bases[1])):
+
+        def extremes(side: tuple[SqlSource, ReadPlan, sa.Subquery]) -> tuple[Any, Any]:
+            src, plan, base = side
             k = base.c[plan.key[0]]
             with src.errors(), src.engine.connect() as conn:
-                a, b = conn.execute(sa.select(sa.func.min(k), sa.func.max(k))).one()
-            if a is not None:
-                lo = a if lo is None else min(lo, a)
-                hi = b if hi is None else max(hi, b)
+                return tuple(conn.execute(sa.select(sa.func.min(k), sa.func.max(k))).one())
+
+        got = both(extremes, (truth, plans[0], bases[0]), (projection, plans[1], bases[1]))
+        lows = [a for a, _ in got if a is not None]
+        highs = [b for _, b in got if b is not None]
+        lo, hi = (min(lows), max(highs)) if lows else (None, None)
         if lo is None or hi is None:
             return FirstGrain(Grain(0, shift=0), (0,))
         top = max(abs(int(lo)), abs(int(hi))).bit_length()
