@@ -192,13 +192,13 @@ class Incident:
         found = {(f.key["warehouse"], f.key["sku"]) for f in result.findings}
         return result, self.truth.score(found, grace_s, at)
 
-    def heal(self, timeout: timedelta = timedelta(seconds=60)) -> HealResult:
-        """`reconcile run --verify --skip-preflight` while the projector keeps consuming.
+    def heal(self, timeout: timedelta = timedelta(seconds=60), *, force: bool = False) -> HealResult:
+        """`reconcile run --verify --skip-preflight [--force]` while the projector keeps consuming.
 
         The replay skips the preflight gate: its world is built in the same second, so there is
         no earlier full audit to hold row counts against, and the gate is tested on its own.
         """
-        return heal(self.ctx, self.spec, verify=True, timeout=timeout, preflight=False)
+        return heal(self.ctx, self.spec, verify=True, timeout=timeout, preflight=False, force=force)
 
     def close(self) -> None:
         self._stop_relay.set()
