@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import ReconcileError, mask_url
+from .errors import ReconcileError, SpecError, mask_url
 from .findings import Finding, RunResult
 from .spec import Spec, load_spec
 
@@ -289,6 +289,44 @@ WaitOpt = Annotated[
 ]
 
 
+ChunkTimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chunk-time",
+        help="Scan both sides in chunks sized to this time (0.5s, 2s ...), pausing between them "
+        "when --max-active-sessions is busy (overrides the spec's `throttle:`).",
+    ),
+]
+MaxActiveOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-active-sessions",
+        min=1,
+        help="Pause the scan while a side's database has more active sessions than this "
+        "(PostgreSQL, MySQL/MariaDB; overrides the spec's `throttle:`).",
+    ),
+]
+
+
+def _throttled(s: Spec, chunk_time: str | None, max_active: int | None) -> Spec:
+    """The spec with ``--chunk-time`` / ``--max-active-sessions`` over its ``throttle:``."""
+    if chunk_time is None and max_active is None:
+        return s
+    from pydantic import ValidationError
+
+    from .spec import Throttle
+
+    base = s.throttle.model_dump() if s.throttle else {}
+    if chunk_time is not None:
+        base["chunk_time"] = chunk_time
+    if max_active is not None:
+        base["max_active_sessions"] = max_active
+    try:
+        return s.model_copy(update={"throttle": Throttle.model_validate(base)})
+    except ValidationError as e:
+        raise SpecError(f"--chunk-time: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
 # -- commands ------------------------------------------------------------------------------
 @app.command()
 def audit(
@@ -317,6 +355,8 @@ def audit(
         ),
     ] = "auto",
     wait: WaitOpt = False,
+    chunk_time: ChunkTimeOpt = None,
+    max_active: MaxActiveOpt = None,
 ) -> None:
     """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
 
@@ -329,7 +369,7 @@ def audit(
 
     with _errors():
         fmt = _format(fmt)
-        s = _spec(spec)
+        s = _throttled(_spec(spec), chunk_time, max_active)
         key_list = parse_keys(keys, s)
         ctx = _context(store)
         show = sys.stderr.isatty() if progress is None else progress
@@ -642,6 +682,8 @@ def run(
         ),
     ] = False,
     wait: WaitOpt = False,
+    chunk_time: ChunkTimeOpt = None,
+    max_active: MaxActiveOpt = None,
 ) -> None:
     """preflight → audit → correct → relay (→ verify): one command for cron, as the scheduled DAG runs it.
 
@@ -657,7 +699,7 @@ def run(
 
     with _errors():
         fmt = _format(fmt)
-        s = _spec(spec)
+        s = _throttled(_spec(spec), chunk_time, max_active)
         if skip_preflight:
             err.print(f"reconcile: preflight skipped for {s.name} (--skip-preflight)", markup=False)
         with _context(store, bootstrap) as ctx, _progress(f"auditing {s.name}", sys.stderr.isatty()) as tick:

@@ -14,6 +14,7 @@ so both live here, below all of them, once:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,12 @@ def first_line(e: BaseException) -> str:
     return mask_url(text[0] if text else type(orig).__name__)
 
 
+# PostgreSQL, MariaDB and MySQL's words for a statement stopped by its time limit.
+_TIMED_OUT = re.compile(
+    r"statement timeout|max_statement_time exceeded|maximum statement execution time exceeded", re.I
+)
+
+
 @contextmanager
 def map_errors(what: str, url: str, error: type[ReconcileError] = SourceError) -> Iterator[None]:
     """Translate driver errors raised inside into one-line ``error``s naming ``what`` and the database.
@@ -64,9 +71,12 @@ def map_errors(what: str, url: str, error: type[ReconcileError] = SourceError) -
     except ReconcileError:
         raise
     except DBAPIError as e:
+        line = first_line(e)
+        if _TIMED_OUT.search(line):
+            line += " (raise the spec's `statement_timeout:` or RECONCILE_STATEMENT_TIMEOUT; 0 for none)"
         if e.connection_invalidated or isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
-            raise error(f"{what}: database {where}: {first_line(e)}") from None
-        raise error(f"{what}: query failed on {where}: {first_line(e)}") from None
+            raise error(f"{what}: database {where}: {line}") from None
+        raise error(f"{what}: query failed on {where}: {line}") from None
     except (NoSuchModuleError, ArgumentError) as e:
         raise error(f"{what}: cannot use database URL {where}: {first_line(e)}") from None
     except SQLAlchemyError as e:

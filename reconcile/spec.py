@@ -34,6 +34,7 @@ __all__ = [
     "Freshness",
     "Correction",
     "Checks",
+    "Throttle",
     "Expectation",
     "Alerts",
     "EmailAlert",
@@ -219,6 +220,22 @@ class Freshness(_Model):
         return parse_duration(v)
 
 
+class Throttle(_Model):
+    """Gentle on production: scans in chunks sized to ``chunk_time``, paused while the database
+    has more than ``max_active_sessions`` active sessions (pt-table-checksum's habit)."""
+
+    chunk_time: timedelta = timedelta(milliseconds=500)
+    max_active_sessions: int | None = Field(default=None, ge=1)
+
+    @field_validator("chunk_time", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        d = parse_duration(v)
+        if d <= timedelta(0):
+            raise ValueError("must be more than 0 (such as 0.5s)")
+        return d
+
+
 class Correction(_Model):
     """Where and how corrective events go, and the blast-radius guard."""
 
@@ -362,6 +379,14 @@ class Spec(_Model):
     alerts: Alerts = Alerts()
     fanout: int = Field(default=1, ge=1, le=256)  # key ranges the scheduled audit is split into
     checks: Checks = Checks()
+    throttle: Throttle | None = None  # chunked, paused scans of truth and projection
+    statement_timeout: timedelta | None = None  # each statement on truth/projection; 0: none
+
+    @field_validator("statement_timeout", mode="before")
+    @classmethod
+    def _statement_timeout(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
     source_path: str | None = Field(default=None, exclude=True)
 
     @field_validator("key", mode="before")

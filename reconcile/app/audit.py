@@ -144,7 +144,15 @@ def _open_side(ctx: Context, spec: Spec, role: str, names: dict[str, str]) -> Sq
             consumer_group=spec.freshness.consumer_group,
             filter_columns=names,
         )
-    return SqlSource(side, role, ctx.side_url(side), filter_columns=names)
+    t = spec.throttle
+    return SqlSource(
+        side,
+        role,
+        ctx.side_url(side),
+        filter_columns=names,
+        statement_timeout=None if spec.statement_timeout is None else spec.statement_timeout.total_seconds(),
+        throttle=(t.chunk_time.total_seconds(), t.max_active_sessions) if t else None,
+    )
 
 
 def filter_columns(spec: Spec) -> tuple[dict[str, str], dict[str, str]]:
@@ -299,6 +307,8 @@ def _audit(
     }
     if topics := topic_scope(pair.truth, pair.projection):
         scope["topics"] = topics
+    if paced := throttle_scope(pair.truth, pair.projection):
+        scope["throttle"] = paced
     return _record(
         store,
         spec,
@@ -311,6 +321,11 @@ def _audit(
         pending=pending,
         resolve_unseen=canon is None and where is None,
     )
+
+
+def throttle_scope(*sides: Any) -> dict[str, Any]:
+    """Each throttled side's chunks and pauses (empty when the spec has no ``throttle:``)."""
+    return {s.role: s.throttle.to_dict() for s in sides if getattr(s, "throttle", None) is not None}
 
 
 def refuse_null_keys(pair: Pair, where: str | None = None) -> None:
@@ -643,6 +658,7 @@ def _diff(
         from ..sources.checksum import checksum_diff, unsupported_reason
 
         why = "a --keys audit reads only those keys" if keys is not None else None
+        why = why or ("a throttled spec scans in paced chunks" if pair.spec.throttle else None)
         why = why or unsupported_reason(pair.truth, pair.projection)
         if why and strategy == "checksum":
             raise SpecError(f"spec {pair.spec.label}: --strategy checksum: {why} (use auto or stream)")

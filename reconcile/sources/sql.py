@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -37,6 +38,7 @@ from ..diff import Row
 from ..errors import SourceError, SpecError, mask_url
 from ..filters import Filter, parse_filter, resolve_column
 from ..spec import Side, parse_duration
+from .throttle import Throttle
 
 __all__ = [
     "SqlSource",
@@ -67,10 +69,11 @@ def statement_timeout_s() -> float | None:
     return seconds or None
 
 
-def open_engine(url: str, role: str = "database") -> Engine:
+def open_engine(url: str, role: str = "database", timeout_s: float | None = None) -> Engine:
     """:func:`~reconcile.db.make_engine` for a truth or projection URL: read-only, with a
-    statement timeout; errors as SourceErrors."""
-    timeout = statement_timeout_s()
+    statement timeout (``timeout_s``: the spec's ``statement_timeout``, 0 for none; else
+    :func:`statement_timeout_s`); errors as SourceErrors."""
+    timeout = statement_timeout_s() if timeout_s is None else (timeout_s or None)
     with source_errors(role, url):
         return make_engine(url, read_only=True, statement_timeout_s=timeout)
 
@@ -136,7 +139,11 @@ class SqlSource:
         *,
         chunk_rows: int = 10_000,
         filter_columns: Mapping[str, str] | None = None,
+        statement_timeout: float | None = None,
+        throttle: tuple[float, int | None] | None = None,
     ):
+        """``statement_timeout``: seconds per statement (0: none; None: the environment's).
+        ``throttle``: (chunk_time seconds, max_active_sessions) for a chunked, paused scan."""
         self.side = side
         self.role = role
         # The names a run's filter (--where) may use, mapped to this side's own column names.
@@ -145,8 +152,9 @@ class SqlSource:
         if not self.url:
             raise SpecError(f"{role}: no URL (conn_id {side.conn_id!r} must be resolved by the caller)")
         self.chunk_rows = chunk_rows
-        self.engine = open_engine(self.url, role)
+        self.engine = open_engine(self.url, role, statement_timeout)
         self.dialect = self.engine.dialect.name
+        self.throttle = Throttle.for_engine(role, self.engine, *throttle) if throttle else None
         self._mysql = self.dialect in ("mysql", "mariadb")
         self._columns: dict[str, Any] | None = None
         self._side_filter: Filter | None = None
@@ -328,9 +336,15 @@ class SqlSource:
                 # are other entities (and may sort outside this batch), so only asked keys pass.
                 asked = set(batch) if batch is not None and self._mysql else None
                 stmt = self.select(plan, where=where, keys=batch, extra_filter=extra_filter)
-                result = conn.execution_options(stream_results=True, yield_per=self.chunk_rows).execute(stmt)
+                if self.throttle is None:
+                    opts = conn.execution_options(stream_results=True, yield_per=self.chunk_rows)
+                    result = opts.execute(stmt)
+                    rows: Iterator[Any] = iter(result)
+                else:
+                    result = conn.execution_options(stream_results=True).execute(stmt)
+                    rows = self._paced(result, self.throttle)
                 try:
-                    for r in result:
+                    for r in rows:
                         try:
                             key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
                         except ValueError as e:
@@ -342,6 +356,19 @@ class SqlSource:
                 except BaseException:  # an error, Ctrl-C, or the merge stopped early
                     self._abandon(conn, result)
                     raise
+
+    @staticmethod
+    def _paced(result: sa.CursorResult[Any], throttle: Throttle) -> Iterator[Any]:
+        """The result's rows in chunks sized by ``throttle``, waiting before each while the
+        database is busy. The time of a chunk is the database's (the fetch), not the caller's."""
+        while True:
+            throttle.wait()
+            started = time.monotonic()
+            chunk = result.fetchmany(throttle.rows)
+            throttle.done(len(chunk), time.monotonic() - started)
+            if not chunk:
+                return
+            yield from chunk
 
     def _abandon(self, conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
         """Let go of a result that was not read to its end.
