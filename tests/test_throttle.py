@@ -83,7 +83,7 @@ N = 20_000
 
 def _pair(make_pg_db: Any) -> tuple[str, str]:
     truth, proj = make_pg_db("truth"), make_pg_db("proj")
-    cols = [sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.Text)]
+    cols: list[sa.Column[Any]] = [sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.Text)]
     make_table(truth, "t", cols, [{"id": i, "v": f"v{i}"} for i in range(N)])
     cols = [sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.Text)]
     make_table(proj, "p", cols, [{"id": i, "v": "x" if i % 5000 == 7 else f"v{i}"} for i in range(1, N)])
@@ -108,7 +108,7 @@ def test_a_throttled_audit_reads_in_chunks_and_finds_the_same_drift(tmp_path: Pa
     plain = audit(ctx, spec_from_dict(_doc(truth, proj)))
     paced = audit(ctx, spec_from_dict(_doc(truth, proj, throttle={"chunk_time": "20ms"})))
     want = {(f.kind.value, f.key["id"]) for f in plain.findings}
-    assert want == {("missing", 0), ("mismatch", 7), ("mismatch", 5007), ("mismatch", 10007), ("mismatch", 15007)}
+    assert want == {("missing", 0)} | {("mismatch", i) for i in (7, 5007, 10007, 15007)}
     assert {(f.kind.value, f.key["id"]) for f in paced.findings} == want
     assert paced.strategy == "stream" and "throttle" not in plain.scope
     for role in ("truth", "projection"):
@@ -176,7 +176,10 @@ def test_cli_flags_override_the_spec_and_bad_ones_exit_2(tmp_path: Path, make_pg
 @pytest.mark.integration
 def test_mariadb_sides_are_paced_and_their_sessions_counted(tmp_path: Path, make_mysql_db: Any) -> None:
     truth, proj = make_mysql_db("truth"), make_mysql_db("proj")
-    cols = [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("v", sa.String(20))]
+    cols: list[sa.Column[Any]] = [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("v", sa.String(20)),
+    ]
     make_table(truth, "t", cols, [{"id": i, "v": f"v{i}"} for i in range(1, 5_001)])
     cols = [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("v", sa.String(20))]
     make_table(proj, "p", cols, [{"id": i, "v": f"v{i}"} for i in range(2, 5_001)])
