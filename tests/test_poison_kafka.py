@@ -72,6 +72,18 @@ def test_a_poison_event_is_parked_and_never_blocks_healing(
     (h,) = report.specs
     assert h.outbox_dead == 1 and any("parked" in p for p in h.problems) and report.exit_code == 1
 
+    # What the on-call person sees: a gauge that pages (not a backlog that looks stuck), and
+    # the dashboard's pipe state with the count.
+    from reconcile.app.dashboard import overview
+    from reconcile.app.metrics import snapshot
+    from reconcile.serve.metrics import render
+
+    snap = snapshot(ctx, [spec], lag=False)
+    assert snap.dead[spec.name] == 1 and snap.outbox[spec.name] == (0, None)
+    assert f'reconcile_outbox_dead{{spec="{spec.name}"}} 1.0' in render(snap).decode()
+    (status,) = overview(ctx, [spec]).specs
+    assert status.outbox_dead == 1 and "pipe unhealthy" in status.flags
+
     again = correct(ctx, spec)  # its event is parked: correct does not pretend to send it again
     assert again.written == 0
     assert next(f for f in store.findings(spec.name) if f.key["sku"] == "S00013").status is FindingStatus.OPEN

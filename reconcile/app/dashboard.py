@@ -95,6 +95,7 @@ class SpecStatus:
     last_run: RunRow | None = None
     outbox_unsent: int = 0
     outbox_oldest_age_s: float | None = None
+    outbox_dead: int = 0  # corrective events parked for good (the broker refused them)
     lag: int | None = None
     consumer_group: str | None = None
     recent_drift: list[tuple[datetime, int]] = field(default_factory=list)  # the largest per step
@@ -353,6 +354,7 @@ def _statuses(
                 last_run=RunRow.of(latest[name]) if name in latest else None,
                 outbox_unsent=unsent,
                 outbox_oldest_age_s=_age(now, oldest),
+                outbox_dead=pipe.outbox_dead if pipe else 0,
                 lag=pipe.lag if pipe else None,
                 consumer_group=c.consumer_group if c else None,
                 recent_drift=recent_drift(store.runs(name, since=since), since, now, recent_step(days)),

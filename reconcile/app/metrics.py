@@ -53,6 +53,7 @@ class Snapshot:
     heal: dict[str, HealHistogram]
     lag: dict[str, Lag] = field(default_factory=dict)
     lag_errors: dict[str, str] = field(default_factory=dict)  # spec -> why its lag is unknown
+    dead: dict[str, int] = field(default_factory=dict)  # spec -> corrective events parked for good
 
 
 class HealCache:
@@ -118,6 +119,7 @@ def snapshot(
         runs=runs,
         outbox=outbox,
         heal=(heal_cache or HealCache()).histograms(store, runs, buckets),
+        dead={n: 0 for n in names} | store.outbox_dead(),
     )
     if lag:
         for spec in specs:

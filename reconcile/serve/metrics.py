@@ -13,6 +13,7 @@ loses nothing.
     reconcile_runs_total{spec,status}                     counter: stored runs by verdict (clean, drift)
     reconcile_outbox_unsent{spec}                         gauge: corrective events not yet relayed
     reconcile_outbox_oldest_unsent_age_seconds{spec}      gauge: age of the oldest (0 when none)
+    reconcile_outbox_dead{spec}                           gauge: corrective events parked for good
     reconcile_projector_lag{spec,consumer_group}          gauge: messages the projector has not consumed
     reconcile_time_to_heal_seconds{spec}                  histogram: first seen -> resolved
     reconcile_scrape_errors{spec,what}                    gauge: 1 where a number could not be read
@@ -99,6 +100,16 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         unsent.add_metric([spec], n)
         oldest.add_metric([spec], age or 0.0)
     yield from (unsent, oldest)
+
+    dead = GaugeMetricFamily(
+        "reconcile_outbox_dead",
+        "Corrective events parked for good: the broker refused them (too large, invalid); no relay "
+        "retries them. `reconcile health SPEC` lists them with their errors.",
+        labels=["spec"],
+    )
+    for spec, n in sorted(snap.dead.items()):
+        dead.add_metric([spec], n)
+    yield dead
 
     lag = GaugeMetricFamily(
         "reconcile_projector_lag",

@@ -865,6 +865,11 @@ class AuditStore(Store):
 
         return outbox_backlogs(self)
 
+    def outbox_dead(self) -> dict[str, int]:
+        from .queries import outbox_dead
+
+        return outbox_dead(self)
+
     def heal_histograms(
         self, bounds: Sequence[float], specs: Sequence[str] | None = None
     ) -> dict[str, HealHistogram]:

@@ -343,7 +343,12 @@ class Store(ABC):
 
     @abstractmethod
     def outbox_backlogs(self) -> dict[str, tuple[int, datetime | None]]:
-        """Spec name -> (unsent rows, creation time of the oldest), for every spec with a backlog."""
+        """Spec name -> (unsent rows, creation time of the oldest), for every spec with a backlog
+        (parked rows are not a backlog)."""
+
+    @abstractmethod
+    def outbox_dead(self) -> dict[str, int]:
+        """Spec name -> corrective events parked for good, for every spec with any."""
 
     @abstractmethod
     def heal_histograms(

@@ -173,14 +173,22 @@ def corrections(store: AuditStore, spec: str, finding_ids: Sequence[int]) -> lis
 
 
 def outbox_backlogs(store: AuditStore) -> dict[str, tuple[int, datetime | None]]:
-    """Spec name -> (unsent rows, creation time of the oldest), for specs with unsent rows."""
+    """Spec name -> (unsent rows, creation time of the oldest), for specs with unsent rows.
+    Parked (dead) rows are not a backlog: no relay will take them; see :func:`outbox_dead`."""
     q = (
         sa.select(O.c.spec, sa.func.count(), sa.func.min(O.c.created_at))
-        .where(O.c.sent_at.is_(None))
+        .where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
         .group_by(O.c.spec)
     )
     with store._begin() as conn:
         return {spec: (int(n), _aware(oldest)) for spec, n, oldest in conn.execute(q)}
+
+
+def outbox_dead(store: AuditStore) -> dict[str, int]:
+    """Spec name -> corrective events parked for good (the broker refused them), where any are."""
+    q = sa.select(O.c.spec, sa.func.count()).where(O.c.dead_at.is_not(None)).group_by(O.c.spec)
+    with store._begin() as conn:
+        return {spec: int(n) for spec, n in conn.execute(q)}
 
 
 def _seconds_between(dialect: str, start: Any, end: Any) -> Any:
