@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from .compare import ColumnRule, to_utc, values_equal
 from .errors import SourceError
 from .findings import Finding, FindingKind
+from .gcpause import fewer_collections
 
 __all__ = ["Row", "DiffOutcome", "diff_rows", "compare_values"]
 
@@ -145,6 +146,21 @@ def diff_rows(
     ``sink`` receives each finding instead of the outcome's list (so a caller can keep memory
     flat however much drift there is).
     """
+    with fewer_collections():  # a row per side per entity, none of them in a cycle
+        return _merge(truth, projection, rules, key_names, now, grace, watch, on_row, sink)
+
+
+def _merge(
+    truth: Iterable[Row],
+    projection: Iterable[Row],
+    rules: Sequence[ColumnRule],
+    key_names: Sequence[str],
+    now: datetime,
+    grace: timedelta,
+    watch: set[Key] | frozenset[Key],
+    on_row: Callable[[], None] | None,
+    sink: Callable[[Finding], None] | None,
+) -> DiffOutcome:
     now = to_utc(now)
     names = [r.name for r in rules]
     out = DiffOutcome()

@@ -53,6 +53,7 @@ from ..diff import Row
 from ..errors import SourceError, SpecError
 from ..fields import Field, header_dict, lookup, parse_field
 from ..findings import Finding
+from ..gcpause import fewer_collections
 from ..jsonpath import MISSING
 from ..spec import Side
 from .sql import ReadPlan, SqlSource, _as_time
@@ -394,7 +395,8 @@ class TopicSource(SqlSource):
                 f"cache_size=-{self.cache_mb * 1024}",
             ):
                 conn.execute(f"PRAGMA {pragma}")
-            self._fill(conn, layout)
+            with fewer_collections():  # a few tuples per message, none of them in a cycle
+                self._fill(conn, layout)
         except sqlite3.Error as e:
             raise SourceError(f"{self.where}: cannot spill rows to {self.path}: {e}") from None
         finally:
