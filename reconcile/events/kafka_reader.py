@@ -186,9 +186,6 @@ class KafkaTopicReader(TopicReader):
                     "auto.offset.reset": "earliest",
                     "queued.max.messages.kbytes": 32768,
                     "fetch.max.bytes": 52428800,
-                    # The default 1 MiB per partition and fetch leaves the read waiting on the
-                    # broker (one round trip per MiB and partition); 8 MiB lets a fetch fill up.
-                    "max.partition.fetch.bytes": 8388608,
                     "socket.connection.setup.timeout.ms": max(1000, int(self.timeout_s * 1000)),
                 }
             )
