@@ -32,7 +32,6 @@ __all__ = [
     "cloudevent_envelope",
     "structured_data",
     "header_value",
-    "header_dict",
     "is_binary_cloudevent",
     "lookup",
 ]
@@ -107,14 +106,6 @@ def header_value(headers: Any, name: str) -> str | None:
     if raw is None or isinstance(raw, str):
         return raw
     return bytes(raw).decode("utf-8", "replace")
-
-
-def header_dict(headers: Any) -> dict[str, Any]:
-    """The headers as one dict, name -> raw value, the last one winning when a name repeats
-    (what :func:`header_value` reads): built once per message instead of one scan per header."""
-    if not headers:
-        return {}
-    return dict(headers)  # a mapping, or (name, value) pairs as Kafka clients hand them over
 
 
 def is_binary_cloudevent(headers: Any) -> bool:

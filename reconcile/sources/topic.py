@@ -51,7 +51,7 @@ from ..compare import key_part
 from ..db import map_errors
 from ..diff import Row
 from ..errors import SourceError, SpecError
-from ..fields import Field, header_dict, lookup, parse_field
+from ..fields import Field, lookup, parse_field
 from ..findings import Finding
 from ..gcpause import fewer_collections
 from ..jsonpath import MISSING
@@ -549,7 +549,9 @@ class TopicSource(SqlSource):
             hd: Any = no_headers
             binary = False  # a binary-mode CloudEvent (ce_specversion or ce_id header)?
             if needs_headers and raw_headers:
-                hd = raw_headers if raw_headers.__class__ is dict else header_dict(raw_headers)
+                # A mapping, or (name, value) pairs as Kafka clients hand them over: the last of
+                # a repeated name wins, as in header_value.
+                hd = raw_headers if raw_headers.__class__ is dict else dict(raw_headers)
                 binary = hd.get("ce_specversion") is not None or hd.get("ce_id") is not None
             out: list[Any] = [p, o, ms, None]  # position, time, change time (set by the caller)
             for code, arg, names, inner, kind, name in specs:
