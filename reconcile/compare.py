@@ -68,6 +68,15 @@ def to_utc(value: datetime) -> datetime:
 
 
 def _as_decimal(value: Any) -> Decimal | None:
+    t = value.__class__  # the exact types first: this runs for every compared number
+    if t is Decimal:
+        return value  # type: ignore[no-any-return]
+    if t is int:
+        return Decimal(value)
+    if t is float:
+        if value != value or value in (math.inf, -math.inf):
+            return None
+        return Decimal(repr(value))
     if isinstance(value, bool):
         return Decimal(int(value))
     if isinstance(value, Decimal):
@@ -119,6 +128,13 @@ def _as_time_of_day(value: Any) -> time | None:
 
 def values_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
     """True when the two sides hold the same fact for this column."""
+    # Equal values of one type are the same fact under every rule below (NaN is not equal to
+    # itself, so it still takes its own path): the common case, decided without conversions.
+    t, u = truth.__class__, projection.__class__
+    if t is u and truth == projection:
+        return True
+    if t in _NUMBERS and u in _NUMBERS:  # a Decimal facing a float: numeric vs JSON, say
+        return _numbers_equal(truth, projection, rule)
     if truth is None or projection is None:
         return truth is None and projection is None
     if isinstance(truth, str) and isinstance(projection, str):
@@ -126,14 +142,7 @@ def values_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
             return normalize_text(truth, rule.normalize) == normalize_text(projection, rule.normalize)
         return truth == projection
     if _is_number(truth) or _is_number(projection) or isinstance(truth, bool) or isinstance(projection, bool):
-        a, b = _as_decimal(truth), _as_decimal(projection)
-        if a is None or b is None:
-            if isinstance(truth, float) and isinstance(projection, float):
-                return (math.isnan(truth) and math.isnan(projection)) or truth == projection
-            return False
-        if rule.tolerance:
-            return abs(a - b) <= Decimal(repr(rule.tolerance))
-        return a == b
+        return _numbers_equal(truth, projection, rule)
     if isinstance(truth, timedelta) and isinstance(projection, timedelta):
         return truth == projection
     if isinstance(truth, time | timedelta) or isinstance(projection, time | timedelta):
@@ -156,6 +165,21 @@ def values_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
             a_s, b_s = normalize_text(a_s, rule.normalize), normalize_text(b_s, rule.normalize)
         return a_s == b_s
     return bool(truth == projection)
+
+
+_NUMBERS = frozenset({int, float, Decimal})  # exact types: bool is an int, but not a number here
+
+
+def _numbers_equal(truth: Any, projection: Any, rule: ColumnRule) -> bool:
+    """Two values, one of them a number, compared as Decimals within the rule's tolerance."""
+    a, b = _as_decimal(truth), _as_decimal(projection)
+    if a is None or b is None:
+        if isinstance(truth, float) and isinstance(projection, float):
+            return (math.isnan(truth) and math.isnan(projection)) or truth == projection
+        return False
+    if rule.tolerance:
+        return abs(a - b) <= Decimal(repr(rule.tolerance))
+    return a == b
 
 
 def _as_json(value: Any) -> Any:

@@ -18,20 +18,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from .compare import ColumnRule, to_utc, values_equal
 from .errors import SourceError
 from .findings import Finding, FindingKind
+from .gcpause import fewer_collections
 
 __all__ = ["Row", "DiffOutcome", "diff_rows", "compare_values"]
 
 Key = tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One row of one side: canonical key, compared values (in rule order), change time."""
+class Row(NamedTuple):
+    """One row of one side: canonical key, compared values (in rule order), change time.
+
+    A named tuple, not a frozen dataclass: a run makes one per row of each side, and a tuple
+    is made three times faster (a frozen dataclass sets each field through ``object.__setattr__``).
+    """
 
     key: Key
     values: tuple[Any, ...]
@@ -67,51 +71,60 @@ def compare_values(
     truth: Sequence[Any], projection: Sequence[Any], rules: Sequence[ColumnRule]
 ) -> tuple[str, ...]:
     """The names of the columns whose values differ by meaning."""
-    return tuple(
-        r.name for r, a, b in zip(rules, truth, projection, strict=True) if not values_equal(a, b, r)
-    )
+    differ: tuple[str, ...] = ()
+    for r, a, b in zip(rules, truth, projection, strict=True):
+        if not (a.__class__ is b.__class__ and a == b) and not values_equal(a, b, r):
+            differ += (r.name,)
+    return differ
 
 
 class _Ordered:
-    """Iterates one side and fails loudly if the stream is not ordered by key."""
+    """One side's rows, checked on the way: a stream not ordered by key fails loudly.
+
+    A generator (one resume per row is the cheapest way Python has to hand rows over) that
+    counts the rows it handed out in :attr:`count`.
+    """
 
     def __init__(self, rows: Iterable[Row], side: str, strict: bool, on_row: Callable[[], None] | None):
-        self._it = iter(rows)
         self._side = side
         self._strict = strict
-        self._last: Key | None = None
-        self._on_row = on_row
         self.count = 0
-        self.head: Row | None = self._next()
+        self.rows: Iterator[Row] = self._checked(iter(rows), on_row)
 
-    def _next(self) -> Row | None:
-        row = next(self._it, None)
-        if row is None:
-            return None
-        self.count += 1
-        if self._on_row is not None:
-            self._on_row()
-        if self._last is not None:
-            try:
-                out_of_order = row.key < self._last or (self._strict and row.key == self._last)
-            except TypeError as e:
-                raise SourceError(
-                    f"{self._side}: key values of different types cannot be ordered: {e}"
-                ) from None
-            if out_of_order:
-                if self._strict and row.key == self._last:
-                    raise SourceError(
-                        f"{self._side}: key {row.key!r} appears more than once; the truth key must be unique"
-                    )
-                raise SourceError(
-                    f"{self._side}: rows are not ordered by key ({row.key!r} came after {self._last!r}); "
-                    "the database's sort order differs from reconcile's (check the key columns' types)"
-                )
-        self._last = row.key
-        return row
+    def _checked(self, rows: Iterator[Row], on_row: Callable[[], None] | None) -> Iterator[Row]:
+        strict = self._strict
+        last: Key | None = None
+        n = 0
+        try:
+            for row in rows:
+                n += 1
+                if on_row is not None:
+                    on_row()
+                key = row.key
+                if last is not None:
+                    try:
+                        # One comparison per row: strictly increasing (truth), or never decreasing.
+                        bad = not last < key if strict else key < last
+                    except TypeError as e:
+                        raise SourceError(
+                            f"{self._side}: key values of different types cannot be ordered: {e}"
+                        ) from None
+                    if bad:
+                        self._refuse(key, last)
+                last = key
+                yield row
+        finally:
+            self.count = n
 
-    def advance(self) -> None:
-        self.head = self._next()
+    def _refuse(self, key: Key, last: Key) -> None:
+        if self._strict and key == last:
+            raise SourceError(
+                f"{self._side}: key {key!r} appears more than once; the truth key must be unique"
+            )
+        raise SourceError(
+            f"{self._side}: rows are not ordered by key ({key!r} came after {last!r}); "
+            "the database's sort order differs from reconcile's (check the key columns' types)"
+        )
 
 
 def diff_rows(
@@ -133,6 +146,21 @@ def diff_rows(
     ``sink`` receives each finding instead of the outcome's list (so a caller can keep memory
     flat however much drift there is).
     """
+    with fewer_collections():  # a row per side per entity, none of them in a cycle
+        return _merge(truth, projection, rules, key_names, now, grace, watch, on_row, sink)
+
+
+def _merge(
+    truth: Iterable[Row],
+    projection: Iterable[Row],
+    rules: Sequence[ColumnRule],
+    key_names: Sequence[str],
+    now: datetime,
+    grace: timedelta,
+    watch: set[Key] | frozenset[Key],
+    on_row: Callable[[], None] | None,
+    sink: Callable[[Finding], None] | None,
+) -> DiffOutcome:
     now = to_utc(now)
     names = [r.name for r in rules]
     out = DiffOutcome()
@@ -148,7 +176,12 @@ def diff_rows(
     for key, trow, prows in _groups(t, p):
         out.compared += 1
         watched = key in watch
-        finding: Finding | None = None
+        if trow is not None and len(prows) == 1:  # the common case: one row each side
+            diff_cols = compare_values(trow.values, prows[0].values, rules)
+            if not diff_cols:
+                if watched:
+                    out.clean.add(key)
+                continue
         keyd = dict(zip(key_names, key, strict=True))
         if trow is None:
             finding = Finding(FindingKind.ORPHAN, keyd, projection=as_dict(prows[0].values))
@@ -166,20 +199,14 @@ def diff_rows(
                 projection=as_dict(prows[0].values),
                 copies=len(prows),
             )
-        else:
-            diff_cols = compare_values(trow.values, prows[0].values, rules)
-            if diff_cols:
-                finding = Finding(
-                    FindingKind.MISMATCH,
-                    keyd,
-                    columns=diff_cols,
-                    truth=as_dict(trow.values),
-                    projection=as_dict(prows[0].values),
-                )
-        if finding is None:
-            if watched:
-                out.clean.add(key)
-            continue
+        else:  # one row each side, and they differ (diff_cols from above)
+            finding = Finding(
+                FindingKind.MISMATCH,
+                keyd,
+                columns=diff_cols,
+                truth=as_dict(trow.values),
+                projection=as_dict(prows[0].values),
+            )
         if finding.kind is not FindingKind.DUPLICATE and (fresh(trow) or any(fresh(r) for r in prows)):
             out.pending += 1
             if watched:
@@ -195,19 +222,22 @@ def diff_rows(
 
 def _groups(t: _Ordered, p: _Ordered) -> Iterator[tuple[Key, Row | None, list[Row]]]:
     """Yield (key, truth row or None, projection rows with that key) in key order."""
-    while t.head is not None or p.head is not None:
-        if p.head is None or (t.head is not None and t.head.key < p.head.key):
-            assert t.head is not None
-            yield t.head.key, t.head, []
-            t.advance()
+    trows, prows_ = t.rows, p.rows
+    th, ph = next(trows, None), next(prows_, None)
+    while th is not None or ph is not None:
+        if ph is None or (th is not None and th.key < ph.key):
+            assert th is not None
+            yield th.key, th, []
+            th = next(trows, None)
             continue
-        key = p.head.key
-        prows: list[Row] = []
-        while p.head is not None and p.head.key == key:
-            prows.append(p.head)
-            p.advance()
+        key = ph.key
+        prows: list[Row] = [ph]
+        ph = next(prows_, None)
+        while ph is not None and ph.key == key:
+            prows.append(ph)
+            ph = next(prows_, None)
         trow = None
-        if t.head is not None and t.head.key == key:
-            trow = t.head
-            t.advance()
+        if th is not None and th.key == key:
+            trow = th
+            th = next(trows, None)
         yield key, trow, prows

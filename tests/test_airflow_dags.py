@@ -569,3 +569,54 @@ def test_on_demand_where_param_is_checked_like_the_cli(specs_dir: Path, make_pg_
     with e.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM reconcile_runs")).scalar() == 1
     e.dispose()
+
+
+def test_topic_sides_read_through_airflow_kafka_connections(
+    specs_dir: Path,
+    make_pg_db,
+    store_url: str,
+    kafka_bootstrap: str,
+    topic: str,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a DAG a topic side's broker comes from Airflow: its `conn_id:` is an Airflow Kafka
+    connection, and a side naming no broker uses the Kafka connection of
+    RECONCILE_KAFKA_CONN_ID. The environment's broker (a port nothing listens on) is never asked."""
+    from decimal import Decimal
+
+    from .topic_cases import event, outbox, produce
+
+    truth = make_pg_db("outbox")
+    outbox(truth, [{"event_id": f"ev-{i:03d}", "order_id": i, "amount": Decimal(i) / 4} for i in range(30)])
+    msgs = [event(f"ev-{i:03d}", {"order_id": i, "amount": i / 4}, key=str(i)) for i in range(30) if i != 7]
+    produce(kafka_bootstrap, topic, msgs)  # ev-007 never published
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAFKA_EVENTS",
+        json.dumps(
+            {"conn_type": "kafka", "extra": {"bootstrap.servers": kafka_bootstrap, "group.id": "airflow"}}
+        ),
+    )
+    monkeypatch.setenv("RECONCILE_KAFKA_CONN_ID", "kafka_events")
+    for broker in ("conn_id: kafka_events", ""):
+        name = _name("published")
+        (specs_dir / f"{name}.yaml").write_text(
+            f"""
+name: {name}
+truth: {{url: "{truth}", table: shop_outbox}}
+projection:
+  topic: {topic}
+  {broker}
+  fields: {{event_id: "header:ce_id", order_id: $.data.order_id, amount: $.data.amount}}
+key: [event_id]
+columns: [order_id, amount]
+"""
+        )
+        dr = run(f"reconcile_{name}")
+        assert states(dr)["audit"] == "failed", states(dr)  # drift on an audit-only spec fails it
+        run_ = xcom(dr, "audit")
+        s = run_["summary"]
+        assert (s["missing"], s["orphan"], s["duplicate"], s["mismatch"]) == (1, 0, 0, 0), broker
+        assert [f["key"]["event_id"] for f in run_["findings"]] == ["ev-007"]
+        seen = run_["scope"]["topics"]["projection"]
+        assert seen["where"] == f"kafka {kafka_bootstrap}" and seen["read"]["messages"] == 29

@@ -66,16 +66,14 @@ def store_url() -> str | None:
         return None
 
 
-def context(*, kafka: bool = False) -> Any:
-    """The use cases' context: the store, Airflow connections for ``conn_id`` sides, and (when a
-    task talks to Kafka) the broker settings of the Airflow Kafka connection."""
+def context() -> Any:
+    """The use cases' context: the store, Airflow connections for ``conn_id`` sides (a topic
+    side's too: an Airflow Kafka connection), and the Airflow Kafka connection's broker settings
+    for whatever talks to Kafka without naming a connection: corrections, lag, topic sides. The
+    connections are looked up when a use case first needs them, not before."""
     from reconcile.app import Context
 
-    return Context(
-        store_url=store_url(),
-        kafka=kafka_settings() if kafka else None,
-        resolve_conn=connection_url,
-    )
+    return Context(store_url=store_url(), resolve_conn=connection_url, resolve_kafka=kafka_settings)
 
 
 def kafka_config() -> dict[str, str]:
@@ -373,7 +371,7 @@ def relay(path: str, corrected: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": "nothing to publish", "sent": 0}
     from reconcile.app import relay as run_relay
 
-    with context(kafka=True) as ctx:
+    with context() as ctx:
         result = run_relay(ctx, spec_name=spec.name, once=True)
     out = _jsonable(result.to_dict())
     log.info("reconcile %s: relay %s", spec.name, json.dumps(out, sort_keys=True))
@@ -404,7 +402,7 @@ def verify(
         return {"skipped": "nothing was corrected"}
     timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
     try:
-        with context(kafka=True) as ctx:
+        with context() as ctx:
             result = run_verify(ctx, spec, timeout=timeout)
     except VerifyError as e:
         verdict = lag_verdict(spec, str(e))
@@ -460,7 +458,7 @@ def health(thresholds: Mapping[str, Any]) -> dict[str, Any]:
         max_lag=int(thresholds["max_lag"]),
         stale_after=timedelta(seconds=float(thresholds["stale_after_s"])),
     )
-    with context(kafka=True) as ctx:
+    with context() as ctx:
         ctx.kafka_timeout_s = 15.0
         report = measure(ctx, specs, th, invalid=invalid)
     by_name = {s.name: s for s in specs}

@@ -8,7 +8,8 @@ context does, here, once.
 ``conn_id:`` sides resolve through the same convention Airflow uses, so a spec runs the same
 from a shell and from a DAG: the environment variable ``AIRFLOW_CONN_<CONN_ID>`` holding a URI
 (``postgresql://user:pw@host:5432/db``) or JSON (``{"conn_type": "postgres", "host": ...}``).
-Airflow passes its own resolver instead.
+Airflow passes its own resolvers instead: one for connections, one for the broker's settings
+(its Kafka connection), each called only when a use case needs it.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ class Context:
     ``$RECONCILE_STORE_URL``, else a SQLite file in the working folder). ``kafka``: the broker's
     settings (default from the environment). ``embedded_url``: the database of the embedded
     log (default ``$RECONCILE_EMBEDDED_LOG_URL``, else the store's). ``resolve_conn`` turns a
-    side's ``conn_id`` into a URL (default: :func:`env_connection_url`). ``started_by`` is
+    side's ``conn_id`` into a URL (default: :func:`env_connection_url`); ``resolve_kafka``
+    makes the broker's settings when none are given and a use case needs them (default: the
+    environment's; Airflow: its Kafka connection). ``started_by`` is
     recorded with every run (``cli``, ``schedule``, ``on demand`` ...; default: what Airflow's
     environment says, else ``api``).
     """
@@ -117,6 +120,7 @@ class Context:
     kafka: KafkaSettings | None = None
     embedded_url: str | None = None
     resolve_conn: ConnResolver = env_connection_url
+    resolve_kafka: Callable[[], KafkaSettings] | None = None
     kafka_timeout_s: float = 30.0
     started_by: str | None = None
     _store: Store | None = field(default=None, repr=False)
@@ -161,11 +165,15 @@ class Context:
 
     # -- events ----------------------------------------------------------------------------
     def kafka_settings(self) -> KafkaSettings:
-        """The broker's settings (``KAFKA_BOOTSTRAP_SERVERS``, ``RECONCILE_KAFKA_*``) unless given."""
+        """The broker's settings unless given: ``resolve_kafka()``, else the environment's
+        (``KAFKA_BOOTSTRAP_SERVERS``, ``RECONCILE_KAFKA_*``). Resolved once."""
         if self.kafka is None:
-            from ..events.kafka import KafkaSettings
+            if self.resolve_kafka is not None:
+                self.kafka = self.resolve_kafka()
+            else:
+                from ..events.kafka import KafkaSettings
 
-            self.kafka = KafkaSettings.from_env()
+                self.kafka = KafkaSettings.from_env()
         return self.kafka
 
     def topic_reader(self, side: Side) -> TopicReader:
@@ -173,7 +181,8 @@ class Context:
 
         Kafka settings: the side's ``bootstrap:``, else its ``conn_id:`` resolved like a database
         connection (an Airflow Kafka connection: ``kafka://host:port`` or ``kafka:///?bootstrap.servers=...``),
-        else the context's (``KAFKA_BOOTSTRAP_SERVERS``, ``RECONCILE_KAFKA_*``).
+        else the context's (:meth:`kafka_settings`: in Airflow its Kafka connection, else
+        ``KAFKA_BOOTSTRAP_SERVERS``, ``RECONCILE_KAFKA_*``).
         """
         from ..events.reader import open_reader
 

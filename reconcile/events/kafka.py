@@ -49,6 +49,10 @@ def _permanent(err: Any) -> bool:
         return False
 
 
+# RECONCILE_KAFKA_* variables that are reconcile's own, not librdkafka settings.
+_NOT_LIBRDKAFKA = frozenset({"RECONCILE_KAFKA_CONN_ID"})
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Where the broker is and any extra librdkafka settings (security, client id...)."""
@@ -59,11 +63,12 @@ class KafkaSettings:
     @classmethod
     def from_env(cls, bootstrap: str | None = None) -> KafkaSettings:
         """``KAFKA_BOOTSTRAP_SERVERS``; ``RECONCILE_KAFKA_<SETTING>`` adds librdkafka settings
-        (``RECONCILE_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` -> ``security.protocol``)."""
+        (``RECONCILE_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` -> ``security.protocol``), except
+        reconcile's own ``RECONCILE_KAFKA_CONN_ID`` (the Airflow Kafka connection's name)."""
         extra = {
             k.removeprefix("RECONCILE_KAFKA_").lower().replace("_", "."): v
             for k, v in os.environ.items()
-            if k.startswith("RECONCILE_KAFKA_")
+            if k.startswith("RECONCILE_KAFKA_") and k not in _NOT_LIBRDKAFKA
         }
         return cls(bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), extra)
 

@@ -64,19 +64,26 @@ class KafkaTopicReader(TopicReader):
     """Reads extents of topics on one Kafka cluster."""
 
     def __init__(self, settings: KafkaSettings, *, timeout_s: float = 30.0):
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
         self.settings = settings
         self.timeout_s = timeout_s
         self._errors: list[Any] = []
-        self.admin = AdminClient(
-            settings.config(
-                **{
-                    "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
-                    "error_cb": self._errors.append,
-                }
+        try:
+            self.admin = AdminClient(
+                settings.config(
+                    **{
+                        "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
+                        "error_cb": self._errors.append,
+                    }
+                )
             )
-        )
+        except KafkaException as e:  # a setting librdkafka does not know, or a bad value
+            raise SpecError(
+                f"{self.where}: {e.args[0].str() if e.args else e} "
+                "(check the connection's extra and the RECONCILE_KAFKA_* variables)"
+            ) from None
         self._topics: dict[str, Any] | None = None
 
     @property

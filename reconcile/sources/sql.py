@@ -323,6 +323,11 @@ class SqlSource:
         """
         nk, nv = len(plan.key), len(plan.values)
         kinds = list(plan.kinds)
+        # The Python type a key value of each kind already has in canonical form: such a value
+        # (nearly every one, on most tables) skips key_part.
+        ready = [_READY_KEY_TYPES.get(k) for k in kinds]
+        single = nk == 1
+        kind0, ready0 = kinds[0], ready[0]
         has_changed = plan.changed_at is not None
         batches = [None] if keys is None else [keys[i : i + 1000] for i in range(0, len(keys), 1000)]
         with self.errors(), self.engine.connect() as conn:
@@ -345,8 +350,16 @@ class SqlSource:
                     rows = self._paced(result, self.throttle)
                 try:
                     for r in rows:
+                        key: tuple[Any, ...]
                         try:
-                            key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
+                            if single:
+                                v = r[0]
+                                key = (v,) if v.__class__ is ready0 else (key_part(v, kind0),)
+                            else:
+                                key = tuple(
+                                    v if v.__class__ is t else key_part(v, k)
+                                    for v, t, k in zip(r[:nk], ready, kinds, strict=True)
+                                )
                         except ValueError as e:
                             raise SourceError(f"{self.role}: {e} (key columns {list(plan.key)})") from None
                         if asked is not None and key not in asked:
@@ -415,6 +428,9 @@ class SqlSource:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_READY_KEY_TYPES: dict[str, type] = {"text": str, "int": int}
 
 
 def _as_time(value: Any) -> datetime | None:

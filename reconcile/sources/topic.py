@@ -51,8 +51,9 @@ from ..compare import key_part
 from ..db import map_errors
 from ..diff import Row
 from ..errors import SourceError, SpecError
-from ..fields import Field, header_value, is_binary_cloudevent, lookup, parse_field
+from ..fields import Field, lookup, parse_field
 from ..findings import Finding
+from ..gcpause import fewer_collections
 from ..jsonpath import MISSING
 from ..spec import Side
 from .sql import ReadPlan, SqlSource, _as_time
@@ -394,7 +395,8 @@ class TopicSource(SqlSource):
                 f"cache_size=-{self.cache_mb * 1024}",
             ):
                 conn.execute(f"PRAGMA {pragma}")
-            self._fill(conn, layout)
+            with fewer_collections():  # a few tuples per message, none of them in a cycle
+                self._fill(conn, layout)
         except sqlite3.Error as e:
             raise SourceError(f"{self.where}: cannot spill rows to {self.path}: {e}") from None
         finally:
@@ -505,18 +507,31 @@ class TopicSource(SqlSource):
         """A function from one raw message to its spill row: partition, offset, timestamp (ms),
         change time (None; the caller sets it), then the stored field values. None: not a row.
 
-        It runs once per message, so it dispatches on small ints and keeps the common cases
-        (plain JSON member paths, text and integer keys) free of calls.
+        It runs once per message, so the work that does not depend on the message is done here:
+        each field becomes a small int and its arguments (a header name; a JSON path's member
+        names, and the names after ``data`` for a binary-mode CloudEvent). Per message, the
+        headers become one dict and the CloudEvents mode is decided once, and plain member paths
+        (``$.a.b``, the common case) are walked inline, without calls.
         """
         fields = [self.fields[n] for n in stored]
-        specs: list[tuple[int, Any, str | None]] = []
+        specs: list[tuple[int, Any, Any, Any, str | None, str]] = []
         for n, f in zip(stored, fields, strict=True):
             code = _CODES[f.part]
-            specs.append((code, f.header if code == _HEADER else f.path, key_kind.get(n)))
+            path = f.path
+            names = inner = None
+            if code == _JSON:
+                assert path is not None
+                names = path.names
+                # A binary-mode CloudEvent's value is its data: $.data.x is the value's x.
+                if path.head == "data" and path.after_head is not None and not path.wildcard:
+                    inner = path.after_head.names or path.after_head
+            specs.append((code, f.header if code == _HEADER else path, names, inner, key_kind.get(n), n))
         needs_json = any(f.uses_value for f in fields)
+        needs_headers = any(f.part in ("header", "json") for f in fields)
         stats = self.stats
         blobs = self._blobs
         big = 2**63
+        no_headers: dict[str, Any] = {}
 
         def extract(msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
             p, o, ms, key, value, raw_headers = msg
@@ -531,32 +546,55 @@ class TopicSource(SqlSource):
                     if len(stats.invalid) < SAMPLES:
                         stats.invalid.append({"partition": p, "offset": o, "error": str(e)[:200]})
                     return None
+            hd: Any = no_headers
+            binary = False  # a binary-mode CloudEvent (ce_specversion or ce_id header)?
+            if needs_headers and raw_headers:
+                # A mapping, or (name, value) pairs as Kafka clients hand them over: the last of
+                # a repeated name wins, as in header_value.
+                hd = raw_headers if raw_headers.__class__ is dict else dict(raw_headers)
+                binary = hd.get("ce_specversion") is not None or hd.get("ce_id") is not None
             out: list[Any] = [p, o, ms, None]  # position, time, change time (set by the caller)
-            binary: bool | None = None  # a binary-mode CloudEvent? decided once, on the first miss
-            for i, (code, arg, kind) in enumerate(specs):
+            for code, arg, names, inner, kind, name in specs:
                 if code == _JSON:
-                    x = arg.first(doc)
+                    if names is not None:  # $.a.b: walked inline (what JsonPath.first does)
+                        x = doc
+                        for step in names:
+                            if x.__class__ is not dict:
+                                x = MISSING
+                                break
+                            x = x.get(step, MISSING)
+                            if x is MISSING:
+                                break
+                    else:
+                        x = arg.first(doc)
                     if x is MISSING or (arg.wildcard and not x):
-                        if binary is None:
-                            binary = is_binary_cloudevent(raw_headers)
                         if (
                             binary
-                            and arg.head == "data"
-                            and arg.after_head is not None
-                            and not arg.wildcard
+                            and inner is not None
                             and not (doc.__class__ is dict and "specversion" in doc)
                         ):
-                            # A binary-mode CloudEvent's value is its data: $.data.x is the value's x
-                            # (what lookup() does, without walking the value twice per message).
-                            x = arg.after_head.first(doc)
+                            if inner.__class__ is tuple:
+                                x = doc
+                                for step in inner:
+                                    if x.__class__ is not dict:
+                                        x = MISSING
+                                        break
+                                    x = x.get(step, MISSING)
+                                    if x is MISSING:
+                                        break
+                            else:
+                                x = inner.first(doc)
                         else:
-                            x = lookup(arg, doc, raw_headers, binary)
+                            x = lookup(arg, doc, hd, binary)
                         if x is MISSING:
                             x = None
                 elif code == _HEADER:
-                    x = header_value(raw_headers, arg)
-                    if x is None and arg[:3] == "ce_" and value is not None:
-                        x = _structured_attribute(doc if needs_json else _try_decode(value), arg[3:])
+                    x = hd.get(arg)
+                    if x is None:
+                        if arg[:3] == "ce_" and value is not None:
+                            x = _structured_attribute(doc if needs_json else _try_decode(value), arg[3:])
+                    elif x.__class__ is not str:
+                        x = bytes(x).decode("utf-8", "replace")
                 elif code == _KEY:
                     x = key if key is None or key.__class__ is str else bytes(key).decode("utf-8", "replace")
                 elif code == _PARTITION:
@@ -570,7 +608,7 @@ class TopicSource(SqlSource):
                     if t is dict or t is list or (t is int and not -big <= x < big):
                         x = _store_value(x)
                         if x.__class__ is bytes:
-                            blobs.add(stored[i])  # i: the field's index in ``stored``
+                            blobs.add(name)
                 elif x is not None and not (
                     (kind == "text" and x.__class__ is str)
                     or (kind == "int" and x.__class__ is int and -big <= x < big)
