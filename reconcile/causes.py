@@ -241,6 +241,8 @@ class EntityExtractor:
             k = self._key(value, value)
             return [] if k is None else [k]
         elements = self.each.find(value) if self.each.wildcard else [self.each.first(value)]
+        if not elements or elements == [MISSING]:
+            elements = _data_fallback(self.each, value, many=True)
         out = []
         for el in elements:
             if el is MISSING:
@@ -265,11 +267,14 @@ class EntityExtractor:
             return None
 
 
-def _data_fallback(path: JsonPath, doc: Any) -> Any:
+def _data_fallback(path: JsonPath, doc: Any, many: bool = False) -> Any:
     """``$.data.x`` on a bare event value (a binary-mode CloudEvent's value, an outbox payload)."""
     if path.head == "data" and path.after_head is not None and not (type(doc) is dict and "data" in doc):
-        return path.after_head.first(doc)
-    return MISSING
+        rest = path.after_head
+        if many:
+            return rest.find(doc) if rest.wildcard else [rest.first(doc)]
+        return rest.first(doc)
+    return [] if many else MISSING
 
 
 @dataclass

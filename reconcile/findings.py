@@ -144,6 +144,8 @@ class RunResult:
     unconfirmed: list[Finding] = field(default_factory=list)
     scope: dict[str, Any] = field(default_factory=dict)
     strategy: str = "stream"
+    cut: dict[str, Any] | None = None  # with a spec's `path`: the positions the run was taken at
+    causes: dict[str, int] | None = None  # with a spec's `path`: confirmed findings per cause
 
     @property
     def actionable(self) -> list[Finding]:
@@ -172,4 +174,6 @@ class RunResult:
             "findings": [f.to_dict() for f in self.findings],
             "unconfirmed": [f.to_dict() for f in self.unconfirmed],
             **({"findings_truncated": self.truncated} if self.truncated else {}),
+            **({"cut": self.cut} if self.cut is not None else {}),
+            **({"causes": self.causes} if self.causes is not None else {}),
         }

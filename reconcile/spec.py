@@ -570,6 +570,8 @@ class Spec(_Model):
     def _path_keys(self) -> Spec:
         if self.path is None:
             return self
+        if self.fanout > 1:
+            raise ValueError("fanout: causes are found in one pass over the path per audit; use fanout: 1")
         ent = self.path.entities
         keys = self.key_truth
         extra = [k for k in ent.key if k not in keys]

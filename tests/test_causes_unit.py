@@ -216,3 +216,10 @@ def test_path_spec_errors_are_one_line(change: dict[str, Any], message: str) -> 
         spec_from_dict({**BASE, "path": {**PATH, **change}}, "inv.yaml")
     assert message in str(e.value) and "\n" not in str(e.value)
     assert str(e.value).startswith("spec inv.yaml: ")
+
+
+def test_each_on_a_bare_value_reads_inside_data() -> None:
+    ex = EntityExtractor({"warehouse": "$.data.warehouse", "sku": "sku"}, KEY, each="$.data.lines[*]")
+    bare = {"warehouse": "W1", "lines": [{"sku": "A"}, {"sku": "B"}]}
+    assert ex(bare) == [("W1", "A"), ("W1", "B")]
+    assert ex(order("A", "B")) == [("W1", "A"), ("W1", "B")]

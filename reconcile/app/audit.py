@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..compare import ColumnRule, jsonable, key_part
@@ -34,6 +34,9 @@ from ..sources.topic import TopicSource, locate, topic_scope
 from ..spec import Spec
 from ..store import Store
 from .context import Context
+from .path import PathRun
+from .path import begin as begin_path
+from .path import finish as finish_path
 
 __all__ = [
     "STRATEGIES",
@@ -230,8 +233,14 @@ def audit(
     on_row: Callable[[], None] | None = None,
     strategy: str = "auto",
     wait: bool = False,
+    settle: timedelta | None = None,
 ) -> RunResult:
     """Compare truth with projection, store the run and move findings along their lifecycle.
+
+    With a ``path`` in the spec, the run first takes its cut (truth's position, the topic's end
+    offsets, the group's committed offsets) and waits up to ``settle`` (default: the spec's
+    ``path.settle``) for the projector to reach it; then every finding gets its cause, and an
+    entity with an event still in flight is pending (see :mod:`reconcile.app.path`).
 
     One audit of a spec at a time: another one running raises ConcurrentRun (exit 2), or is
     waited for when ``wait``.
@@ -251,7 +260,12 @@ def audit(
     try:
         canon = canonical_keys(keys, pair.kinds) if keys is not None else None
         with ctx.store.audit_lock(spec.name, wait=wait):
-            return _audit(ctx, spec, pair, canon, where, now, on_row, strategy)
+            path_run = begin_path(ctx, spec, settle) if spec.path is not None else None
+            try:
+                return _audit(ctx, spec, pair, canon, where, now, on_row, strategy, path_run)
+            finally:
+                if path_run is not None:
+                    path_run.close()
     finally:
         pair.close()
 
@@ -265,6 +279,7 @@ def _audit(
     now: datetime | None,
     on_row: Callable[[], None] | None,
     strategy: str,
+    path_run: PathRun | None = None,
 ) -> RunResult:
     store = ctx.store
     started = datetime.now(UTC)
@@ -283,6 +298,12 @@ def _audit(
             outcome.findings = spill.head
         outcome = _recheck(pair, outcome, where, set(watch))
         outcome.findings = locate(outcome.findings, sides, spec.key_truth)
+        if path_run is not None:
+            got = finish_path(ctx, path_run, outcome.findings, pair.kinds, truth=_sql_truth(pair))
+            outcome.findings = got.findings
+            outcome.pending += len(got.pending)
+            held = {_canon_key(f, spec, pair.kinds) for f in got.pending}
+            outcome.pending_keys |= {k for k in held if k in watch}
         seen = outcome.findings
     clean = {watch[k] for k in outcome.clean}
     pending = {watch[k] for k in outcome.pending_keys}
@@ -299,10 +320,15 @@ def _audit(
     }
     if topics := topic_scope(pair.truth, pair.projection):
         scope["topics"] = topics
+    cut = path_run.to_dict() if path_run is not None else None
+    if path_run is not None and spill is not None and spill.spilled:
+        cut = {**(cut or {}), "causes_skipped": f"more than {RECHECK_LIMIT:,} findings"}
     return _record(
         store,
         spec,
         outcome,
+        cut=cut,
+        causes=path_run.causes if path_run is not None and path_run.stats is not None else None,
         seen=seen,
         started_at=started,
         strategy=used,
@@ -402,6 +428,8 @@ def _record(
     spec: Spec,
     outcome: DiffOutcome,
     *,
+    cut: dict[str, Any] | None = None,
+    causes: dict[str, int] | None = None,
     seen: Iterable[Finding] | None = None,
     started_at: datetime,
     strategy: str,
@@ -431,6 +459,7 @@ def _record(
         pending=pending,
         resolve_unseen=resolve_unseen,
         confirm_runs=spec.freshness.confirm_runs,
+        cut=cut,
     )
     return RunResult(
         run_id=run_id,
@@ -442,7 +471,23 @@ def _record(
         unconfirmed=unconfirmed,
         scope=scope,
         strategy=strategy,
+        cut=cut,
+        causes=causes,
     )
+
+
+def _sql_truth(pair: Pair) -> SqlSource | None:
+    """The truth side when it can say when an entity last changed (freshness.truth_column)."""
+    return pair.truth if pair.spec.freshness.truth_column else None
+
+
+def _canon_key(f: Finding, spec: Spec, kinds: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(key_part(f.key[n], k) for n, k in zip(spec.key_truth, kinds, strict=True))
+
+
+def _grace(spec: Spec) -> timedelta:
+    """The clock's freshness grace; none with a path, where pending is decided by positions."""
+    return timedelta(0) if spec.path is not None else spec.freshness.grace
 
 
 def _watch(store: Store, spec: Spec, kinds: Sequence[str]) -> dict[tuple[Any, ...], str]:
@@ -477,7 +522,7 @@ def _recheck(pair: Pair, first: DiffOutcome, where: str | None, watch: set[tuple
         pair.rules,
         names,
         now=datetime.now(UTC),
-        grace=pair.spec.freshness.grace,
+        grace=_grace(pair.spec),
         watch=watch & set(keys),
     )
     return DiffOutcome(
@@ -524,7 +569,7 @@ def audit_range(ctx: Context, spec: Spec, rng: KeyRange, *, now: datetime | None
             pair.rules,
             spec.key_truth,
             now=now or datetime.now(UTC),
-            grace=spec.freshness.grace,
+            grace=_grace(spec),
             watch=watch,
         )
         return _recheck(pair, first, None, watch)
@@ -654,7 +699,7 @@ def _diff(
                 pair.rules,
                 pair.spec.key_truth,
                 now=now,
-                grace=pair.spec.freshness.grace,
+                grace=_grace(pair.spec),
                 where=where,
                 watch=watch,
                 on_row=on_row,
@@ -672,7 +717,7 @@ def _diff(
         pair.rules,
         pair.spec.key_truth,
         now=now,
-        grace=pair.spec.freshness.grace,
+        grace=_grace(pair.spec),
         watch=watch,
         on_row=on_row,
         sink=sink,

@@ -1,0 +1,145 @@
+"""The event path inside an audit: the cut before truth is read, the wait for the projector, and
+the cause of every finding after the diff (one pass over the window, whatever the findings).
+
+Used by :func:`reconcile.app.audit.audit` and :func:`reconcile.app.trace.trace`; the logic is
+:mod:`reconcile.causes` (pure) over :mod:`reconcile.sources.path` (the reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..causes import Attribution, Collector, EntityExtractor, attribute
+from ..compare import key_part
+from ..events.reader import TopicReader
+from ..findings import Finding
+from ..sources.path import Cut, PathStats, collect, settle, take_cut
+from ..sources.sql import ReadPlan
+from ..spec import Spec
+from .context import Context
+
+__all__ = ["PathRun", "begin", "finish", "canon_for", "extractor_for"]
+
+
+@dataclass
+class PathRun:
+    """One audit's view of the path: its reader and cut, then what attribution read."""
+
+    spec: Spec
+    reader: TopicReader
+    cut: Cut
+    stats: PathStats | None = None
+    causes: dict[str, int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.cut.to_dict()
+        if self.stats is not None:
+            out["read"] = self.stats.to_dict()
+        return out
+
+
+def begin(ctx: Context, spec: Spec, settle_for: timedelta | None = None) -> PathRun:
+    """Take the cut (before truth is read) and wait, up to ``settle`` (the spec's unless given),
+    for the projector's group to consume everything that was on the topic then."""
+    path = spec.path
+    assert path is not None
+    reader = ctx.topic_reader(path.topic_side())
+    try:
+        if not reader.group_known(path.consumer_group):
+            from ..errors import SpecError
+
+            raise SpecError(
+                f"spec {spec.label}: path.consumer_group: group {path.consumer_group!r} is not known at "
+                f"{reader.where} (it never joined or committed; check the name)"
+            )
+        cut = take_cut(path, reader, ctx.side_url(spec.truth))
+        limit = (settle_for if settle_for is not None else path.settle).total_seconds()
+        settle(cut, reader, limit)
+        return PathRun(spec, reader, cut)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def canon_for(kinds: Sequence[str]) -> Any:
+    """A function from raw key parts to the canonical key tuple (the diff's identity)."""
+    kinds = list(kinds)
+
+    def canon(parts: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(key_part(v, k) for v, k in zip(parts, kinds, strict=True))
+
+    return canon
+
+
+def extractor_for(spec: Spec, kinds: Sequence[str]) -> EntityExtractor:
+    assert spec.path is not None
+    ent = spec.path.entities
+    return EntityExtractor(ent.key, spec.key_truth, each=ent.each, canon=canon_for(kinds))
+
+
+def collector_for(ctx: Context, spec: Spec, kinds: Sequence[str], keys: set[tuple[Any, ...]]) -> Collector:
+    return Collector(keys, extractor_for(spec, kinds))
+
+
+def finish(
+    ctx: Context,
+    run: PathRun,
+    findings: Sequence[Finding],
+    kinds: Sequence[str],
+    truth: Any = None,
+) -> Attribution:
+    """Every finding's cause, from one pass over the source table, the topic window and the journal.
+
+    ``truth`` (the truth side's reader) supplies, when the spec has ``freshness.truth_column``,
+    when truth last changed each entity whose events all reached the projection (a later change
+    bypassed the events: ``unexplained``).
+    """
+    spec = run.spec
+    assert spec.path is not None
+    canon = canon_for(kinds)
+    names = spec.key_truth
+    keys = {canon([f.key[n] for n in names]) for f in findings}
+    collector = collector_for(ctx, spec, kinds, keys)
+    urls = ctx.urls(spec)
+    pos, stats = collect(
+        spec.path,
+        collector,
+        run.reader,
+        truth_url=urls["truth_url"],
+        projection_url=urls["projection_url"],
+        resolve_conn=ctx.conn_url,
+        now=datetime.now(UTC),
+        committed=run.cut.projection_committed or run.cut.committed,
+    )
+    run.stats = stats
+    changed = _truth_times(spec, truth, kinds, findings) if truth is not None else {}
+    got = attribute(
+        findings,
+        collector,
+        pos,
+        names,
+        canon=canon,
+        truth_time=lambda f: changed.get(canon([f.key[n] for n in names])),
+    )
+    run.causes = got.counts()
+    return got
+
+
+def _truth_times(
+    spec: Spec, truth: Any, kinds: Sequence[str], findings: Sequence[Finding]
+) -> dict[tuple[Any, ...], datetime | None]:
+    column = spec.freshness.truth_column
+    if not column or not findings:
+        return {}
+    names = spec.key_truth
+    keys = sorted({tuple(f.key[n] for n in names) for f in findings if f.truth is not None})
+    if not keys:
+        return {}
+    plan = ReadPlan(names, list(kinds), [], column)
+    return {row.key: row.changed_at for row in truth.stream(plan, keys=keys)}
