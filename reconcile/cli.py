@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import ReconcileError, mask_url
+from .errors import ReconcileError, SpecError, mask_url
 from .findings import Finding, RunResult
 from .spec import Spec, load_spec
 
@@ -180,11 +180,44 @@ def _at(f: Finding) -> str:
     return "; ".join(out)
 
 
+def _cause(f: Finding) -> str:
+    """``lost (e-42 p0@17)``: the cause and its first piece of evidence."""
+    if not f.cause:
+        return ""
+    if not f.evidence:
+        return f.cause
+    e = f.evidence[0]
+    where = f" p{e['partition']}@{e['offset']}" if "partition" in e else ""
+    more = f" +{len(f.evidence) - 1}" if len(f.evidence) > 1 else ""
+    return f"{f.cause} ({_cut(str(e.get('event_id')), 40)}{where}{more})"
+
+
+def _cut_lines(cut: dict[str, Any] | None, causes: dict[str, int] | None) -> list[str]:
+    """The run's cut and cause breakdown (specs with a `path`)."""
+    if not cut:
+        return []
+    truth = cut.get("truth") or {}
+    at = f"truth at LSN {truth['lsn']}" if truth.get("lsn") else "truth position unknown (not PostgreSQL)"
+    ends = ", ".join(f"p{p}:{o}" for p, o in (cut.get("end_offsets") or {}).items())
+    done = ", ".join(f"p{p}:{o}" for p, o in (cut.get("committed") or {}).items())
+    st = cut.get("settle") or {}
+    reached = "reached" if st.get("reached") else "not reached"
+    lines = [
+        f"  cut: {at}; topic {cut.get('topic')} end offsets {ends or '-'}; group {cut.get('consumer_group')} "
+        f"at {done or '-'}; waited {st.get('waited_s', 0):.1f}s of {st.get('limit_s', 0):g}s ({reached})"
+    ]
+    if causes:
+        lines.append("  causes: " + "  ".join(f"{c} {n:,}" for c, n in causes.items()))
+    return lines
+
+
 def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
     t = Table(show_lines=False, pad_edge=False)
     located = any(_at(f) for f in findings[:limit])
+    caused = any(f.cause for f in findings[:limit])
     for col in (
         "kind",
+        *(["cause"] if caused else []),
         "key",
         "columns",
         "truth",
@@ -202,8 +235,17 @@ def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
         if f.copies > 1:
             proj += f" (x{f.copies})"
         at = [_at(f)] if located else []
+        cause = [_cause(f)] if caused else []
         t.add_row(
-            f.kind.value, key, ", ".join(f.columns), truth, proj, *at, f.status.value, str(f.times_seen)
+            f.kind.value,
+            *cause,
+            key,
+            ", ".join(f.columns),
+            truth,
+            proj,
+            *at,
+            f.status.value,
+            str(f.times_seen),
         )
     return t
 
@@ -264,6 +306,8 @@ def print_run(result: RunResult, fmt: str, store: Any = None, confirm_runs: int 
     )
     for line in _topic_lines(result.scope.get("topics") or {}):
         out.print(line, markup=False)
+    for line in _cut_lines(result.cut, result.causes):
+        out.print(line, markup=False)
     if result.findings:
         out.print(_findings_table(result.findings))
         if len(result.findings) > 50:
@@ -287,6 +331,32 @@ WaitOpt = Annotated[
         help="When another audit of this spec is running, wait for it (default: exit 2 at once).",
     ),
 ]
+
+
+SettleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--settle",
+        help="With a `path:` in the spec: how long to wait for the projector's group to reach the "
+        "cut before reading the projection (30s, 2m, 0s; default: the spec's path.settle).",
+    ),
+]
+
+
+def _settle(text: str | None) -> Any:
+    from datetime import timedelta
+
+    from .spec import parse_duration
+
+    if text is None:
+        return None
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        raise SpecError(f"--settle: {e}") from None
+    if value < timedelta(0):
+        raise SpecError("--settle: must not be negative")
+    return value
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -317,12 +387,18 @@ def audit(
         ),
     ] = "auto",
     wait: WaitOpt = False,
+    settle: SettleOpt = None,
 ) -> None:
     """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
 
     Either side may be a Kafka topic (`topic:` in the spec): it is read from the end offsets
     taken when the run starts back to `since:` (or the earliest offset), every partition, and
     that extent is recorded with the run.
+
+    With a `path:` in the spec every finding has a cause (not_published, lost, not_applied,
+    misapplied, unexplained) and the run records its cut: truth's position, the topic's end
+    offsets and the projector group's offsets; it waits up to `path.settle` (--settle) for the
+    group to reach them, and entities with an event still in flight are pending.
     """
     from .app import audit as do_audit
     from .keys import parse_keys
@@ -334,7 +410,16 @@ def audit(
         ctx = _context(store)
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
-            result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy, wait=wait)
+            result = do_audit(
+                ctx,
+                s,
+                keys=key_list,
+                where=where,
+                on_row=tick,
+                strategy=strategy,
+                wait=wait,
+                settle=_settle(settle),
+            )
         print_run(result, fmt, ctx.store, s.freshness.confirm_runs)
     raise typer.Exit(result.exit_code)
 
