@@ -450,6 +450,85 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
 
 
 @app.command()
+def trace(
+    spec: SpecArg,
+    key: Annotated[
+        str,
+        typer.Argument(
+            help="The entity, as --keys takes one: W1:A-1 (key parts in key order) or a JSON object "
+            'by truth names ({"warehouse": "W1", "sku": "A-1"}).',
+            show_default=False,
+        ),
+    ],
+    store: StoreOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """One entity's story along the spec's event path (exit 0 consistent or pending, 1 drifted).
+
+    Its truth row and projection row, then every event touching it in `path.window` with each
+    stage — written (the source row), published, on the topic (partition/offset), consumed by the
+    projector's group or not, applied (in its journal) or not — and the verdict with its cause.
+    Reads only: records nothing, joins no group.
+    """
+    from .app.trace import trace as do_trace
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        result = do_trace(_context(store), s, key)
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            _print_trace(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_trace(result: Any) -> None:
+    key = ", ".join(f"{k}={_value(v)}" for k, v in result.key.items())
+    out.print(f"spec {result.spec}  entity {key}", markup=False)
+    for side in ("truth", "projection"):
+        row = getattr(result, side)
+        shown = "— (no row)" if row is None else ", ".join(f"{c}={_value(v)}" for c, v in row.items())
+        out.print(f"  {side:<11}{shown}", markup=False)
+    if result.events:
+        t = Table(show_lines=False, pad_edge=False)
+        for col in ("event id", "written", "published", "on topic", "consumed", "applied", "stage"):
+            t.add_column(col, overflow="fold")
+
+        def yes(v: Any) -> str:
+            return "—" if v is None else ("yes" if v else "no")
+
+        for e in result.events:
+            written = str(e["written"]["at"] or "yes") if e["written"] else "—"
+            topic = f"p{e['topic']['partition']}@{e['topic']['offset']}" if e["topic"] else "—"
+            t.add_row(
+                _cut(str(e["event_id"]), 40),
+                written,
+                yes(e["published"]),
+                topic,
+                yes(e["consumed"]),
+                yes(e["applied"]),
+                e["stage"],
+            )
+        out.print(t)
+    elif result.note is None:
+        out.print("  no event in the window touches this entity", markup=False)
+    for line in _cut_lines(result.cut, None):
+        out.print(line, markup=False)
+    verdict = result.state
+    if result.state == "drift":
+        verdict = f"drift ({result.kind}), cause {result.cause or 'unknown'}"
+    elif result.state == "pending":
+        verdict = "pending: an event touching it is still in flight"
+    out.print(f"  verdict: {verdict}", markup=False)
+    if result.finding:
+        f = result.finding
+        out.print(f"  stored finding: {f['status']}, seen {f['times_seen']}x", markup=False)
+    if result.note:
+        out.print(f"  note: {result.note}", markup=False)
+
+
+@app.command()
 def findings(
     spec: SpecArg,
     fmt: Annotated[

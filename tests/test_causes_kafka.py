@@ -174,3 +174,36 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [*RECONCILE, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
     )
+
+
+def test_trace_tells_one_entitys_story(shop: Shop, ctx: Context, tmp_path: Path) -> None:
+    from reconcile.app import trace
+
+    broken_shop(shop)
+    s = spec(shop.spec())
+    d = trace(ctx, s, "W1:D")
+    assert d.state == "drift" and d.kind == "mismatch" and d.cause == "not_applied"
+    assert d.truth is not None and d.truth["on_hand"] == 9
+    assert d.projection is not None and d.projection["on_hand"] == 10
+    (ev,) = d.events
+    assert ev["event_id"] == "e-d" and ev["published"] is True and ev["written"] is not None
+    assert ev["topic"]["offset"] == 0 and ev["consumed"] is True and ev["applied"] is False
+    assert ev["stage"] == "not_applied"
+    g = trace(ctx, s, '{"warehouse": "W1", "sku": "G"}')
+    assert g.state == "pending" and g.events[0]["consumed"] is False and g.exit_code == 0
+    j = trace(ctx, s, "W1:J")
+    assert j.state == "consistent" and j.events == [] and j.cause is None
+
+    path = write(tmp_path / "inv.yaml", shop.spec())
+    env = {"KAFKA_BOOTSTRAP_SERVERS": shop.bootstrap}
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    out = _cli(["trace", str(path), "W1:C", "--store", store, "--format", "json"], env)
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["verdict"] == {"state": "drift", "kind": "mismatch", "cause": "lost"}
+    assert doc["events"][0]["stage"] == "lost" and doc["events"][0]["topic"] is None
+    table = _cli(["trace", str(path), "W1:A", "--store", store, "--format", "table"], env)
+    assert table.returncode == 1 and "not_published" in table.stdout and "e-a" in table.stdout
+    bad = _cli(["trace", str(path), "W1:A,W1:B", "--store", store], env)
+    assert bad.returncode == 2 and "exactly one" in bad.stderr
+    assert "trace" in _cli(["--help"], env).stdout
