@@ -207,3 +207,32 @@ def test_trace_tells_one_entitys_story(shop: Shop, ctx: Context, tmp_path: Path)
     bad = _cli(["trace", str(path), "W1:A,W1:B", "--store", store], env)
     assert bad.returncode == 2 and "exactly one" in bad.stderr
     assert "trace" in _cli(["--help"], env).stdout
+
+
+def test_dashboard_shows_the_cause_evidence_and_cut(shop: Shop, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from reconcile.app import dashboard as D
+    from reconcile.serve import ServeSettings, create_app
+    from reconcile.spec import load_spec
+
+    broken_shop(shop)
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    s = load_spec(write(folder / "inv.yaml", shop.spec(settle="0s")))
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Context(store_url=store_url, kafka=KafkaSettings(shop.bootstrap)) as ctx:
+        audit(ctx, s)
+    app = create_app(ServeSettings(store_url=store_url, specs=(str(folder),)))
+    with TestClient(app) as client:
+        page = client.get(f"/specs/{s.name}")
+        assert page.status_code == 200
+        assert 'class="cause cause-lost"' in page.text and 'id="cut"' in page.text
+        assert "not reached" in page.text
+        key = D.key_text({"warehouse": "W1", "sku": "D"})
+        finding = client.get(f"/specs/{s.name}/findings/{key}")
+        assert finding.status_code == 200
+        assert 'cause-not_applied">not_applied' in finding.text and 'data-event="e-d"' in finding.text
+        api = client.get(f"/api/specs/{s.name}").json()
+        assert api["cut"]["end_offsets"] == {"0": 4}
+        assert {f["key"]["sku"]: f["cause"] for f in api["findings"]}["A"] == "not_published"

@@ -168,6 +168,7 @@ class RunRow:
     pending: int
     kinds: dict[str, int]
     unconfirmed: int
+    cut: dict[str, Any] | None = None  # with a spec's path: the positions the run was taken at
 
     @property
     def drift(self) -> int:
@@ -198,6 +199,7 @@ class RunRow:
             pending=int(s.get("pending", 0)),
             kinds={k: int(s.get(k, 0)) for k in KINDS},
             unconfirmed=int(s.get("unconfirmed", 0)),
+            cut=r.cut,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -407,6 +409,8 @@ class FindingRow:
     open_for_s: float | None
     corrections: int
     note: str | None
+    cause: str | None = None  # with a spec's path: why it drifted
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # the events behind the cause
 
     @classmethod
     def of(cls, rec: FindingRecord, now: datetime) -> FindingRow:
@@ -439,6 +443,8 @@ class FindingRow:
             open_for_s=_age(end, f.first_seen),
             corrections=rec.corrections,
             note=f.note,
+            cause=f.cause,
+            evidence=[dict(e) for e in f.evidence],
         )
 
     @property
@@ -467,6 +473,8 @@ class FindingRow:
             "open_for_seconds": None if self.open_for_s is None else round(self.open_for_s, 1),
             "corrections": self.corrections,
             "note": self.note,
+            "cause": self.cause,
+            "evidence": jsonable(self.evidence),
         }
 
 
@@ -526,6 +534,7 @@ class SpecDetail:
     funnel: dict[str, int]
     time_to_heal: dict[str, Any]
     preflight: dict[str, Any] | None
+    cut: dict[str, Any] | None = None  # the newest run's cut (specs with a path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -544,6 +553,7 @@ class SpecDetail:
             "funnel": self.funnel,
             "time_to_heal": self.time_to_heal,
             "preflight": jsonable(self.preflight),
+            "cut": self.cut,
         }
 
 
@@ -621,6 +631,7 @@ def spec_detail(
         funnel=_funnel(records),
         time_to_heal=heal_times(records),
         preflight=_preflight(history[0] if history else None),
+        cut=next((r.cut for r in runs if r.cut), None),
     )
 
 
