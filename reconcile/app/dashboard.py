@@ -831,6 +831,9 @@ def findings_frame(spec_name: str, findings: Sequence[Finding]) -> pd.DataFrame:
         return pd.DataFrame(columns=head)
     keys = [c for c in df.columns if c.startswith("key.")]
     sides = sorted(c for c in df.columns if c.startswith(("truth.", "projection.")))
+    if any(f.cause for f in findings):  # specs with a path: why each entity drifted
+        df["cause"] = [f.cause for f in findings]
+        head.append("cause")
     return df[["spec", "key", *keys, *head[2:], *sides]]
 
 
