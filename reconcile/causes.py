@@ -216,7 +216,12 @@ def _utc(t: datetime) -> datetime:
 
 
 class EntityExtractor:
-    """The entities (canonical key tuples) one event value changes, per ``path.entities``."""
+    """The entities (canonical key tuples) one event value changes, per ``path.entities``.
+
+    Runs once per event of the window (a million of them), so the paths outside ``each`` are read
+    once per event, and ``$.data.x`` on a bare event value (a binary-mode CloudEvent's value, an
+    outbox payload) reads its ``x``: such a value is looked at as ``{"data": value}``.
+    """
 
     def __init__(
         self,
@@ -224,57 +229,155 @@ class EntityExtractor:
         key_names: Sequence[str],
         each: str | None = None,
         canon: Callable[[Sequence[Any]], Key] | None = None,
+        simple: Sequence[type | None] | None = None,
     ):
         self.each: JsonPath | None = compile_path(each) if each else None
-        self.paths: list[tuple[bool, JsonPath]] = []
-        for name in key_names:
+        self.names = list(key_names)
+        # (index in the key, path) of the parts read from the event, and of those read per element
+        self.absolute: list[tuple[int, JsonPath]] = []
+        self.relative: list[tuple[int, JsonPath]] = []
+        for i, name in enumerate(self.names):
             expr = key_paths[name]
-            absolute = expr.startswith("$")
-            self.paths.append((absolute, compile_path(expr if absolute else "$." + expr)))
+            if expr.startswith("$"):
+                self.absolute.append((i, compile_path(expr)))
+            else:
+                self.relative.append((i, compile_path("$." + expr)))
+        heads = [p.head for _, p in self.absolute] + ([self.each.head] if self.each else [])
+        self.wrap = "data" in heads
         self.canon = canon or tuple
+        self.simple_types = list(simple) if simple is not None else None
+        self.restrict(set())
 
     def __call__(self, value: Any) -> list[Key]:
         """Every entity the event value names (none when a key part is missing or unreadable)."""
         if value is None:
             return []
+        if self.wrap and not (type(value) is dict and "data" in value):
+            value = {"data": value}
+        parts: list[Any] = [None] * len(self.names)
+        for i, path in self.absolute:
+            v = path.first(value)
+            if v is MISSING or v is None or (path.wildcard and not v):
+                return []
+            parts[i] = v
         if self.each is None:
-            k = self._key(value, value)
-            return [] if k is None else [k]
-        elements = self.each.find(value) if self.each.wildcard else [self.each.first(value)]
-        if not elements or elements == [MISSING]:
-            elements = _data_fallback(self.each, value, many=True)
-        out = []
+            return self._canon(parts)
+        elements = self.each.first(value)
+        if elements is MISSING:
+            return []
+        if not self.each.wildcard:
+            elements = [elements]
+        out: list[Key] = []
         for el in elements:
-            if el is MISSING:
-                continue
-            k = self._key(value, el)
-            if k is not None:
-                out.append(k)
+            ok = True
+            for i, path in self.relative:
+                v = path.first(el)
+                if v is MISSING or v is None:
+                    ok = False
+                    break
+                parts[i] = v
+            if ok:
+                out += self._canon(parts)
         return out
 
-    def _key(self, doc: Any, element: Any) -> Key | None:
-        parts = []
-        for absolute, path in self.paths:
-            v = path.first(doc if absolute else element)
+    def restrict(self, keys: set[Key], simple: Sequence[type | None] | None = None) -> None:
+        """Prepare :meth:`touching` for these keys: ``simple`` says, per key part, the Python type
+        whose values are canonical as they are (``str`` for text, ``int`` for int keys), so a
+        value of that type not among the keys' values rejects the event before any key is made."""
+        self.keys = keys
+        self.simple = list(simple) if simple is not None else [None] * len(self.names)
+        self.allowed = [{k[i] for k in keys} for i in range(len(self.names))]
+        self._walks = [(i, _walk(p)) for i, p in self.absolute]
+        self._rel = [(i, _walk(p)) for i, p in self.relative]
+        self._each = _elements(self.each) if self.each is not None else None
+
+    def touching(self, value: Any) -> tuple[Key, ...]:
+        """The entities of :meth:`restrict`'s keys this event value touches (usually none): the
+        hot loop of a window's pass, rejecting most events after a few dictionary look-ups."""
+        if value is None:
+            return ()
+        if self.wrap and not (type(value) is dict and "data" in value):
+            value = {"data": value}
+        allowed, simple, keys = self.allowed, self.simple, self.keys
+        parts: list[Any] = [None] * len(self.names)
+        for i, walk in self._walks:
+            v = walk(value)
             if v is MISSING or v is None:
-                v = _data_fallback(path, doc) if absolute else MISSING
-                if v is MISSING or v is None:
-                    return None
-            parts.append(v)
+                return ()
+            if v.__class__ is simple[i] and v not in allowed[i]:
+                return ()
+            parts[i] = v
+        if self._each is None:
+            k = self._canon(parts)
+            return (k[0],) if k and k[0] in keys else ()
+        out: list[Key] = []
+        for el in self._each(value):
+            ok = True
+            for i, walk in self._rel:
+                v = walk(el)
+                if v is MISSING or v is None or (v.__class__ is simple[i] and v not in allowed[i]):
+                    ok = False
+                    break
+                parts[i] = v
+            if ok:
+                k = self._canon(parts)
+                if k and k[0] in keys:
+                    out.append(k[0])
+        return tuple(out)
+
+    def _canon(self, parts: list[Any]) -> list[Key]:
         try:
-            return self.canon(parts)
+            return [self.canon(parts)]
         except (ValueError, TypeError):
-            return None
+            return []
 
 
-def _data_fallback(path: JsonPath, doc: Any, many: bool = False) -> Any:
-    """``$.data.x`` on a bare event value (a binary-mode CloudEvent's value, an outbox payload)."""
-    if path.head == "data" and path.after_head is not None and not (type(doc) is dict and "data" in doc):
-        rest = path.after_head
-        if many:
-            return rest.find(doc) if rest.wildcard else [rest.first(doc)]
-        return rest.first(doc)
-    return [] if many else MISSING
+def _walk(path: JsonPath) -> Callable[[Any], Any]:
+    """A function reading one path (no wildcard): member names walked inline."""
+    names = path.names
+    if names is None or path.wildcard:
+        return path.first
+    if len(names) == 1:
+        (a,) = names
+        return lambda doc: doc.get(a, MISSING) if doc.__class__ is dict else MISSING
+    if len(names) == 2:
+        a, b = names
+
+        def two(doc: Any) -> Any:
+            if doc.__class__ is not dict:
+                return MISSING
+            x = doc.get(a, MISSING)
+            return x.get(b, MISSING) if x.__class__ is dict else MISSING
+
+        return two
+    return path.first
+
+
+def _elements(path: JsonPath) -> Callable[[Any], list[Any]]:
+    """A function listing the elements ``each`` names (a wildcard path: every one; else one)."""
+    steps = path.steps
+    names = [arg for kind, arg in steps[:-1]] if steps and all(k == 0 for k, _ in steps[:-1]) else None
+    if path.wildcard and names is not None and steps[-1][0] == 2:
+
+        def members(doc: Any) -> list[Any]:
+            cur = doc
+            for name in names:
+                if cur.__class__ is not dict:
+                    return []
+                cur = cur.get(name)
+            if cur.__class__ is list:
+                return cur  # type: ignore[no-any-return]
+            return list(cur.values()) if cur.__class__ is dict else []
+
+        return members
+    if path.wildcard:
+        return path.find
+
+    def one(doc: Any) -> list[Any]:
+        got = path.first(doc)
+        return [] if got is MISSING else [got]
+
+    return one
 
 
 @dataclass
@@ -298,11 +401,28 @@ class Collector:
     ) -> None:
         """One row of the source table (its event value decoded, or None)."""
         self.source_rows += 1
-        if event_id is None:
-            return
-        touched = tuple(k for k in self.extract(value) if k in self.keys)
-        if not touched:
-            return
+        touched = self.touching(value)
+        if touched and event_id is not None:
+            self.add_source(event_id, touched, published=published, written_at=written_at, row=row)
+
+    def __post_init__(self) -> None:
+        if getattr(self.extract, "keys", None) is not self.keys:
+            self.extract.restrict(self.keys, getattr(self.extract, "simple_types", None))
+
+    def touching(self, value: Any) -> tuple[Key, ...]:
+        """The drifted entities an event value touches (usually none)."""
+        return self.extract.touching(value)
+
+    def add_source(
+        self,
+        event_id: Any,
+        touched: tuple[Key, ...],
+        *,
+        published: bool | None,
+        written_at: datetime | None = None,
+        row: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep a source row that touches drifted entities (see :meth:`touching`)."""
         eid = str(event_id)
         ev = self.events.get(eid) or EventTrace(eid)
         ev.entities = touched
@@ -320,13 +440,35 @@ class Collector:
         ev = self.events.get(eid) if eid is not None else None
         if ev is None:
             doc = value() if callable(value) else value
-            touched = tuple(k for k in self.extract(doc) if k in self.keys)
+            touched = self.touching(doc)
             if not touched:
                 return
             eid = eid if eid is not None else f"{partition}:{offset}"
             ev = self.events[eid] = EventTrace(eid, touched)
         if ev.offset is None:  # a redelivered copy: the first one counts
             ev.partition, ev.offset, ev.timestamp = partition, offset, timestamp
+
+    def message_batch(
+        self, batch: Iterable[tuple[Any, int, int, int, Any]], decode: Callable[[Any], Any]
+    ) -> None:
+        """Many messages at once, as (event id, partition, offset, timestamp ms or -1, raw value):
+        :meth:`message` without a call per message (a window holds millions). ``decode`` turns a
+        raw value into the event value; it is called only for events not known already."""
+        events, touching = self.events, self.extract.touching
+        n = 0
+        for eid, p, o, ms, raw in batch:
+            n += 1
+            ev = events.get(eid) if eid is not None else None
+            if ev is None:
+                touched = touching(decode(raw))
+                if not touched:
+                    continue
+                eid = str(eid) if eid is not None else f"{p}:{o}"
+                ev = events[eid] = EventTrace(eid, touched)
+            if ev.offset is None:
+                ev.partition, ev.offset = p, o
+                ev.timestamp = datetime.fromtimestamp(ms / 1000, UTC) if ms is not None and ms >= 0 else None
+        self.messages += n
 
     def wanted_applied(self) -> list[str]:
         """The ids to look up in the applied journal: events consumed per the topic."""

@@ -70,8 +70,13 @@ def begin(ctx: Context, spec: Spec, settle_for: timedelta | None = None) -> Path
 def canon_for(kinds: Sequence[str]) -> Any:
     """A function from raw key parts to the canonical key tuple (the diff's identity)."""
     kinds = list(kinds)
+    plain = {"text": str, "int": int}  # kinds whose canonical form is the Python value itself
+    simple = [plain.get(k) for k in kinds]
 
     def canon(parts: Sequence[Any]) -> tuple[Any, ...]:
+        # Called once per event of the window: values already canonical take no call at all.
+        if all(t is not None and v.__class__ is t for v, t in zip(parts, simple, strict=True)):
+            return tuple(parts)
         return tuple(key_part(v, k) for v, k in zip(parts, kinds, strict=True))
 
     return canon
@@ -80,7 +85,8 @@ def canon_for(kinds: Sequence[str]) -> Any:
 def extractor_for(spec: Spec, kinds: Sequence[str]) -> EntityExtractor:
     assert spec.path is not None
     ent = spec.path.entities
-    return EntityExtractor(ent.key, spec.key_truth, each=ent.each, canon=canon_for(kinds))
+    simple = [{"text": str, "int": int}.get(k) for k in kinds]
+    return EntityExtractor(ent.key, spec.key_truth, each=ent.each, canon=canon_for(kinds), simple=simple)
 
 
 def collector_for(ctx: Context, spec: Spec, kinds: Sequence[str], keys: set[tuple[Any, ...]]) -> Collector:

@@ -251,29 +251,41 @@ def _read_source(path: EventPath, url: str, collector: Collector, since: datetim
             if written_col is not None:  # rows still unpublished are judged whatever their age
                 unpublished = [published.is_(None)] if published is not None else []
                 stmt = stmt.where(sa.or_(written_col >= since, written_col.is_(None), *unpublished))
+            at_ = {c: i for i, c in enumerate(cols)}
+            ip = at_.get(payload) if payload is not None else None
+            iw = at_.get(written_col) if written_col is not None else None
+            ih = at_.get(headers_col) if headers_col is not None else None
+            iu = at_.get(published) if published is not None else None
+            touching = collector.touching
+            rows = 0
             with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
                 for row in result:
-                    m = row._mapping
-                    doc = _as_doc(m[payload]) if payload is not None else None
-                    pub_at = m[published] if published is not None else None
+                    rows += 1
+                    # Most rows touch no drifted entity: decide that first, with as little work as possible.
+                    doc = _as_doc(row[ip]) if ip is not None else None
+                    touched = touching(doc)
+                    if not touched or row[0] is None:
+                        continue
+                    pub_at = row[iu] if iu is not None else None
                     at: datetime | None = None
-                    if written_col is not None:
-                        at = _as_time(m[written_col])
+                    if iw is not None:
+                        at = _as_time(row[iw])
                     elif written_path is not None:
                         at = _as_time(_lookup_time(written_path, doc, None))
-                    elif headers_col is not None:
-                        at = _as_time(header_value(_as_doc(m[headers_col]) or {}, "ce_time"))
-                    ident: dict[str, Any] = {"event_id": m[eid]}
-                    if published is not None:
+                    elif ih is not None:
+                        at = _as_time(header_value(_as_doc(row[ih]) or {}, "ce_time"))
+                    ident: dict[str, Any] = {"event_id": row[0]}
+                    if iu is not None:
                         ident["published_at"] = pub_at
-                    collector.source_row(
-                        m[eid],
-                        doc,
-                        published=None if published is None else pub_at is not None,
+                    collector.add_source(
+                        row[0],
+                        touched,
+                        published=None if iu is None else pub_at is not None,
                         written_at=at,
                         row=ident,
                     )
+            collector.source_rows += rows
     finally:
         engine.dispose()
 
@@ -300,31 +312,24 @@ def _lookup_time(p: Any, doc: Any, headers: Any) -> Any:
 
 def _read_topic(path: EventPath, reader: TopicReader, extent: Any, collector: Collector) -> None:
     f = parse_field(path.event_id)
+    header = f.header or ""
     for batch in reader.read(extent):
-        for p, o, ms, key, value, headers in batch:
-            if f.part == "header":
-                eid: Any = header_value(headers, f.header or "")
-            elif f.part == "key":
-                eid = key if key is None or isinstance(key, str) else bytes(key).decode("utf-8", "replace")
-            elif f.part == "offset":
-                eid = f"{p}:{o}"
-            else:
-                eid = _event_field(f, value, headers)
-            ts = datetime.fromtimestamp(ms / 1000, UTC) if ms is not None and ms >= 0 else None
-            collector.message(eid, p, o, ts, _decoder(value))
+        if f.part == "header":
+            items: Any = [(header_value(h, header), p, o, ms, v) for p, o, ms, _k, v, h in batch]
+        else:
+            items = [(_message_id(f, p, o, k, v, h), p, o, ms, v) for p, o, ms, k, v, h in batch]
+        collector.message_batch(items, _as_doc)
 
 
-def _event_field(f: Any, value: Any, headers: Any) -> Any:
+def _message_id(f: Any, p: int, o: int, key: Any, value: Any, headers: Any) -> Any:
+    if f.part == "key":
+        return key if key is None or isinstance(key, str) else bytes(key).decode("utf-8", "replace")
+    if f.part in ("offset", "partition"):
+        return f"{p}:{o}"
     if f.path is None:
         return None
-    doc = _as_doc(value)
-    got = lookup(f.path, doc, headers)
+    got = lookup(f.path, _as_doc(value), headers)
     return None if got is MISSING else got
-
-
-def _decoder(value: Any) -> Callable[[], Any]:
-    """The message value, decoded only when asked (an event already known by its id is not)."""
-    return lambda: _as_doc(value)
 
 
 def _read_applied(path: EventPath, url: str, ids: Sequence[str]) -> set[str]:
