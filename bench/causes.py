@@ -318,6 +318,7 @@ def main() -> int:
         "cpu_s": round(cpu, 2),
         "peak_rss_mb": round(rss),
         "attribution_s": read["seconds"],
+        "attribution_cpu_s": read["cpu_seconds"],
         "source_rows": read["source_rows"],
         "messages": read["messages"],
         "events_kept": read["events"],

@@ -142,6 +142,7 @@ class PathStats:
     messages: int = 0
     events: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process, every thread (librdkafka's included)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +150,7 @@ class PathStats:
             "messages": self.messages,
             "events": self.events,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
         }
 
 
@@ -167,7 +169,7 @@ def collect(
     """Feed the collector from the path, in the order that keeps positions consistent: the source
     table first, then the topic's window (its end fixed after the source was read, so every row
     the source shows published is inside it), then the applied journal."""
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     since = now - path.window
     window_start: datetime | None = since
     if path.source is not None:
@@ -182,7 +184,11 @@ def collect(
         asked = collector.wanted_applied()
         collector.applied(_read_applied(path, url, asked), asked)
     stats = PathStats(
-        collector.source_rows, collector.messages, len(collector.events), time.monotonic() - started
+        collector.source_rows,
+        collector.messages,
+        len(collector.events),
+        time.monotonic() - started,
+        time.process_time() - cpu,
     )
     pos = Positions(
         committed,
