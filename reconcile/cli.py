@@ -447,6 +447,13 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
             out.print(f"  columns     {cols or '(none: presence only)'}")
             for line in _topic_lines(info.get("topics") or {}):
                 out.print(line, markup=False)
+            if p := info.get("path"):
+                where = ", ".join(f"{k} {p[k]}" for k in ("source", "applied") if k in p)
+                out.print(
+                    f"  path        topic {p['topic']} ({p['partitions']} partition(s)), group "
+                    f"{p['consumer_group']}" + (f"; {where}" if where else ""),
+                    markup=False,
+                )
 
 
 @app.command()

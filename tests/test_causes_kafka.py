@@ -236,3 +236,36 @@ def test_dashboard_shows_the_cause_evidence_and_cut(shop: Shop, tmp_path: Path) 
         api = client.get(f"/api/specs/{s.name}").json()
         assert api["cut"]["end_offsets"] == {"0": 4}
         assert {f["key"]["sku"]: f["cause"] for f in api["findings"]}["A"] == "not_published"
+
+
+def test_validate_checks_the_path_and_names_the_field(shop: Shop, ctx: Context, tmp_path: Path) -> None:
+    from reconcile.app import validate
+    from reconcile.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"path.consumer_group: group '.*' is not known"):
+        validate(ctx, spec(shop.spec()))  # the projector never joined nor committed
+    shop.commit(0)  # the group exists from here on
+    info = validate(ctx, spec(shop.spec()))
+    assert info["path"]["topic"] == shop.topic and info["path"]["partitions"] == 1
+    assert "shop_outbox" in info["path"]["source"] and "applied_events" in info["path"]["applied"]
+    bad_column = shop.spec()
+    bad_column["path"]["source"]["published"] = "sent_at"
+    with pytest.raises(SpecError, match=r"path.source.published: table shop_outbox has no column 'sent_at'"):
+        validate(ctx, spec(bad_column))
+    bad_table = shop.spec()
+    bad_table["path"]["applied"]["table"] = "journal"
+    with pytest.raises(SpecError, match=r"path.applied.table: table 'journal' does not exist"):
+        audit(ctx, spec(bad_table))
+    bad_group = shop.spec(consumer_group="nobody-reads-this")
+    with pytest.raises(SpecError, match=r"path.consumer_group: group 'nobody-reads-this' is not known"):
+        audit(ctx, spec(bad_group))
+    path = write(tmp_path / "bad.yaml", bad_column)
+    out = _cli(
+        ["audit", str(path), "--store", f"sqlite:///{tmp_path / 's.db'}"],
+        {"KAFKA_BOOTSTRAP_SERVERS": shop.bootstrap},
+    )
+    assert (
+        out.returncode == 2
+        and "path.source.published" in out.stderr
+        and len(out.stderr.strip().splitlines()) == 1
+    )

@@ -223,3 +223,27 @@ def test_each_on_a_bare_value_reads_inside_data() -> None:
     bare = {"warehouse": "W1", "lines": [{"sku": "A"}, {"sku": "B"}]}
     assert ex(bare) == [("W1", "A"), ("W1", "B")]
     assert ex(order("A", "B")) == [("W1", "A"), ("W1", "B")]
+
+
+def test_drift_alert_quotes_each_findings_cause_and_the_counts() -> None:
+    from reconcile.alerts import drift_alert
+
+    f = finding("A")
+    f = Finding(
+        f.kind,
+        f.key,
+        columns=f.columns,
+        truth={"on_hand": 9},
+        projection={"on_hand": 10},
+        cause="lost",
+        evidence=({"event_id": "e-9", "stage": "lost"},),
+    )
+    run = {
+        "run_id": "r1",
+        "summary": {"compared": 10, "mismatch": 1},
+        "findings": [f.to_dict()],
+        "causes": {"not_published": 0, "lost": 1, "not_applied": 0, "misapplied": 0, "unexplained": 0},
+    }
+    text = drift_alert("inv", run).text()
+    assert "causes: lost 1" in text and "cause: lost (event e-9 lost)" in text
+    assert "not_published" not in text

@@ -218,9 +218,21 @@ def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
             ],
             "columns": {n: spec.projection_name(n) for n in spec.columns},
             **({"topics": topics} if (topics := topic_scope(pair.truth, pair.projection)) else {}),
+            **({"path": _check_path(ctx, spec)} if spec.path is not None else {}),
         }
     finally:
         pair.close()
+
+
+def _check_path(ctx: Context, spec: Spec) -> dict[str, Any]:
+    from .path import check
+
+    assert spec.path is not None
+    reader = ctx.topic_reader(spec.path.topic_side())
+    try:
+        return check(ctx, spec, reader)
+    finally:
+        reader.close()
 
 
 def audit(

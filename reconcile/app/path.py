@@ -14,9 +14,10 @@ from typing import Any
 
 from ..causes import Attribution, Collector, EntityExtractor, attribute
 from ..compare import key_part
+from ..errors import SpecError
 from ..events.reader import TopicReader
 from ..findings import Finding
-from ..sources.path import Cut, PathStats, collect, settle, take_cut
+from ..sources.path import Cut, PathStats, check_path, collect, settle, take_cut
 from ..sources.sql import ReadPlan
 from ..spec import Spec
 from .context import Context
@@ -51,13 +52,7 @@ def begin(ctx: Context, spec: Spec, settle_for: timedelta | None = None) -> Path
     assert path is not None
     reader = ctx.topic_reader(path.topic_side())
     try:
-        if not reader.group_known(path.consumer_group):
-            from ..errors import SpecError
-
-            raise SpecError(
-                f"spec {spec.label}: path.consumer_group: group {path.consumer_group!r} is not known at "
-                f"{reader.where} (it never joined or committed; check the name)"
-            )
+        check(ctx, spec, reader)
         cut = take_cut(path, reader, ctx.side_url(spec.truth))
         limit = (settle_for if settle_for is not None else path.settle).total_seconds()
         settle(cut, reader, limit)
@@ -65,6 +60,22 @@ def begin(ctx: Context, spec: Spec, settle_for: timedelta | None = None) -> Path
     except BaseException:
         reader.close()
         raise
+
+
+def check(ctx: Context, spec: Spec, reader: TopicReader) -> dict[str, Any]:
+    """Everything the spec's path names exists (raises SpecError naming the field); its description."""
+    assert spec.path is not None
+    urls = ctx.urls(spec)
+    try:
+        return check_path(
+            spec.path,
+            reader,
+            truth_url=urls["truth_url"],
+            projection_url=urls["projection_url"],
+            resolve_conn=ctx.conn_url,
+        )
+    except SpecError as e:
+        raise SpecError(str(e).replace("spec:", f"spec {spec.label}:", 1)) from None
 
 
 def canon_for(kinds: Sequence[str]) -> Any:

@@ -31,7 +31,7 @@ from ..jsonpath import MISSING, compile_path
 from ..spec import EventPath
 from .sql import _as_time, open_engine, source_errors
 
-__all__ = ["Cut", "take_cut", "settle", "collect", "truth_position", "open_path_reader"]
+__all__ = ["Cut", "take_cut", "settle", "collect", "check_path", "truth_position", "open_path_reader"]
 
 _decode = msgspec.json.Decoder().decode
 
@@ -356,3 +356,66 @@ def _read_applied(path: EventPath, url: str, ids: Sequence[str]) -> set[str]:
             return out
     finally:
         engine.dispose()
+
+
+def check_path(
+    path: EventPath,
+    reader: TopicReader,
+    *,
+    truth_url: str | None,
+    projection_url: str | None,
+    resolve_conn: Callable[[str], str],
+) -> dict[str, Any]:
+    """Check that everything the path names exists — the topic, the consumer group, the source
+    and applied tables and their columns — reading nothing but catalogs; describe it.
+
+    Raises SpecError naming the field (``path.source.published: table shop_outbox has no column
+    ...``) so an audit fails before it reads anything, not after the diff."""
+    try:
+        parts = reader.partitions(path.topic)
+    except SpecError as e:
+        raise SpecError(f"spec: path.topic: {e}") from None
+    if not reader.group_known(path.consumer_group):
+        raise SpecError(
+            f"spec: path.consumer_group: group {path.consumer_group!r} is not known at {reader.where} "
+            "(it never joined or committed; check the name)"
+        )
+    out: dict[str, Any] = {
+        "topic": path.topic,
+        "partitions": len(parts),
+        "consumer_group": path.consumer_group,
+        "window": path.window.total_seconds(),
+    }
+    if path.source is not None:
+        src = path.source
+        url = _url(src.url, src.conn_id, truth_url, resolve_conn, "path.source")
+        engine = open_engine(url, "path.source")
+        try:
+            with source_errors("path.source", url):
+                table = _table(engine, src.table, src.schema_, "path.source", url)
+                for field, name in (
+                    ("event_id", src.event_id),
+                    ("payload", src.payload),
+                    ("published", src.published),
+                    ("written", src.written if src.written and not src.written.startswith("$") else None),
+                ):
+                    if name:
+                        _column(table, name, f"path.source.{field}")
+        finally:
+            engine.dispose()
+        out["source"] = f"table {src.table} at {mask_url(url)}"
+    if path.applied is not None:
+        ap = path.applied
+        url = _url(ap.url, ap.conn_id, projection_url, resolve_conn, "path.applied")
+        engine = open_engine(url, "path.applied")
+        try:
+            with source_errors("path.applied", url):
+                _column(
+                    _table(engine, ap.table, ap.schema_, "path.applied", url),
+                    ap.event_id,
+                    "path.applied.event_id",
+                )
+        finally:
+            engine.dispose()
+        out["applied"] = f"table {ap.table} at {mask_url(url)}"
+    return out
