@@ -24,6 +24,7 @@ The earliest broken stage wins. **Evidence** lists the events involved with thei
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -389,6 +390,8 @@ class Collector:
     events: dict[str, EventTrace] = field(default_factory=dict)
     source_rows: int = 0
     messages: int = 0
+    # The source table and the topic may be read at once (two threads): events are made under it.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def source_row(
         self,
@@ -424,11 +427,13 @@ class Collector:
     ) -> None:
         """Keep a source row that touches drifted entities (see :meth:`touching`)."""
         eid = str(event_id)
-        ev = self.events.get(eid) or EventTrace(eid)
-        ev.entities = touched
-        ev.in_source, ev.published, ev.written_at = True, published, written_at
-        ev.source_row = row if row is not None else {"event_id": eid}
-        self.events[eid] = ev
+        with self.lock:
+            ev = self.events.get(eid)
+            if ev is None:
+                ev = self.events[eid] = EventTrace(eid)
+            ev.entities = touched
+            ev.in_source, ev.published, ev.written_at = True, published, written_at
+            ev.source_row = row if row is not None else {"event_id": eid}
 
     def message(
         self, event_id: Any, partition: int, offset: int, timestamp: datetime | None, value: Any
@@ -444,7 +449,10 @@ class Collector:
             if not touched:
                 return
             eid = eid if eid is not None else f"{partition}:{offset}"
-            ev = self.events[eid] = EventTrace(eid, touched)
+            with self.lock:
+                ev = self.events.get(eid)
+                if ev is None:
+                    ev = self.events[eid] = EventTrace(eid, touched)
         if ev.offset is None:  # a redelivered copy: the first one counts
             ev.partition, ev.offset, ev.timestamp = partition, offset, timestamp
 
@@ -464,7 +472,10 @@ class Collector:
                 if not touched:
                     continue
                 eid = str(eid) if eid is not None else f"{p}:{o}"
-                ev = events[eid] = EventTrace(eid, touched)
+                with self.lock:
+                    ev = events.get(eid)
+                    if ev is None:
+                        ev = events[eid] = EventTrace(eid, touched)
             if ev.offset is None:
                 ev.partition, ev.offset = p, o
                 ev.timestamp = datetime.fromtimestamp(ms / 1000, UTC) if ms is not None and ms >= 0 else None

@@ -14,6 +14,7 @@ Every connection opened here is read-only, like the audit's own.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -164,20 +165,46 @@ def collect(
     resolve_conn: Callable[[str], str],
     now: datetime,
     committed: dict[int, int],
-    keep_reader_open: bool = True,
 ) -> tuple[Positions, PathStats]:
     """Feed the collector from the path, in the order that keeps positions consistent: the source
-    table first, then the topic's window (its end fixed after the source was read, so every row
-    the source shows published is inside it), then the applied journal."""
+    table's statement first (its snapshot), then the topic's window, its end fixed after that
+    snapshot (so every row the source shows published is inside it), then the applied journal.
+
+    The source rows stream in a thread while the topic is read: each pass mostly waits for its
+    server, and the collector merges what both find about one event in either order."""
     started, cpu = time.monotonic(), time.process_time()
     since = now - path.window
     window_start: datetime | None = since
+    source: threading.Thread | None = None
+    failed: list[BaseException] = []
     if path.source is not None:
         url = _url(path.source.url, path.source.conn_id, truth_url, resolve_conn, "path.source")
-        _read_source(path, url, collector, since)
-    extent = reader.extent(path.topic, since)
-    from_earliest = all(extent.start.get(p, 0) == o for p, o in reader.extent(path.topic, None).start.items())
-    _read_topic(path, reader, extent, collector)
+        snapshot = threading.Event()
+
+        def read_source() -> None:
+            try:
+                _read_source(path, url, collector, since, snapshot)
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                failed.append(e)
+            finally:
+                snapshot.set()
+
+        source = threading.Thread(target=read_source, name="reconcile-path-source", daemon=True)
+        source.start()
+        snapshot.wait()
+        if failed:
+            source.join()
+            raise failed[0]
+    try:
+        extent = reader.extent(path.topic, since)
+        earliest = reader.extent(path.topic, None).start
+        from_earliest = all(extent.start.get(p, 0) == o for p, o in earliest.items())
+        _read_topic(path, reader, extent, collector)
+    finally:
+        if source is not None:
+            source.join()
+    if failed:
+        raise failed[0]
     has_applied = path.applied is not None
     if path.applied is not None:
         url = _url(path.applied.url, path.applied.conn_id, projection_url, resolve_conn, "path.applied")
@@ -238,7 +265,11 @@ def _as_doc(value: Any) -> Any:
     return value
 
 
-def _read_source(path: EventPath, url: str, collector: Collector, since: datetime) -> None:
+def _read_source(
+    path: EventPath, url: str, collector: Collector, since: datetime, snapshot: threading.Event | None = None
+) -> None:
+    """Stream the source table's rows in the window into the collector; ``snapshot`` is set once
+    the statement runs (its snapshot is taken: rows committed later are not in it)."""
     src = path.source
     assert src is not None
     engine = open_engine(url, "path.source")
@@ -266,6 +297,8 @@ def _read_source(path: EventPath, url: str, collector: Collector, since: datetim
             rows = 0
             with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+                if snapshot is not None:
+                    snapshot.set()
                 for row in result:
                     rows += 1
                     # Most rows touch no drifted entity: decide that first, with as little work as possible.
