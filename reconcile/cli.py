@@ -813,6 +813,7 @@ def run(
         ),
     ] = False,
     wait: WaitOpt = False,
+    settle: SettleOpt = None,
 ) -> None:
     """preflight → audit → correct → relay (→ verify): one command for cron, as the scheduled DAG runs it.
 
@@ -844,6 +845,7 @@ def run(
                 where=where,
                 on_row=tick,
                 wait=wait,
+                settle=_settle(settle),
             )
         if fmt == "json":
             # The whole document, whatever stopped the loop after the audit (a tripped guard, a
