@@ -465,6 +465,7 @@ def trace(
             help="The entity, as --keys takes one: W1:A-1 (key parts in key order) or a JSON object "
             'by truth names ({"warehouse": "W1", "sku": "A-1"}).',
             show_default=False,
+            metavar="KEY",
         ),
     ],
     store: StoreOpt = None,
