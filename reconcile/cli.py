@@ -200,11 +200,10 @@ def _cut_lines(cut: dict[str, Any] | None, causes: dict[str, int] | None) -> lis
     at = f"truth at LSN {truth['lsn']}" if truth.get("lsn") else "truth position unknown (not PostgreSQL)"
     ends = ", ".join(f"p{p}:{o}" for p, o in (cut.get("end_offsets") or {}).items())
     done = ", ".join(f"p{p}:{o}" for p, o in (cut.get("committed") or {}).items())
-    st = cut.get("settle") or {}
-    reached = "reached" if st.get("reached") else "not reached"
+    reached = "reached" if cut.get("reached") else "not reached"
     lines = [
         f"  cut: {at}; topic {cut.get('topic')} end offsets {ends or '-'}; group {cut.get('consumer_group')} "
-        f"at {done or '-'}; waited {st.get('waited_s', 0):.1f}s of {st.get('limit_s', 0):g}s ({reached})"
+        f"at {done or '-'}; waited {cut.get('waited_s', 0):.1f}s of {cut.get('settle_s', 0):g}s ({reached})"
     ]
     if causes:
         lines.append("  causes: " + "  ".join(f"{c} {n:,}" for c, n in causes.items()))

@@ -605,7 +605,7 @@ def test_on_demand_trace_follows_one_entity_along_the_path(
         assert traced["verdict"] == {"state": "drift", "kind": "mismatch", "cause": "not_applied"}
         assert [e["stage"] for e in traced["events"]] == ["not_applied"]
         audited = xcom(dr, "audit")  # drift without a correction section fails the task, kept in XCom
-        assert audited["cut"]["settle"]["limit_s"] == 0
+        assert audited["cut"]["settle_s"] == 0
         assert {f["key"]["sku"]: f["cause"] for f in audited["findings"]}["C"] == "lost"
     finally:
         delete_topic(kafka_bootstrap, topic)

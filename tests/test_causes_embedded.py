@@ -78,6 +78,6 @@ def test_every_cause_on_sqlite_and_the_embedded_log(world: tuple[EmbeddedShop, C
     }
     assert result.summary.pending == 2
     assert result.cut is not None and result.cut["truth"] is None  # SQLite: no position to record
-    assert result.cut["settle"]["reached"] is False
+    assert result.cut["reached"] is False
     d = trace(ctx, s, "W1:D")
     assert d.cause == "not_applied" and d.events[0]["topic"]["offset"] == shop.offsets[0]

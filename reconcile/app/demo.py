@@ -129,7 +129,6 @@ def _causes(incident: Incident, say: Callable[[str], None]) -> bool:
     others = sum(len(v) for k, v in by_cause.items() if k != Cause.LOST.value)
     breakdown = ", ".join(f"{k} {len(v)}" for k, v in by_cause.items())
     cut = result.cut or {}
-    settle = cut.get("settle") or {}
     say(
         f"   why, from the event path (orders -> {incident.orders_topic} -> projector group -> its journal; "
         f"pending by offsets, not the clock): {breakdown}; {result.summary.pending} pending"
@@ -137,7 +136,7 @@ def _causes(incident: Incident, say: Callable[[str], None]) -> bool:
     say(
         f"   cause against the ground truth: lost precision {precision:.2f}, recall {recall:.2f} "
         f"({hits} of {len(lost)} entities with a lost event), {others} given another cause; "
-        f"the projector reached the cut after {settle.get('waited_s', 0):.1f}s"
+        f"the projector reached the cut after {cut.get('waited_s', 0):.1f}s"
     )
     return precision == 1.0 and recall == 1.0 and others == 0
 

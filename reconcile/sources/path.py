@@ -61,11 +61,9 @@ class Cut:
             "consumer_group": self.group,
             "end_offsets": {str(p): o for p, o in sorted(self.end_offsets.items())},
             "committed": {str(p): o for p, o in sorted(self.committed.items())},
-            "settle": {
-                "limit_s": self.settle_s,
-                "waited_s": round(self.waited_s, 3),
-                "reached": self.reached,
-            },
+            "settle_s": self.settle_s,  # how long the run would wait for the group to reach the cut
+            "waited_s": round(self.waited_s, 3),  # how long it waited
+            "reached": self.reached,  # whether the group reached the end offsets in that time
             "committed_at_projection_read": {str(p): o for p, o in sorted(self.projection_committed.items())},
         }
 
