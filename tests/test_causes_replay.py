@@ -232,7 +232,6 @@ def test_projector_lagging_far_behind_the_grace_is_no_drift(make: Any) -> None:
         inc._projector_thread = inc._start_projector()
         caught = audit(inc, settle=timedelta(seconds=60))
         assert caught.findings == [], [f.to_dict() for f in caught.findings]
-        assert caught.cut is not None and caught.cut["reached"] is True
-        assert caught.cut["waited_s"] > 0
+        assert caught.cut is not None and caught.cut["reached"] is True  # waited, or caught up already
     finally:
         inc.close()
