@@ -247,3 +247,31 @@ def test_drift_alert_quotes_each_findings_cause_and_the_counts() -> None:
     text = drift_alert("inv", run).text()
     assert "causes: lost 1" in text and "cause: lost (event e-9 lost)" in text
     assert "not_published" not in text
+
+
+class _Group:
+    """A consumer group that commits one more offset each time it is asked (a projector catching up)."""
+
+    def __init__(self, start: int) -> None:
+        self.at = start
+        self.asked = 0
+
+    def committed(self, group: str, topic: str, partitions: Any) -> dict[int, int]:
+        self.asked += 1
+        self.at += 1
+        return {p: self.at for p in partitions}
+
+
+def test_settle_waits_for_the_group_to_reach_the_cut_and_records_it() -> None:
+    from reconcile.sources.path import Cut, settle
+
+    def cut(committed: int) -> Cut:
+        return Cut(NOW, None, "t", {0: 5, 1: 0}, {0: committed, 1: -1}, "g")
+
+    group = _Group(2)
+    got = settle(cut(2), group, 10.0, poll_s=0.0, sleep=lambda s: None)  # type: ignore[arg-type]
+    assert got.reached and group.asked == 3 and got.projection_committed == {0: 5, 1: 5}
+    assert got.to_dict()["reached"] is True and got.to_dict()["settle_s"] == 10.0
+    never = settle(cut(0), _Group(-100), 0.0, sleep=lambda s: None)  # type: ignore[arg-type]
+    assert not never.reached and never.projection_committed == {0: 0, 1: -1}
+    assert never.to_dict()["end_offsets"] == {"0": 5, "1": 0}

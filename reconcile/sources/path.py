@@ -82,9 +82,12 @@ def truth_position(url: str | None) -> dict[str, Any] | None:
         if engine.dialect.name != "postgresql":
             return None
         with source_errors("truth", url), engine.connect() as conn:
-            recovery = conn.exec_driver_sql("SELECT pg_is_in_recovery()").scalar()
+            recovery, version = conn.exec_driver_sql(
+                "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int"
+            ).one()
             lsn_fn = "pg_last_wal_replay_lsn()" if recovery else "pg_current_wal_lsn()"
-            lsn, snap = conn.exec_driver_sql(f"SELECT {lsn_fn}::text, pg_current_snapshot()::text").one()
+            snap_fn = "pg_current_snapshot()" if version >= 130000 else "txid_current_snapshot()"
+            lsn, snap = conn.exec_driver_sql(f"SELECT {lsn_fn}::text, {snap_fn}::text").one()
             return {"engine": "postgresql", "lsn": lsn, "snapshot": snap}
     finally:
         engine.dispose()
