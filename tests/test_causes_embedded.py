@@ -81,3 +81,33 @@ def test_every_cause_on_sqlite_and_the_embedded_log(world: tuple[EmbeddedShop, C
     assert result.cut["reached"] is False
     d = trace(ctx, s, "W1:D")
     assert d.cause == "not_applied" and d.events[0]["topic"]["offset"] == shop.offsets[0]
+
+
+def test_a_run_too_large_to_hold_still_gets_its_causes(
+    world: tuple[EmbeddedShop, Context], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the in-memory limit findings stream from a spill into the store: causes as they pass."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["reconcile.app.audit"], "RECHECK_LIMIT", 3)
+    shop, ctx = world
+    broken_shop(shop)
+    s = spec(shop.spec(settle="0s"))
+    result = audit(ctx, s)
+    assert result.summary.pending == 2 and result.summary.mismatch == 6
+    assert result.causes == {
+        "not_published": 1,
+        "lost": 1,
+        "not_applied": 1,
+        "misapplied": 1,
+        "unexplained": 2,
+    }
+    stored = {f.key["sku"]: f.cause for f in ctx.store.active_findings(s.name)}
+    assert stored == {
+        "A": "not_published",
+        "C": "lost",
+        "D": "not_applied",
+        "E": "misapplied",
+        "F": "unexplained",
+        "H": "unexplained",
+    }

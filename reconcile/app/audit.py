@@ -34,7 +34,7 @@ from ..sources.topic import TopicSource, locate, topic_scope
 from ..spec import Spec
 from ..store import Store
 from .context import Context
-from .path import PathRun
+from .path import PathRun, finish_stream
 from .path import begin as begin_path
 from .path import finish as finish_path
 
@@ -299,12 +299,25 @@ def _audit(
     if canon is None:
         refuse_null_keys(pair, where)  # under the lock: a topic side spills before it counts
     watch = _watch(store, spec, pair.kinds)
-    spill = _Spill(RECHECK_LIMIT) if canon is None else None
+    spill = _Spill(RECHECK_LIMIT, spec.key_truth if path_run is not None else None) if canon is None else None
     outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy, spill)
     sides = (pair.truth, pair.projection)
+    summary = Summary()
+    held: set[str] = set()  # key ids of watched findings found pending by the path
     if spill is not None and spill.spilled:
         # Too many to re-check: straight to the store, in batches (located batch by batch).
         seen: Iterable[Finding] = _located(spill, sides, spec.key_truth)
+        if path_run is not None:  # causes as they stream by, after one pass over the path
+
+            def on_pending(f: Finding) -> None:
+                summary.pending += 1
+                k = _canon_key(f, spec, pair.kinds)
+                if k in watch:
+                    held.add(watch[k])
+
+            seen = finish_stream(
+                ctx, path_run, seen, spill.keys, pair.kinds, on_pending, truth=_sql_truth(pair)
+            )
     else:
         if spill is not None:
             outcome.findings = spill.head
@@ -314,11 +327,14 @@ def _audit(
             got = finish_path(ctx, path_run, outcome.findings, pair.kinds, truth=_sql_truth(pair))
             outcome.findings = got.findings
             outcome.pending += len(got.pending)
-            held = {_canon_key(f, spec, pair.kinds) for f in got.pending}
-            outcome.pending_keys |= {k for k in held if k in watch}
+            in_flight = {_canon_key(f, spec, pair.kinds) for f in got.pending}
+            outcome.pending_keys |= {k for k in in_flight if k in watch}
         seen = outcome.findings
     clean = {watch[k] for k in outcome.clean}
-    pending = {watch[k] for k in outcome.pending_keys}
+    # With a spilled run, the stream adds the watched keys it finds pending to this very set
+    # while the store reads it (record_run resolves the unseen ones only after the stream).
+    pending = held
+    pending |= {watch[k] for k in outcome.pending_keys}
     if canon is not None:  # watched keys asked for but absent on both sides are consistent
         seen_ids = {f.key_id for f in outcome.findings}
         asked = set(canon)
@@ -333,12 +349,11 @@ def _audit(
     if topics := topic_scope(pair.truth, pair.projection):
         scope["topics"] = topics
     cut = path_run.to_dict() if path_run is not None else None
-    if path_run is not None and spill is not None and spill.spilled:
-        cut = {**(cut or {}), "causes_skipped": f"more than {RECHECK_LIMIT:,} findings"}
     return _record(
         store,
         spec,
         outcome,
+        summary=summary,
         cut=cut,
         causes=path_run.causes if path_run is not None and path_run.stats is not None else None,
         seen=seen,
@@ -370,8 +385,11 @@ class _Spill:
     """A run's findings: in memory up to ``limit`` (enough to re-check them), beyond that in a
     temporary file, in batches, so an audit with a million findings keeps memory flat."""
 
-    def __init__(self, limit: int, batch: int = 5_000):
+    def __init__(self, limit: int, key_names: Sequence[str] | None = None, batch: int = 5_000):
         self.limit, self.batch = limit, batch
+        # With a path: every finding's key (memory grows with the findings) for the one pass.
+        self.key_names = list(key_names) if key_names is not None else None
+        self.keys: set[tuple[Any, ...]] = set()
         self.head: list[Finding] = []
         self._buf: list[Finding] = []
         self._file: Any = None
@@ -383,6 +401,8 @@ class _Spill:
 
     def __call__(self, finding: Finding) -> None:
         self.count += 1
+        if self.key_names is not None:
+            self.keys.add(tuple(finding.key[n] for n in self.key_names))
         if self._file is None:
             if len(self.head) < self.limit:
                 self.head.append(finding)
@@ -440,6 +460,7 @@ def _record(
     spec: Spec,
     outcome: DiffOutcome,
     *,
+    summary: Summary | None = None,
     cut: dict[str, Any] | None = None,
     causes: dict[str, int] | None = None,
     seen: Iterable[Finding] | None = None,
@@ -450,12 +471,12 @@ def _record(
     pending: set[str],
     resolve_unseen: bool,
 ) -> RunResult:
-    summary = Summary(
-        compared=outcome.compared,
-        pending=outcome.pending,
-        truth_rows=outcome.truth_rows,
-        projection_rows=outcome.projection_rows,
-    )
+    # ``summary``: one the caller's stream of findings may still add pending entities to.
+    summary = summary or Summary()
+    summary.compared = outcome.compared
+    summary.pending += outcome.pending
+    summary.truth_rows = outcome.truth_rows
+    summary.projection_rows = outcome.projection_rows
     run_id = str(uuid.uuid4())
     finished = datetime.now(UTC)
     confirmed, unconfirmed = store.record_run(

@@ -7,12 +7,12 @@ Used by :func:`reconcile.app.audit.audit` and :func:`reconcile.app.trace.trace`;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..causes import Attribution, Collector, EntityExtractor, attribute
+from ..causes import Attribution, Cause, Collector, EntityExtractor, Verdict, verdict
 from ..compare import key_part
 from ..errors import SpecError
 from ..events.reader import TopicReader
@@ -22,7 +22,7 @@ from ..sources.sql import ReadPlan
 from ..spec import Spec
 from .context import Context
 
-__all__ = ["PathRun", "begin", "finish", "canon_for", "extractor_for"]
+__all__ = ["PathRun", "Judge", "begin", "prepare", "finish", "finish_stream", "canon_for", "extractor_for"]
 
 
 @dataclass
@@ -104,24 +104,30 @@ def collector_for(ctx: Context, spec: Spec, kinds: Sequence[str], keys: set[tupl
     return Collector(keys, extractor_for(spec, kinds))
 
 
-def finish(
-    ctx: Context,
-    run: PathRun,
-    findings: Sequence[Finding],
-    kinds: Sequence[str],
-    truth: Any = None,
-) -> Attribution:
-    """Every finding's cause, from one pass over the source table, the topic window and the journal.
+@dataclass
+class Judge:
+    """What one pass over the path found, ready to judge each finding (see :func:`prepare`)."""
 
-    ``truth`` (the truth side's reader) supplies, when the spec has ``freshness.truth_column``,
-    when truth last changed each entity whose events all reached the projection (a later change
-    bypassed the events: ``unexplained``).
-    """
+    run: PathRun
+    events: dict[tuple[Any, ...], list[Any]]
+    pos: Any
+    canon: Any
+    changed: dict[tuple[Any, ...], datetime | None]
+
+    def __call__(self, f: Finding) -> Verdict:
+        key = self.canon([f.key[n] for n in self.run.spec.key_truth])
+        return verdict(self.events.get(key, ()), self.pos, self.changed.get(key))
+
+
+def prepare(
+    ctx: Context, run: PathRun, keys: set[tuple[Any, ...]], kinds: Sequence[str], truth: Any = None
+) -> Judge:
+    """One pass over the source table, the topic window and the journal for the events touching
+    these (canonical) keys. ``truth`` (the truth side's reader) supplies, when the spec has
+    ``freshness.truth_column``, when truth last changed each entity (a change after its last event
+    bypassed the events: ``unexplained``)."""
     spec = run.spec
     assert spec.path is not None
-    canon = canon_for(kinds)
-    names = spec.key_truth
-    keys = {canon([f.key[n] for n in names]) for f in findings}
     collector = collector_for(ctx, spec, kinds, keys)
     urls = ctx.urls(spec)
     pos, stats = collect(
@@ -135,28 +141,68 @@ def finish(
         committed=run.cut.projection_committed or run.cut.committed,
     )
     run.stats = stats
-    changed = _truth_times(spec, truth, kinds, findings) if truth is not None else {}
-    got = attribute(
-        findings,
-        collector,
-        pos,
-        names,
-        canon=canon,
-        truth_time=lambda f: changed.get(canon([f.key[n] for n in names])),
-    )
-    run.causes = got.counts()
-    return got
+    changed = _truth_times(spec, truth, kinds, keys) if truth is not None else {}
+    return Judge(run, collector.by_key(), pos, canon_for(kinds), changed)
+
+
+def finish(
+    ctx: Context,
+    run: PathRun,
+    findings: Sequence[Finding],
+    kinds: Sequence[str],
+    truth: Any = None,
+) -> Attribution:
+    """Every finding's cause, from one pass over the path (:func:`prepare`); the findings with an
+    event still in flight are pending instead."""
+    canon = canon_for(kinds)
+    names = run.spec.key_truth
+    judge = prepare(ctx, run, {canon([f.key[n] for n in names]) for f in findings}, kinds, truth)
+    out = Attribution([], [])
+    for f in findings:
+        v = judge(f)
+        if v.pending:
+            out.pending.append(f)
+        else:
+            assert v.cause is not None
+            out.findings.append(replace(f, cause=v.cause.value, evidence=tuple(v.evidence())))
+    run.causes = out.counts()
+    return out
+
+
+def finish_stream(
+    ctx: Context,
+    run: PathRun,
+    findings: Iterable[Finding],
+    keys: set[tuple[Any, ...]],
+    kinds: Sequence[str],
+    on_pending: Callable[[Finding], None],
+    truth: Any = None,
+) -> Iterator[Finding]:
+    """:func:`finish` for a run too large to hold its findings (they stream from a spill into the
+    store): the pass over the path is made now, for ``keys``; each finding is judged as it streams
+    by, the pending ones handed to ``on_pending``. ``run.causes`` fills as the stream is read."""
+    judge = prepare(ctx, run, keys, kinds, truth)
+    counts = {c.value: 0 for c in Cause}
+    run.causes = counts
+
+    def stream() -> Iterator[Finding]:
+        for f in findings:
+            v = judge(f)
+            if v.pending:
+                on_pending(f)
+                continue
+            assert v.cause is not None
+            counts[v.cause.value] += 1
+            yield replace(f, cause=v.cause.value, evidence=tuple(v.evidence()))
+
+    return stream()
 
 
 def _truth_times(
-    spec: Spec, truth: Any, kinds: Sequence[str], findings: Sequence[Finding]
+    spec: Spec, truth: Any, kinds: Sequence[str], keys: set[tuple[Any, ...]]
 ) -> dict[tuple[Any, ...], datetime | None]:
     column = spec.freshness.truth_column
-    if not column or not findings:
+    if not column or not keys:
         return {}
-    names = spec.key_truth
-    keys = sorted({tuple(f.key[n] for n in names) for f in findings if f.truth is not None})
-    if not keys:
-        return {}
-    plan = ReadPlan(names, list(kinds), [], column)
-    return {row.key: row.changed_at for row in truth.stream(plan, keys=keys)}
+    plan = ReadPlan(spec.key_truth, list(kinds), [], column)
+    return {row.key: row.changed_at for row in truth.stream(plan, keys=sorted(keys))}
