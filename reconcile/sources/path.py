@@ -32,7 +32,7 @@ from ..jsonpath import MISSING, compile_path
 from ..spec import EventPath
 from .sql import _as_time, open_engine, source_errors
 
-__all__ = ["Cut", "take_cut", "settle", "collect", "check_path", "truth_position", "open_path_reader"]
+__all__ = ["Cut", "take_cut", "settle", "collect", "check_path", "truth_position"]
 
 _decode = msgspec.json.Decoder().decode
 
@@ -66,11 +66,6 @@ class Cut:
             "reached": self.reached,  # whether the group reached the end offsets in that time
             "committed_at_projection_read": {str(p): o for p, o in sorted(self.projection_committed.items())},
         }
-
-
-def open_path_reader(path: EventPath, make: Callable[[Any], TopicReader]) -> TopicReader:
-    """The topic reader of the path's broker (``make`` is the context's ``topic_reader``)."""
-    return make(path.topic_side())
 
 
 def truth_position(url: str | None) -> dict[str, Any] | None:
