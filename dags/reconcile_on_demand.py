@@ -4,6 +4,11 @@ Trigger with params: ``spec`` (one of the known specs), ``keys`` (comma-separate
 composite keys, or a JSON list), ``where`` (a SQL filter on both sides), ``dry_run`` (default
 true: show the corrections, write nothing), ``force`` (correct past the blast-radius guard) and
 ``verify``. The result (summary and findings) is in the task logs and in XCom.
+
+``trace`` (one entity key, ``W1:A-1`` or a JSON object): the ``trace`` task follows that entity
+along the spec's event path — truth and projection rows, every event with its stage, the verdict
+and its cause — into the logs and XCom (it changes nothing). ``settle_s`` overrides the spec's
+``path.settle`` for the audit.
 """
 
 from __future__ import annotations
@@ -57,6 +62,19 @@ _SPEC_PARAM = (
         "dry_run": Param(True, type="boolean", description="show corrections without writing them"),
         "force": Param(False, type="boolean", description="correct even past the blast-radius guard"),
         "verify": Param(True, type="boolean", description="wait for the projector and re-check the keys"),
+        "trace": Param(
+            None,
+            type=["null", "string"],
+            description="one entity key (W1:A-1 or JSON) to follow along the event path: its events, "
+            "their stages and the cause",
+        ),
+        "settle_s": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            description="with a path: how long the audit waits for the projector to reach the cut, "
+            "seconds (default: the spec's path.settle)",
+        ),
         "verify_timeout_s": Param(
             None,
             type=["null", "number"],
@@ -91,6 +109,13 @@ def reconcile_on_demand() -> None:
 
         return on_demand.verify(run, corrected, relayed, params or {})
 
+    @task
+    def trace(params: dict | None = None) -> dict:
+        from reconcile_dags import on_demand
+
+        return on_demand.trace(params or {})
+
+    trace()
     run = audit()
     corrected = correct(run)
     relayed = relay(corrected)

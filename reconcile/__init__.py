@@ -4,6 +4,7 @@ Compares source-of-truth tables with projections built from events, reports sile
 (never entities still in flight) and heals it with corrective events sent through an outbox.
 """
 
+from .causes import Cause
 from .errors import (
     GuardTripped,
     PreflightFailed,
@@ -29,6 +30,7 @@ __all__ = [
     "FindingStatus",
     "RunResult",
     "Summary",
+    "Cause",
     "ReconcileError",
     "SpecError",
     "SourceError",

@@ -80,6 +80,13 @@ def _finding_line(f: Mapping[str, Any]) -> str:
     if cols:
         t, p = f.get("truth") or {}, f.get("projection") or {}
         what += " " + "; ".join(f"{c}: truth={t.get(c)!r} projection={p.get(c)!r}" for c in cols)
+    if f.get("cause"):
+        what += f" — cause: {f['cause']}"
+        evidence = f.get("evidence") or []
+        if evidence:
+            e = evidence[0]
+            at = f" at partition {e['partition']} offset {e['offset']}" if "partition" in e else ""
+            what += f" (event {e.get('event_id')} {e.get('stage')}{at})"
     return what
 
 
@@ -95,10 +102,18 @@ def drift_alert(spec: str, run: Mapping[str, Any], limit: int = 5) -> Alert:
         "drift",
         spec,
         f"reconcile {spec}: {total} drifted entit{'y' if total == 1 else 'ies'} confirmed",
-        (f"run {run.get('run_id')} compared {summary.get('compared', 0)} entities",),
+        (f"run {run.get('run_id')} compared {summary.get('compared', 0)} entities", *_cause_lines(run)),
         counts,
         tuple(run.get("findings", [])[:limit]),
     )
+
+
+def _cause_lines(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """With a spec's path: the findings per cause (why they drifted)."""
+    causes = {c: n for c, n in (run.get("causes") or {}).items() if n}
+    if not causes:
+        return ()
+    return ("causes: " + ", ".join(f"{c} {n}" for c, n in causes.items()),)
 
 
 def guard_alert(spec: str, message: str, run: Mapping[str, Any] | None = None, limit: int = 5) -> Alert:

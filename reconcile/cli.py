@@ -180,11 +180,43 @@ def _at(f: Finding) -> str:
     return "; ".join(out)
 
 
+def _cause(f: Finding) -> str:
+    """``lost (e-42 p0@17)``: the cause and its first piece of evidence."""
+    if not f.cause:
+        return ""
+    if not f.evidence:
+        return f.cause
+    e = f.evidence[0]
+    where = f" p{e['partition']}@{e['offset']}" if "partition" in e else ""
+    more = f" +{len(f.evidence) - 1}" if len(f.evidence) > 1 else ""
+    return f"{f.cause} ({_cut(str(e.get('event_id')), 40)}{where}{more})"
+
+
+def _cut_lines(cut: dict[str, Any] | None, causes: dict[str, int] | None) -> list[str]:
+    """The run's cut and cause breakdown (specs with a `path`)."""
+    if not cut:
+        return []
+    truth = cut.get("truth") or {}
+    at = f"truth at LSN {truth['lsn']}" if truth.get("lsn") else "truth position unknown (not PostgreSQL)"
+    ends = ", ".join(f"p{p}:{o}" for p, o in (cut.get("end_offsets") or {}).items())
+    done = ", ".join(f"p{p}:{o}" for p, o in (cut.get("committed") or {}).items())
+    reached = "reached" if cut.get("reached") else "not reached"
+    lines = [
+        f"  cut: {at}; topic {cut.get('topic')} end offsets {ends or '-'}; group {cut.get('consumer_group')} "
+        f"at {done or '-'}; waited {cut.get('waited_s', 0):.1f}s of {cut.get('settle_s', 0):g}s ({reached})"
+    ]
+    if causes:
+        lines.append("  causes: " + "  ".join(f"{c} {n:,}" for c, n in causes.items()))
+    return lines
+
+
 def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
     t = Table(show_lines=False, pad_edge=False)
     located = any(_at(f) for f in findings[:limit])
+    caused = any(f.cause for f in findings[:limit])
     for col in (
         "kind",
+        *(["cause"] if caused else []),
         "key",
         "columns",
         "truth",
@@ -202,8 +234,17 @@ def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
         if f.copies > 1:
             proj += f" (x{f.copies})"
         at = [_at(f)] if located else []
+        cause = [_cause(f)] if caused else []
         t.add_row(
-            f.kind.value, key, ", ".join(f.columns), truth, proj, *at, f.status.value, str(f.times_seen)
+            f.kind.value,
+            *cause,
+            key,
+            ", ".join(f.columns),
+            truth,
+            proj,
+            *at,
+            f.status.value,
+            str(f.times_seen),
         )
     return t
 
@@ -264,6 +305,8 @@ def print_run(result: RunResult, fmt: str, store: Any = None, confirm_runs: int 
     )
     for line in _topic_lines(result.scope.get("topics") or {}):
         out.print(line, markup=False)
+    for line in _cut_lines(result.cut, result.causes):
+        out.print(line, markup=False)
     if result.findings:
         out.print(_findings_table(result.findings))
         if len(result.findings) > 50:
@@ -306,6 +349,14 @@ MaxActiveOpt = Annotated[
         "(PostgreSQL, MySQL/MariaDB; overrides the spec's `throttle:`).",
     ),
 ]
+SettleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--settle",
+        help="With a `path:` in the spec: how long to wait for the projector's group to reach the "
+        "cut before reading the projection (30s, 2m, 0s; default: the spec's path.settle).",
+    ),
+]
 
 
 def _throttled(s: Spec, chunk_time: str | None, max_active: int | None) -> Spec:
@@ -325,6 +376,22 @@ def _throttled(s: Spec, chunk_time: str | None, max_active: int | None) -> Spec:
         return s.model_copy(update={"throttle": Throttle.model_validate(base)})
     except ValidationError as e:
         raise SpecError(f"--chunk-time: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _settle(text: str | None) -> Any:
+    from datetime import timedelta
+
+    from .spec import parse_duration
+
+    if text is None:
+        return None
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        raise SpecError(f"--settle: {e}") from None
+    if value < timedelta(0):
+        raise SpecError("--settle: must not be negative")
+    return value
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -357,12 +424,18 @@ def audit(
     wait: WaitOpt = False,
     chunk_time: ChunkTimeOpt = None,
     max_active: MaxActiveOpt = None,
+    settle: SettleOpt = None,
 ) -> None:
     """Compare truth with projection and report drift (exit 0 none, 1 drift, 2 trouble).
 
     Either side may be a Kafka topic (`topic:` in the spec): it is read from the end offsets
     taken when the run starts back to `since:` (or the earliest offset), every partition, and
     that extent is recorded with the run.
+
+    With a `path:` in the spec every finding has a cause (not_published, lost, not_applied,
+    misapplied, unexplained) and the run records its cut: truth's position, the topic's end
+    offsets and the projector group's offsets; it waits up to `path.settle` (--settle) for the
+    group to reach them, and entities with an event still in flight are pending.
     """
     from .app import audit as do_audit
     from .keys import parse_keys
@@ -374,7 +447,16 @@ def audit(
         ctx = _context(store)
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(f"auditing {s.name}", show) as tick:
-            result = do_audit(ctx, s, keys=key_list, where=where, on_row=tick, strategy=strategy, wait=wait)
+            result = do_audit(
+                ctx,
+                s,
+                keys=key_list,
+                where=where,
+                on_row=tick,
+                strategy=strategy,
+                wait=wait,
+                settle=_settle(settle),
+            )
         print_run(result, fmt, ctx.store, s.freshness.confirm_runs)
     raise typer.Exit(result.exit_code)
 
@@ -402,6 +484,93 @@ def validate(spec: SpecArg, fmt: FormatOpt = None) -> None:
             out.print(f"  columns     {cols or '(none: presence only)'}")
             for line in _topic_lines(info.get("topics") or {}):
                 out.print(line, markup=False)
+            if p := info.get("path"):
+                where = ", ".join(f"{k} {p[k]}" for k in ("source", "applied") if k in p)
+                out.print(
+                    f"  path        topic {p['topic']} ({p['partitions']} partition(s)), group "
+                    f"{p['consumer_group']}" + (f"; {where}" if where else ""),
+                    markup=False,
+                )
+
+
+@app.command()
+def trace(
+    spec: SpecArg,
+    key: Annotated[
+        str,
+        typer.Argument(
+            help="The entity, as --keys takes one: W1:A-1 (key parts in key order) or a JSON object "
+            'by truth names ({"warehouse": "W1", "sku": "A-1"}).',
+            show_default=False,
+            metavar="KEY",
+        ),
+    ],
+    store: StoreOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """One entity's story along the spec's event path (exit 0 consistent or pending, 1 drifted).
+
+    Its truth row and projection row, then every event touching it in `path.window` with each
+    stage — written (the source row), published, on the topic (partition/offset), consumed by the
+    projector's group or not, applied (in its journal) or not — and the verdict with its cause.
+    Reads only: records nothing, joins no group.
+    """
+    from .app.trace import trace as do_trace
+
+    with _errors():
+        fmt = _format(fmt)
+        s = _spec(spec)
+        result = do_trace(_context(store), s, key)
+        if fmt == "json":
+            _print_json(result.to_dict())
+        else:
+            _print_trace(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_trace(result: Any) -> None:
+    key = ", ".join(f"{k}={_value(v)}" for k, v in result.key.items())
+    out.print(f"spec {result.spec}  entity {key}", markup=False)
+    for side in ("truth", "projection"):
+        row = getattr(result, side)
+        shown = "— (no row)" if row is None else ", ".join(f"{c}={_value(v)}" for c, v in row.items())
+        out.print(f"  {side:<11}{shown}", markup=False)
+    if result.events:
+        t = Table(show_lines=False, pad_edge=False)
+        for col in ("event id", "written", "published", "on topic", "consumed", "applied", "stage"):
+            t.add_column(col, overflow="fold")
+
+        def yes(v: Any) -> str:
+            return "—" if v is None else ("yes" if v else "no")
+
+        for e in result.events:
+            written = str(e["written"]["at"] or "yes") if e["written"] else "—"
+            topic = f"p{e['topic']['partition']}@{e['topic']['offset']}" if e["topic"] else "—"
+            t.add_row(
+                _cut(str(e["event_id"]), 40),
+                written,
+                yes(e["published"]),
+                topic,
+                yes(e["consumed"]),
+                yes(e["applied"]),
+                e["stage"],
+            )
+        out.print(t)
+    elif result.note is None:
+        out.print("  no event in the window touches this entity", markup=False)
+    for line in _cut_lines(result.cut, None):
+        out.print(line, markup=False)
+    verdict = result.state
+    if result.state == "drift":
+        verdict = f"drift ({result.kind}), cause {result.cause or 'unknown'}"
+    elif result.state == "pending":
+        verdict = "pending: an event touching it is still in flight"
+    out.print(f"  verdict: {verdict}", markup=False)
+    if result.finding:
+        f = result.finding
+        out.print(f"  stored finding: {f['status']}, seen {f['times_seen']}x", markup=False)
+    if result.note:
+        out.print(f"  note: {result.note}", markup=False)
 
 
 @app.command()
@@ -684,6 +853,7 @@ def run(
     wait: WaitOpt = False,
     chunk_time: ChunkTimeOpt = None,
     max_active: MaxActiveOpt = None,
+    settle: SettleOpt = None,
 ) -> None:
     """preflight → audit → correct → relay (→ verify): one command for cron, as the scheduled DAG runs it.
 
@@ -715,6 +885,7 @@ def run(
                 where=where,
                 on_row=tick,
                 wait=wait,
+                settle=_settle(settle),
             )
         if fmt == "json":
             # The whole document, whatever stopped the loop after the audit (a tripped guard, a

@@ -57,6 +57,8 @@ class Finding:
     first_seen: datetime | None = None
     note: str | None = None
     episode: int = 1  # 1 for an entity's first drift; drift that comes back after resolving: 2, 3...
+    cause: str | None = None  # with a spec's `path`: why it drifted (reconcile.causes.Cause)
+    evidence: tuple[dict[str, Any], ...] = ()  # the events behind the cause
     _key_id: str | None = field(default=None, repr=False, compare=False)  # computed once
 
     @property
@@ -86,6 +88,9 @@ class Finding:
             out["note"] = self.note
         if self.episode > 1:
             out["episode"] = self.episode
+        if self.cause is not None:
+            out["cause"] = self.cause
+            out["evidence"] = [dict(e) for e in self.evidence]
         return out
 
 
@@ -139,6 +144,8 @@ class RunResult:
     unconfirmed: list[Finding] = field(default_factory=list)
     scope: dict[str, Any] = field(default_factory=dict)
     strategy: str = "stream"
+    cut: dict[str, Any] | None = None  # with a spec's `path`: the positions the run was taken at
+    causes: dict[str, int] | None = None  # with a spec's `path`: confirmed findings per cause
 
     @property
     def actionable(self) -> list[Finding]:
@@ -167,4 +174,6 @@ class RunResult:
             "findings": [f.to_dict() for f in self.findings],
             "unconfirmed": [f.to_dict() for f in self.unconfirmed],
             **({"findings_truncated": self.truncated} if self.truncated else {}),
+            **({"cut": self.cut} if self.cut is not None else {}),
+            **({"causes": self.causes} if self.causes is not None else {}),
         }

@@ -32,6 +32,10 @@ __all__ = [
     "KeyColumn",
     "Column",
     "Freshness",
+    "EventPath",
+    "PathEntities",
+    "PathSource",
+    "PathApplied",
     "Correction",
     "Checks",
     "Throttle",
@@ -236,6 +240,143 @@ class Throttle(_Model):
         return d
 
 
+class PathEntities(_Model):
+    """Which entities (by truth key names) one event changes: ``key`` maps each truth key column
+    to a JSON path into the event value; with ``each``, one entity per element of that array
+    (a ``key`` path not starting with ``$`` is then relative to the element)."""
+
+    each: str | None = None
+    key: dict[str, str]
+
+    @field_validator("each")
+    @classmethod
+    def _each(cls, v: Any) -> Any:
+        if v is not None:
+            _json_path(v, "each")
+        return v
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or not v:
+            raise ValueError("needs a mapping of truth key column -> JSON path ({sku: $.data.sku})")
+        for name, path in v.items():
+            if not isinstance(path, str) or not path.strip():
+                raise ValueError(f"{name}: {path!r} is not a JSON path")
+        return {str(k): str(p) for k, p in v.items()}
+
+
+class PathSource(_Model):
+    """The table whose rows each become one event (an outbox, or the facts table)."""
+
+    table: str
+    url: str | None = None  # default: the truth's database
+    conn_id: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    event_id: str = "event_id"
+    payload: str | None = None  # a JSON (or JSON text) column holding the event value
+    published: str | None = None  # NULL until the relay published the row
+    # When the row was written (for publish_grace): a column, or a JSON path into the payload.
+    # Default: a ``created_at`` column, else the CloudEvents time (``$.time``, or ``ce_time`` of a
+    # ``headers`` JSON column), when the table has them.
+    written: str | None = None
+
+    @model_validator(mode="after")
+    def _one_database(self) -> PathSource:
+        if self.url and self.conn_id:
+            raise ValueError("give `url:` or `conn_id:`, not both")
+        if not self.table.strip():
+            raise ValueError("`table:` needs a table name")
+        return self
+
+
+class PathApplied(_Model):
+    """The projector's journal of applied events (one row per applied event id)."""
+
+    table: str
+    url: str | None = None  # default: the projection's database
+    conn_id: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    event_id: str = "event_id"
+
+    @model_validator(mode="after")
+    def _one_database(self) -> PathApplied:
+        if self.url and self.conn_id:
+            raise ValueError("give `url:` or `conn_id:`, not both")
+        return self
+
+
+class EventPath(_Model):
+    """How the projection is fed: source table -> topic -> consumer group -> applied journal.
+
+    With a path every finding carries its ``cause`` (the first broken stage), and pending is
+    decided by positions (offsets, the outbox's published flag) rather than by ``freshness.grace``.
+    """
+
+    topic: str
+    consumer_group: str
+    event_id: str = "header:ce_id"  # where an event's id is (default: the CloudEvents id)
+    window: timedelta = timedelta(hours=24)
+    entities: PathEntities
+    source: PathSource | None = None
+    applied: PathApplied | None = None
+    publish_grace: timedelta = timedelta(minutes=1)
+    settle: timedelta = timedelta(seconds=30)
+    # Where the topic is (default: the context's Kafka settings), as on a topic side.
+    bootstrap: str | None = None
+    transport: Literal["kafka", "embedded"] = "kafka"
+
+    @field_validator("window", "publish_grace", "settle", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, v: str) -> str:
+        try:
+            parse_field(v)
+        except FieldError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("topic", "consumer_group")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("needs a name")
+        return v
+
+    @model_validator(mode="after")
+    def _positive(self) -> EventPath:
+        if self.window.total_seconds() <= 0:
+            raise ValueError("window: must be a positive duration (24h, 30m ...)")
+        for name in ("publish_grace", "settle"):
+            if getattr(self, name).total_seconds() < 0:
+                raise ValueError(f"{name}: must not be negative")
+        return self
+
+    def topic_side(self) -> Side:
+        """The path's topic as a topic side (for the topic-reading port)."""
+        return Side(
+            topic=self.topic,
+            bootstrap=self.bootstrap,
+            transport=self.transport,
+            fields={"event_id": self.event_id},
+        )
+
+
+def _json_path(text: str, where: str) -> None:
+    from .jsonpath import JsonPathError, compile_path
+
+    if not text.startswith("$"):
+        raise ValueError(f"{text!r} is not a JSON path (start it with $, as in $.data.lines[*])")
+    try:
+        compile_path(text)
+    except JsonPathError as e:
+        raise ValueError(str(e)) from None
+
+
 class Correction(_Model):
     """Where and how corrective events go, and the blast-radius guard."""
 
@@ -374,6 +515,7 @@ class Spec(_Model):
     key: tuple[KeyColumn, ...]
     columns: dict[str, Column] = Field(default_factory=dict)
     freshness: Freshness = Freshness()
+    path: EventPath | None = None
     correction: Correction | None = None
     schedule: str | None = "@hourly"
     alerts: Alerts = Alerts()
@@ -449,6 +591,38 @@ class Spec(_Model):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _path_keys(self) -> Spec:
+        if self.path is None:
+            return self
+        if self.fanout > 1:
+            raise ValueError("fanout: causes are found in one pass over the path per audit; use fanout: 1")
+        ent = self.path.entities
+        keys = self.key_truth
+        extra = [k for k in ent.key if k not in keys]
+        if extra:
+            raise ValueError(f"path.entities.key: {extra[0]!r} is not a key column (key: {', '.join(keys)})")
+        absent = [k for k in keys if k not in ent.key]
+        if absent:
+            raise ValueError(f"path.entities.key: needs a path for key column {absent[0]!r}")
+        for name, expr in ent.key.items():
+            if expr.startswith("$"):
+                try:
+                    _json_path(expr, name)
+                except ValueError as e:
+                    raise ValueError(f"path.entities.key.{name}: {e}") from None
+            elif ent.each is None:
+                raise ValueError(
+                    f"path.entities.key.{name}: {expr!r} is relative, which needs `each:` "
+                    "(or write a path starting with $)"
+                )
+            else:
+                try:
+                    _json_path("$." + expr, name)
+                except ValueError as e:
+                    raise ValueError(f"path.entities.key.{name}: {e}") from None
+        return self
+
     # -- derived names ---------------------------------------------------------------------
     @property
     def key_truth(self) -> list[str]:
@@ -515,6 +689,8 @@ def spec_from_dict(data: Any, where: str = "<dict>") -> Spec:
         else:
             msg = err["msg"].removeprefix("Value error, ")
         more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        if field == "(top level)" and msg.startswith("path."):  # names its own field already
+            field, msg = msg.split(": ", 1)
         raise SpecError(f"spec {where}: {field}: {msg}{more}") from None
 
 

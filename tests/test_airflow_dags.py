@@ -346,7 +346,14 @@ def test_on_demand_dry_run_then_real_with_params(
 
     conf = {"spec": name, "keys": "W1:A-3,W1:A-7", "dry_run": True, "verify": False}
     dr = run("reconcile_on_demand", conf)
-    assert states(dr) == {"audit": "success", "correct": "success", "relay": "success", "verify": "success"}
+    assert states(dr) == {
+        "trace": "success",
+        "audit": "success",
+        "correct": "success",
+        "relay": "success",
+        "verify": "success",
+    }
+    assert xcom(dr, "trace") == {"skipped": "no trace key"}
     audited = xcom(dr, "audit")
     assert audited["scope"]["keys"] == 2
     got = {(f["kind"], f["key"]["sku"]) for f in audited["findings"]}
@@ -620,3 +627,36 @@ columns: [order_id, amount]
         assert [f["key"]["event_id"] for f in run_["findings"]] == ["ev-007"]
         seen = run_["scope"]["topics"]["projection"]
         assert seen["where"] == f"kafka {kafka_bootstrap}" and seen["read"]["messages"] == 29
+
+
+def test_on_demand_trace_follows_one_entity_along_the_path(
+    specs_dir: Path,
+    make_pg_db,
+    store_url: str,
+    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """The `trace` param: one entity's events stage by stage and its cause, in XCom; the audit
+    (settle_s 0) carries the cut and every finding's cause."""
+    import yaml
+
+    from .causes_cases import Shop
+    from .test_causes_kafka import broken_shop
+    from .topic_cases import delete_topic, make_topic
+
+    topic = make_topic(kafka_bootstrap, 1)
+    try:
+        shop = Shop(make_pg_db("truth"), make_pg_db("proj"), kafka_bootstrap, topic).create()
+        broken_shop(shop)
+        name = _name("tr")
+        doc = {**shop.spec(settle="30s"), "name": name}
+        (specs_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        dr = run("reconcile_on_demand", {"spec": name, "trace": "W1:D", "settle_s": 0, "verify": False})
+        assert states(dr)["trace"] == "success"
+        traced = xcom(dr, "trace")
+        assert traced["verdict"] == {"state": "drift", "kind": "mismatch", "cause": "not_applied"}
+        assert [e["stage"] for e in traced["events"]] == ["not_applied"]
+        audited = xcom(dr, "audit")  # drift without a correction section fails the task, kept in XCom
+        assert audited["cut"]["settle_s"] == 0
+        assert {f["key"]["sku"]: f["cause"] for f in audited["findings"]}["C"] == "lost"
+    finally:
+        delete_topic(kafka_bootstrap, topic)

@@ -21,9 +21,21 @@ def spec_path(params: dict[str, Any]) -> str:
 
 
 def audit(params: dict[str, Any]) -> dict[str, Any]:
+    settle = params.get("settle_s")
     return runtime.audit(
-        spec_path(params), keys=params.get("keys") or None, where=params.get("where"), limit=XCOM_FINDINGS
+        spec_path(params),
+        keys=params.get("keys") or None,
+        where=params.get("where"),
+        limit=XCOM_FINDINGS,
+        settle_s=float(settle) if settle is not None else None,
     )
+
+
+def trace(params: dict[str, Any]) -> dict[str, Any]:
+    key = params.get("trace")
+    if not key:
+        return {"skipped": "no trace key"}
+    return runtime.trace(spec_path(params), str(key))
 
 
 def correct(run: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

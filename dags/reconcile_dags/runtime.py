@@ -249,18 +249,41 @@ def audit(
     keys: str | None = None,
     where: str | None = None,
     limit: int = XCOM_FINDINGS,
+    settle_s: float | None = None,
 ) -> dict[str, Any]:
     """One audit; the run's summary and (the first ``limit``) findings."""
     from reconcile.app import audit as run_audit
     from reconcile.keys import parse_keys
 
     spec = load(path)
+    settle = timedelta(seconds=settle_s) if settle_s is not None else None
     with fail_fast(), context() as ctx:
         parsed = parse_keys(keys, spec) if keys else None
-        result = run_audit(ctx, spec, keys=parsed, where=where or None)
+        result = run_audit(ctx, spec, keys=parsed, where=where or None, settle=settle)
     run = _trim(result.to_dict(), limit)
     _log_run(run)
     return _decide_audit(spec, run)
+
+
+def trace(path: str, key: str) -> dict[str, Any]:
+    """One entity's story along the spec's event path (changes nothing; never fails on drift)."""
+    from reconcile.app import trace as run_trace
+
+    spec = load(path)
+    with fail_fast(), context() as ctx:
+        result = run_trace(ctx, spec, key)
+    doc = _jsonable(result.to_dict())
+    log.info(
+        "reconcile %s trace %s: %s%s, %d event(s)",
+        spec.name,
+        key,
+        result.state,
+        f" ({result.kind}, cause {result.cause})" if result.state == "drift" else "",
+        len(result.events),
+    )
+    for e in result.events:
+        log.info("  event %s: %s", e["event_id"], e["stage"])
+    return doc  # type: ignore[no-any-return]
 
 
 def _decide_audit(spec: Any, run: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ DAGs) parse their input, make a :class:`Context`, call one of these, and render 
     health                   outbox backlog, projector lag, audit recency of every spec
     list_findings / acknowledge
     report                   a scheduled run's story and the alert it raises
+    trace                    one entity's story along the spec's event path, and its cause
     Projector                the reference projector (``reconcile project``)
 
 Imported by their module, not from here (so an audit never loads pandas):
@@ -50,6 +51,7 @@ from .health import HealthReport, SpecHealth, Thresholds, health
 from .preflight import gate, preflight
 from .project import Projector, ProjectorStats
 from .report import Report, Verdict, audit_verdict, lag_verdict, report, verify_verdict
+from .trace import TraceResult, trace
 
 __all__ = [
     "Context",
@@ -89,4 +91,6 @@ __all__ = [
     "lag_verdict",
     "Projector",
     "ProjectorStats",
+    "trace",
+    "TraceResult",
 ]

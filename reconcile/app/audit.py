@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..compare import ColumnRule, jsonable, key_part
@@ -34,6 +34,9 @@ from ..sources.topic import TopicSource, locate, topic_scope
 from ..spec import Spec
 from ..store import Store
 from .context import Context
+from .path import PathRun, finish_stream
+from .path import begin as begin_path
+from .path import finish as finish_path
 
 __all__ = [
     "STRATEGIES",
@@ -223,9 +226,21 @@ def validate(ctx: Context, spec: Spec) -> dict[str, Any]:
             ],
             "columns": {n: spec.projection_name(n) for n in spec.columns},
             **({"topics": topics} if (topics := topic_scope(pair.truth, pair.projection)) else {}),
+            **({"path": _check_path(ctx, spec)} if spec.path is not None else {}),
         }
     finally:
         pair.close()
+
+
+def _check_path(ctx: Context, spec: Spec) -> dict[str, Any]:
+    from .path import check
+
+    assert spec.path is not None
+    reader = ctx.topic_reader(spec.path.topic_side())
+    try:
+        return check(ctx, spec, reader)
+    finally:
+        reader.close()
 
 
 def audit(
@@ -238,8 +253,14 @@ def audit(
     on_row: Callable[[], None] | None = None,
     strategy: str = "auto",
     wait: bool = False,
+    settle: timedelta | None = None,
 ) -> RunResult:
     """Compare truth with projection, store the run and move findings along their lifecycle.
+
+    With a ``path`` in the spec, the run first takes its cut (truth's position, the topic's end
+    offsets, the group's committed offsets) and waits up to ``settle`` (default: the spec's
+    ``path.settle``) for the projector to reach it; then every finding gets its cause, and an
+    entity with an event still in flight is pending (see :mod:`reconcile.app.path`).
 
     One audit of a spec at a time: another one running raises ConcurrentRun (exit 2), or is
     waited for when ``wait``.
@@ -259,7 +280,12 @@ def audit(
     try:
         canon = canonical_keys(keys, pair.kinds) if keys is not None else None
         with ctx.store.audit_lock(spec.name, wait=wait):
-            return _audit(ctx, spec, pair, canon, where, now, on_row, strategy)
+            path_run = begin_path(ctx, spec, settle) if spec.path is not None else None
+            try:
+                return _audit(ctx, spec, pair, canon, where, now, on_row, strategy, path_run)
+            finally:
+                if path_run is not None:
+                    path_run.close()
     finally:
         pair.close()
 
@@ -273,6 +299,7 @@ def _audit(
     now: datetime | None,
     on_row: Callable[[], None] | None,
     strategy: str,
+    path_run: PathRun | None = None,
 ) -> RunResult:
     store = ctx.store
     started = datetime.now(UTC)
@@ -280,20 +307,42 @@ def _audit(
     if canon is None:
         refuse_null_keys(pair, where)  # under the lock: a topic side spills before it counts
     watch = _watch(store, spec, pair.kinds)
-    spill = _Spill(RECHECK_LIMIT) if canon is None else None
+    spill = _Spill(RECHECK_LIMIT, spec.key_truth if path_run is not None else None) if canon is None else None
     outcome, used = _diff(pair, canon, where, now, set(watch), on_row, strategy, spill)
     sides = (pair.truth, pair.projection)
+    summary = Summary()
+    held: set[str] = set()  # key ids of watched findings found pending by the path
     if spill is not None and spill.spilled:
         # Too many to re-check: straight to the store, in batches (located batch by batch).
         seen: Iterable[Finding] = _located(spill, sides, spec.key_truth)
+        if path_run is not None:  # causes as they stream by, after one pass over the path
+
+            def on_pending(f: Finding) -> None:
+                summary.pending += 1
+                k = _canon_key(f, spec, pair.kinds)
+                if k in watch:
+                    held.add(watch[k])
+
+            seen = finish_stream(
+                ctx, path_run, seen, spill.keys, pair.kinds, on_pending, truth=_sql_truth(pair)
+            )
     else:
         if spill is not None:
             outcome.findings = spill.head
         outcome = _recheck(pair, outcome, where, set(watch))
         outcome.findings = locate(outcome.findings, sides, spec.key_truth)
+        if path_run is not None:
+            got = finish_path(ctx, path_run, outcome.findings, pair.kinds, truth=_sql_truth(pair))
+            outcome.findings = got.findings
+            outcome.pending += len(got.pending)
+            in_flight = {_canon_key(f, spec, pair.kinds) for f in got.pending}
+            outcome.pending_keys |= {k for k in in_flight if k in watch}
         seen = outcome.findings
     clean = {watch[k] for k in outcome.clean}
-    pending = {watch[k] for k in outcome.pending_keys}
+    # With a spilled run, the stream adds the watched keys it finds pending to this very set
+    # while the store reads it (record_run resolves the unseen ones only after the stream).
+    pending = held
+    pending |= {watch[k] for k in outcome.pending_keys}
     if canon is not None:  # watched keys asked for but absent on both sides are consistent
         seen_ids = {f.key_id for f in outcome.findings}
         asked = set(canon)
@@ -309,10 +358,14 @@ def _audit(
         scope["topics"] = topics
     if paced := throttle_scope(pair.truth, pair.projection):
         scope["throttle"] = paced
+    cut = path_run.to_dict() if path_run is not None else None
     return _record(
         store,
         spec,
         outcome,
+        summary=summary,
+        cut=cut,
+        causes=path_run.causes if path_run is not None and path_run.stats is not None else None,
         seen=seen,
         started_at=started,
         strategy=used,
@@ -347,8 +400,11 @@ class _Spill:
     """A run's findings: in memory up to ``limit`` (enough to re-check them), beyond that in a
     temporary file, in batches, so an audit with a million findings keeps memory flat."""
 
-    def __init__(self, limit: int, batch: int = 5_000):
+    def __init__(self, limit: int, key_names: Sequence[str] | None = None, batch: int = 5_000):
         self.limit, self.batch = limit, batch
+        # With a path: every finding's key (memory grows with the findings) for the one pass.
+        self.key_names = list(key_names) if key_names is not None else None
+        self.keys: set[tuple[Any, ...]] = set()
         self.head: list[Finding] = []
         self._buf: list[Finding] = []
         self._file: Any = None
@@ -360,6 +416,8 @@ class _Spill:
 
     def __call__(self, finding: Finding) -> None:
         self.count += 1
+        if self.key_names is not None:
+            self.keys.add(tuple(finding.key[n] for n in self.key_names))
         if self._file is None:
             if len(self.head) < self.limit:
                 self.head.append(finding)
@@ -417,6 +475,9 @@ def _record(
     spec: Spec,
     outcome: DiffOutcome,
     *,
+    summary: Summary | None = None,
+    cut: dict[str, Any] | None = None,
+    causes: dict[str, int] | None = None,
     seen: Iterable[Finding] | None = None,
     started_at: datetime,
     strategy: str,
@@ -425,12 +486,12 @@ def _record(
     pending: set[str],
     resolve_unseen: bool,
 ) -> RunResult:
-    summary = Summary(
-        compared=outcome.compared,
-        pending=outcome.pending,
-        truth_rows=outcome.truth_rows,
-        projection_rows=outcome.projection_rows,
-    )
+    # ``summary``: one the caller's stream of findings may still add pending entities to.
+    summary = summary or Summary()
+    summary.compared = outcome.compared
+    summary.pending += outcome.pending
+    summary.truth_rows = outcome.truth_rows
+    summary.projection_rows = outcome.projection_rows
     run_id = str(uuid.uuid4())
     finished = datetime.now(UTC)
     confirmed, unconfirmed = store.record_run(
@@ -446,6 +507,7 @@ def _record(
         pending=pending,
         resolve_unseen=resolve_unseen,
         confirm_runs=spec.freshness.confirm_runs,
+        cut=cut,
     )
     return RunResult(
         run_id=run_id,
@@ -457,7 +519,23 @@ def _record(
         unconfirmed=unconfirmed,
         scope=scope,
         strategy=strategy,
+        cut=cut,
+        causes=causes,
     )
+
+
+def _sql_truth(pair: Pair) -> SqlSource | None:
+    """The truth side when it can say when an entity last changed (freshness.truth_column)."""
+    return pair.truth if pair.spec.freshness.truth_column else None
+
+
+def _canon_key(f: Finding, spec: Spec, kinds: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(key_part(f.key[n], k) for n, k in zip(spec.key_truth, kinds, strict=True))
+
+
+def _grace(spec: Spec) -> timedelta:
+    """The clock's freshness grace; none with a path, where pending is decided by positions."""
+    return timedelta(0) if spec.path is not None else spec.freshness.grace
 
 
 def _watch(store: Store, spec: Spec, kinds: Sequence[str]) -> dict[tuple[Any, ...], str]:
@@ -492,7 +570,7 @@ def _recheck(pair: Pair, first: DiffOutcome, where: str | None, watch: set[tuple
         pair.rules,
         names,
         now=datetime.now(UTC),
-        grace=pair.spec.freshness.grace,
+        grace=_grace(pair.spec),
         watch=watch & set(keys),
     )
     return DiffOutcome(
@@ -539,7 +617,7 @@ def audit_range(ctx: Context, spec: Spec, rng: KeyRange, *, now: datetime | None
             pair.rules,
             spec.key_truth,
             now=now or datetime.now(UTC),
-            grace=spec.freshness.grace,
+            grace=_grace(spec),
             watch=watch,
         )
         return _recheck(pair, first, None, watch)
@@ -670,7 +748,7 @@ def _diff(
                 pair.rules,
                 pair.spec.key_truth,
                 now=now,
-                grace=pair.spec.freshness.grace,
+                grace=_grace(pair.spec),
                 where=where,
                 watch=watch,
                 on_row=on_row,
@@ -688,7 +766,7 @@ def _diff(
         pair.rules,
         pair.spec.key_truth,
         now=now,
-        grace=pair.spec.freshness.grace,
+        grace=_grace(pair.spec),
         watch=watch,
         on_row=on_row,
         sink=sink,

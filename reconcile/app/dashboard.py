@@ -169,6 +169,7 @@ class RunRow:
     pending: int
     kinds: dict[str, int]
     unconfirmed: int
+    cut: dict[str, Any] | None = None  # with a spec's path: the positions the run was taken at
 
     @property
     def drift(self) -> int:
@@ -199,6 +200,7 @@ class RunRow:
             pending=int(s.get("pending", 0)),
             kinds={k: int(s.get(k, 0)) for k in KINDS},
             unconfirmed=int(s.get("unconfirmed", 0)),
+            cut=r.cut,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -409,6 +411,8 @@ class FindingRow:
     open_for_s: float | None
     corrections: int
     note: str | None
+    cause: str | None = None  # with a spec's path: why it drifted
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # the events behind the cause
 
     @classmethod
     def of(cls, rec: FindingRecord, now: datetime) -> FindingRow:
@@ -441,6 +445,8 @@ class FindingRow:
             open_for_s=_age(end, f.first_seen),
             corrections=rec.corrections,
             note=f.note,
+            cause=f.cause,
+            evidence=[dict(e) for e in f.evidence],
         )
 
     @property
@@ -469,6 +475,8 @@ class FindingRow:
             "open_for_seconds": None if self.open_for_s is None else round(self.open_for_s, 1),
             "corrections": self.corrections,
             "note": self.note,
+            "cause": self.cause,
+            "evidence": jsonable(self.evidence),
         }
 
 
@@ -528,6 +536,7 @@ class SpecDetail:
     funnel: dict[str, int]
     time_to_heal: dict[str, Any]
     preflight: dict[str, Any] | None
+    cut: dict[str, Any] | None = None  # the newest run's cut (specs with a path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -546,6 +555,7 @@ class SpecDetail:
             "funnel": self.funnel,
             "time_to_heal": self.time_to_heal,
             "preflight": jsonable(self.preflight),
+            "cut": self.cut,
         }
 
 
@@ -623,6 +633,7 @@ def spec_detail(
         funnel=_funnel(records),
         time_to_heal=heal_times(records),
         preflight=_preflight(history[0] if history else None),
+        cut=next((r.cut for r in runs if r.cut), None),
     )
 
 
@@ -822,6 +833,9 @@ def findings_frame(spec_name: str, findings: Sequence[Finding]) -> pd.DataFrame:
         return pd.DataFrame(columns=head)
     keys = [c for c in df.columns if c.startswith("key.")]
     sides = sorted(c for c in df.columns if c.startswith(("truth.", "projection.")))
+    if any(f.cause for f in findings):  # specs with a path: why each entity drifted
+        df["cause"] = [f.cause for f in findings]
+        head.append("cause")
     return df[["spec", "key", *keys, *head[2:], *sides]]
 
 

@@ -14,8 +14,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..events.kafka import KafkaSettings, ensure_topic
 from ..findings import Finding
@@ -97,6 +98,47 @@ def _stages(incident: Incident, say: Callable[[str], None]) -> bool:
             "committed offsets): every event it consumed was applied"
         )
     return exact and not applied.findings
+
+
+def _causes(incident: Incident, say: Callable[[str], None]) -> bool:
+    """Audit again with the shop's event path: every finding's cause, decided by positions; True
+    when every lost entity (and nothing else) is called ``lost``."""
+    from ..causes import Cause
+    from ..shop.paths import shop_path, with_path
+    from .audit import audit
+
+    c = incident.spec.correction
+    assert c is not None and c.consumer_group
+    transport: Literal["kafka", "embedded"] = "kafka" if incident.kafka is not None else "embedded"
+    path = shop_path(
+        incident.mode,
+        incident.orders_topic,
+        c.consumer_group,
+        transport=transport,
+        settle=timedelta(seconds=10),
+    )
+    result = audit(incident.ctx, with_path(incident.spec, path))
+    lost = set(incident.truth.lost_entities)
+    by_cause: dict[str, set[tuple[str, str]]] = {x.value: set() for x in Cause}
+    for f in result.findings:
+        by_cause[f.cause or Cause.UNEXPLAINED.value].add((f.key["warehouse"], f.key["sku"]))
+    hits = len(by_cause[Cause.LOST.value] & lost)
+    found = len(by_cause[Cause.LOST.value])
+    precision = hits / found if found else 1.0
+    recall = hits / len(lost) if lost else 1.0
+    others = sum(len(v) for k, v in by_cause.items() if k != Cause.LOST.value)
+    breakdown = ", ".join(f"{k} {len(v)}" for k, v in by_cause.items())
+    cut = result.cut or {}
+    say(
+        f"   why, from the event path (orders -> {incident.orders_topic} -> projector group -> its journal; "
+        f"pending by offsets, not the clock): {breakdown}; {result.summary.pending} pending"
+    )
+    say(
+        f"   cause against the ground truth: lost precision {precision:.2f}, recall {recall:.2f} "
+        f"({hits} of {len(lost)} entities with a lost event), {others} given another cause; "
+        f"the projector reached the cut after {cut.get('waited_s', 0):.1f}s"
+    )
+    return precision == 1.0 and recall == 1.0 and others == 0
 
 
 def _pg_databases(base_url: str, suffix: str) -> tuple[str, str, str]:
@@ -205,6 +247,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
             f"({score.true_positives} of {score.expected} lost entities found, {score.found} reported)"
         )
 
+        causes_ok = _causes(incident, say)
         stages_ok = _stages(incident, say)
 
         say("5. reconcile run --verify: corrective events -> outbox -> relay -> projector -> verify")
@@ -224,6 +267,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> int:
             and score.recall == 1.0
             and outcome.exit_code == 0
             and stages_ok
+            and causes_ok
         )
         say(
             f"6. Final audit: {'no drift' if not final.findings else f'{len(final.findings)} findings left'}."

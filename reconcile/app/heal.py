@@ -491,6 +491,7 @@ def heal(
     where: str | None = None,
     on_row: Callable[[], None] | None = None,
     wait: bool = False,
+    settle: timedelta | None = None,
 ) -> HealResult:
     """The whole loop for one spec: the preflight gate, audit, correct, relay, optionally verify.
 
@@ -506,7 +507,7 @@ def heal(
 
         passed = gate(ctx, spec)
         gate_summary = {"id": passed.id, "success": passed.success, "seconds": round(passed.seconds, 3)}
-    result = audit(ctx, spec, keys=keys, where=where, on_row=on_row, wait=wait)
+    result = audit(ctx, spec, keys=keys, where=where, on_row=on_row, wait=wait, settle=settle)
     outcome = HealResult(result, preflight=gate_summary)
     if not result.exit_code or spec.correction is None:
         return outcome

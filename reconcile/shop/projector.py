@@ -48,6 +48,14 @@ class InventoryProjector:
         self.topics = list(topics)
         self.group = group
         self.counts = _Counts()
+        # Faults for the replay tests (ground truth of the causes):
+        # a bug that applies every line of this entity one unit wrong (misapplied) ...
+        self.bug: tuple[str, str] | None = None
+        self.misapplied: set[tuple[str, str]] = set()
+        # ... and a crash after committing a batch's offsets but before applying it (not_applied).
+        self.crash_after_commit = threading.Event()
+        self.dropped: list[str] = []  # ids of the OrderPlaced events consumed but never applied
+        self.dropped_entities: set[tuple[str, str]] = set()
 
     def apply(self, messages: Sequence[Message]) -> None:
         """Apply a batch: runs of order events in one transaction, corrections through the writer."""
@@ -122,6 +130,9 @@ class InventoryProjector:
                 totals: dict[tuple[str, str], list[int]] = {}
                 for w, s, v, q in new_lines:
                     t = totals.setdefault((w, s), [0, 0])
+                    if (w, s) == self.bug:  # the fault: one unit too many, every line
+                        q += 1
+                        self.misapplied.add((w, s))
                     t[0] += q
                     t[1] = max(t[1], v)
                 conn.execute(
@@ -212,6 +223,15 @@ class InventoryProjector:
                 batch = sub.poll(500, 0.2)
                 if not batch:
                     continue
+                if self.crash_after_commit.is_set():
+                    sub.commit()  # the offsets are committed ... and the process dies before applying
+                    self.crash_after_commit.clear()
+                    for m in batch:
+                        if m.headers.get("ce_type") == ORDER_PLACED:
+                            self.dropped.append(m.headers["ce_id"])
+                            data = json.loads(m.value or "{}")
+                            self.dropped_entities |= {(data["warehouse"], ln["sku"]) for ln in data["lines"]}
+                    return
                 self.apply(batch)
                 if crash is not None and crash.is_set():
                     return  # no commit: the crash

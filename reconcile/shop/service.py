@@ -88,6 +88,9 @@ class OrderService:
                 placed.append((sku, qty, int(version)))
             event_id = uuid.uuid4().hex
             headers, value = self._event(event_id, int(order_id), warehouse, now, placed)
+            conn.execute(
+                orders.update().where(orders.c.order_id == order_id).values(event_id=event_id, payload=value)
+            )
             if self.mode == "outbox":
                 conn.execute(
                     shop_outbox.insert().values(
@@ -146,9 +149,12 @@ class ShopRelay:
         self.engine = engine(truth_url)
         self.channel = channel
         self.published = 0
+        self.halted = threading.Event()  # a fault: the relay stops publishing (rows stay unpublished)
 
     def pass_once(self, limit: int = 500) -> int:
         """Publish what is waiting; return how many the broker confirmed."""
+        if self.halted.is_set():
+            return 0
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(shop_outbox)
@@ -179,7 +185,7 @@ class ShopRelay:
         while True:
             n = self.pass_once()
             if n == 0:
-                if stop.is_set() and self.backlog() == 0:
+                if stop.is_set() and (self.halted.is_set() or self.backlog() == 0):
                     return
                 time.sleep(interval_s)
 

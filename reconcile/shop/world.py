@@ -35,6 +35,10 @@ orders = sa.Table(
     ),
     sa.Column("warehouse", sa.String(10), nullable=False),
     sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
+    # The order's OrderPlaced event, written with the order: each row of this facts table becomes
+    # one event, so a spec's `path.source` can name it (direct publishing has no outbox).
+    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("payload", sa.Text, nullable=True),
 )
 order_lines = sa.Table(
     "order_lines",

@@ -100,6 +100,8 @@ def _finding(row: Any, confirm_runs: int = 1) -> Finding:
         first_seen=_aware(row.first_seen),
         note=row.note,
         episode=getattr(row, "episode", 1) or 1,
+        cause=getattr(row, "cause", None),
+        evidence=tuple(getattr(row, "evidence", None) or ()),
     )
 
 
@@ -207,6 +209,7 @@ class AuditStore(Store):
         resolve_unseen: bool,
         confirm_runs: int,
         keep: int = KEEP_FINDINGS,
+        cut: dict[str, Any] | None = None,
     ) -> tuple[list[Finding], list[Finding]]:
         """Store one run and move every finding along its lifecycle, in one transaction.
 
@@ -259,6 +262,7 @@ class AuditStore(Store):
                     strategy=strategy,
                     scope=scope,
                     summary=summary.to_dict(),
+                    cut=_json(cut),
                 )
             )
         return confirmed, unconfirmed
@@ -313,6 +317,8 @@ class AuditStore(Store):
                 "truth": _json(f.truth),
                 "projection": _json(f.projection),
                 "copies": f.copies,
+                "cause": f.cause,
+                "evidence": _json(list(f.evidence)) if f.cause is not None else None,
                 "last_seen": now,
                 "last_run_id": run_id,
             }
@@ -511,6 +517,7 @@ class AuditStore(Store):
             r.strategy,
             r.scope,
             r.summary,
+            r.cut,
         )  # type: ignore[arg-type]
 
     def last_run_times(self) -> dict[str, datetime]:

@@ -43,6 +43,7 @@ class RunRecord:
     strategy: str
     scope: dict[str, Any]
     summary: dict[str, int]
+    cut: dict[str, Any] | None = None  # with a spec's `path`: the positions the run was taken at
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class Store(ABC):
         pending: set[str],
         resolve_unseen: bool,
         confirm_runs: int,
+        cut: dict[str, Any] | None = None,
     ) -> tuple[list[Finding], list[Finding]]:
         """Store a run and apply :func:`~reconcile.lifecycle.plan_run`, in batches, after taking
         the spec's lock row; (the first confirmed, the first unconfirmed) findings."""

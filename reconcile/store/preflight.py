@@ -76,5 +76,6 @@ def baseline_run(store: AuditStore, spec: str, lookback: int = 50) -> RunRecord 
                 r.strategy,
                 scope,
                 summary,
+                getattr(r, "cut", None),
             )
     return None

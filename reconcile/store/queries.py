@@ -45,6 +45,7 @@ def _run(r: Any) -> RunRecord:
         r.strategy,
         dict(r.scope or {}),
         dict(r.summary or {}),
+        getattr(r, "cut", None),
     )
 
 

@@ -45,6 +45,8 @@ runs = sa.Table(
     sa.Column("scope", sa.JSON, nullable=False),
     sa.Column("summary", sa.JSON, nullable=False),
     sa.Column("preflight", sa.JSON, nullable=True),
+    # With a spec's `path`: truth's position, the topic's end offsets, the group's offsets, the wait.
+    sa.Column("cut", sa.JSON, nullable=True),
     sa.Index("ix_reconcile_runs_spec_started", "spec", "started_at"),
 )
 
@@ -70,6 +72,9 @@ findings = sa.Table(
     sa.Column("note", sa.Text, nullable=True),
     # One stretch of drift from open to resolved; drift that comes back is the next episode.
     sa.Column("episode", sa.Integer, nullable=False, server_default="1"),
+    # With a spec's `path`: why the entity drifted (reconcile.causes.Cause) and the events behind it.
+    sa.Column("cause", sa.String(20), nullable=True),
+    sa.Column("evidence", sa.JSON, nullable=True),
     sa.Index("ix_reconcile_findings_spec_status", "spec", "status"),
     sa.Index("ix_reconcile_findings_spec_key", "spec", "key_id"),
 )
@@ -182,7 +187,24 @@ def _v4(conn: Connection) -> None:
     findings_by_status.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    """Causes: a finding's cause and evidence, a run's cut."""
+    have = {
+        t: {c["name"] for c in sa.inspect(conn).get_columns(t)}
+        for t in ("reconcile_findings", "reconcile_runs")
+    }
+    json_type = "JSON"  # what sa.JSON creates on SQLite, PostgreSQL and MySQL
+    adds = [
+        ("reconcile_findings", "cause", "VARCHAR(20)"),
+        ("reconcile_findings", "evidence", json_type),
+        ("reconcile_runs", "cut", json_type),
+    ]
+    for table, column, kind in adds:
+        if column not in have[table]:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 def migrate(conn: Connection) -> int:
