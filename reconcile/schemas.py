@@ -13,13 +13,15 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import avro.errors
-import avro.io
-import avro.schema
+from typing import TYPE_CHECKING, Any
 
 from .errors import SchemaIncompatible, SpecError
+
+if TYPE_CHECKING:
+    import avro.schema
+
+# avro is imported by the functions that need it, not here: an audit imports this module (through
+# the corrective events) but never validates an event, and avro is slow to import (issue 14).
 
 __all__ = ["schemas_dir", "versions", "load", "latest", "validate_datum", "CORRECTIVE_EVENT"]
 
@@ -58,6 +60,9 @@ def _listing(folder: str, _stamp: int) -> tuple[tuple[int, Path], ...]:
 
 @lru_cache(maxsize=64)
 def _parse(path: str) -> avro.schema.Schema:
+    import avro.errors
+    import avro.schema
+
     try:
         return avro.schema.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, avro.errors.AvroException) as e:
@@ -83,6 +88,9 @@ def validate_datum(subject: str, datum: Any, root: Path | None = None) -> int:
 
     Raises SchemaIncompatible naming the subject when the data does not fit.
     """
+    import avro.errors
+    import avro.io
+
     n, schema = latest(subject, root)
     try:
         avro.io.validate(schema, datum, raise_on_error=True)
