@@ -174,6 +174,13 @@ _INT32, _INT64 = 2**31, 2**63
 def _shape(value: Any, depth: int) -> Any:
     """What avro's check of a datum looks at, for the schemas :func:`_shape_decides` accepts:
     types, dict keys, an int's range, and the strings one level down (enum symbols)."""
+    kind = type(value)  # exact types first: a corrective event is str, int and dicts of them
+    if kind is str:
+        return value if depth == 1 else str
+    if kind is int:
+        return (int, 0 if -_INT32 <= value < _INT32 else 1 if -_INT64 <= value < _INT64 else 2)
+    if kind is dict:
+        return (dict, tuple([(k, _shape(v, depth + 1)) for k, v in value.items()]))
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):

@@ -613,6 +613,16 @@ class AuditStore(Store):
                     for e in entries
                 ],
             )
+            if self._psycopg(conn):  # by the findings' row ids: one UPDATE through the primary key
+                moving = {"status": FindingStatus.CORRECTING.value, "note": note}
+                back = {
+                    "status": FindingStatus.OPEN.value,
+                    "note": "its corrective event is parked in the outbox (see `reconcile health`)",
+                }
+                for values, parked_ones in ((moving, False), (back, True)):
+                    rows = [ids[e.key_id] for e in entries if (e.event_id in self._parked) is parked_ones]
+                    bulk.set_status(conn, F.name, rows, values, [FindingStatus.OPEN.value])
+                return entries, written
             parked = [e.key_id for e in entries if e.event_id in self._parked]
             self._set_status(
                 conn,
@@ -709,20 +719,29 @@ class AuditStore(Store):
 
     def mark_sent(self, ids: Sequence[int], at: datetime | None = None) -> None:
         """Mark rows sent (called only for rows the broker confirmed)."""
-        at = at or _now()
         with self._begin() as conn:
-            for where in self._id_chunks(O.c.id, ids):
-                conn.execute(
-                    O.update().where(where).values(sent_at=at, attempts=O.c.attempts + 1, last_error=None)
-                )
+            self._mark_sent(conn, ids, at or _now())
 
     def mark_failed(self, ids: Sequence[int], error: str) -> None:
         """Count a failed attempt on rows that stay unsent."""
         with self._begin() as conn:
-            for where in self._id_chunks(O.c.id, ids):
-                conn.execute(
-                    O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000])
-                )
+            self._mark_failed(conn, ids, error)
+
+    def _mark_sent(self, conn: Connection, ids: Sequence[int], at: datetime) -> None:
+        if self._psycopg(conn):
+            bulk.mark_outbox(conn, ids, {"sent_at": at, "last_error": None})
+            return
+        for where in self._id_chunks(O.c.id, ids):
+            conn.execute(
+                O.update().where(where).values(sent_at=at, attempts=O.c.attempts + 1, last_error=None)
+            )
+
+    def _mark_failed(self, conn: Connection, ids: Sequence[int], error: str) -> None:
+        if self._psycopg(conn):
+            bulk.mark_outbox(conn, ids, {"last_error": error[:2000]})
+            return
+        for where in self._id_chunks(O.c.id, ids):
+            conn.execute(O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000]))
 
     def outbox_events(self, spec: str | None = None, sent: bool | None = None) -> list[OutboxRow]:
         """Outbox rows (all, or only sent / unsent), oldest first."""

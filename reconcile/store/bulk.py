@@ -191,3 +191,37 @@ def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> tuple[int, set[
         written = cur.rowcount
         cur.execute("DROP TABLE reconcile_outbox_in")
     return written, parked
+
+
+def int_array(ids: Iterable[int]) -> str:
+    """Row ids as one PostgreSQL array literal: psycopg dumps a 20,000-item list in Python one
+    item at a time; the server parses this text in a fraction of that."""
+    return "{" + ",".join(str(int(i)) for i in ids) + "}"
+
+
+def set_status(
+    conn: Connection, table: str, ids: Sequence[int], values: dict[str, Any], only_from: Sequence[str]
+) -> int:
+    """``UPDATE table SET values WHERE id = ANY(ids) AND status IN only_from``: rows moved."""
+    if not ids:
+        return 0
+    sets = ", ".join(f'"{c}" = %({c})s' for c in values)
+    with cursor(conn) as cur:
+        cur.execute(
+            f'UPDATE "{table}" SET {sets}'
+            " WHERE id = ANY(%(_ids)s::int[]) AND status = ANY(%(_from)s::text[])",
+            {**values, "_ids": int_array(ids), "_from": list(only_from)},
+        )
+        return int(cur.rowcount or 0)
+
+
+def mark_outbox(conn: Connection, ids: Sequence[int], values: dict[str, Any]) -> None:
+    """Outbox rows (by id) get ``values``, each counting one more attempt."""
+    if not ids:
+        return
+    sets = ", ".join(f'"{c}" = %({c})s' for c in values)
+    with cursor(conn) as cur:
+        cur.execute(
+            f"UPDATE reconcile_outbox SET {sets}, attempts = attempts + 1 WHERE id = ANY(%(_ids)s::int[])",
+            {**values, "_ids": int_array(ids)},
+        )
