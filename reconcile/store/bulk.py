@@ -89,10 +89,21 @@ def active_and_episodes(
     if not key_ids:
         return active, before
     with cursor(conn) as cur:
+        # A generic plan: a spec whose rows this very transaction inserted is one ANALYZE never
+        # saw, and a plan for its name as a value estimates it at 1 row, scans the (spec, status)
+        # index and filters every row of the spec per key (measured: 143 s for 5,000 keys against
+        # 50,000 rows, 24 ms with the generic plan, which estimates a spec by the number of specs).
+        cur.execute("SELECT current_setting('plan_cache_mode')")
+        (mode,) = cur.fetchone()
+        cur.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)")
         cur.execute(
-            _ACTIVE_AND_EPISODES, {"spec": spec, "keys": list(key_ids), "active": list(ACTIVE_STATUSES)}
+            _ACTIVE_AND_EPISODES,
+            {"spec": spec, "keys": list(key_ids), "active": list(ACTIVE_STATUSES)},
+            prepare=True,
         )
-        for key_id, row_id, status, times_seen, first_seen, note, episode, last in cur:
+        rows = cur.fetchall()
+        cur.execute("SELECT set_config('plan_cache_mode', %s, true)", (mode,))
+        for key_id, row_id, status, times_seen, first_seen, note, episode, last in rows:
             if row_id is not None:
                 active[key_id] = Stored(
                     row_id, key_id, FindingStatus(status), times_seen, _aware(first_seen), note, episode
