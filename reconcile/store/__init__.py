@@ -368,8 +368,6 @@ class AuditStore(Store):
         if not rows:
             return
         if self._psycopg(conn):
-            import json
-
             cols = list(rows[0])
             is_json = [isinstance(table.c[c].type, sa.JSON) for c in cols]
             bulk.copy_rows(
@@ -378,7 +376,7 @@ class AuditStore(Store):
                 cols,
                 (
                     [
-                        json.dumps(r[c], separators=(",", ":")) if j and r[c] is not None else r[c]
+                        bulk.COMPACT.encode(r[c]) if j and r[c] is not None else r[c]
                         for c, j in zip(cols, is_json, strict=True)
                     ]
                     for r in rows
