@@ -103,7 +103,7 @@ def active_and_episodes(
         cur.execute(
             _ACTIVE_AND_EPISODES,
             {"spec": spec, "keys": list(key_ids), "active": list(ACTIVE_STATUSES)},
-            prepare=True,
+            prepare=False,  # planned again each batch: the table grows within the transaction
         )
         rows = cur.fetchall()
         cur.execute("SELECT set_config('plan_cache_mode', %s, true)", (mode,))
