@@ -19,9 +19,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
 from .errors import ReconcileError, SpecError, mask_url
@@ -29,6 +26,9 @@ from .findings import Finding, RunResult
 from .spec import Spec, load_spec
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from .app import Context
 
 if TYPE_CHECKING:
@@ -45,8 +45,36 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _LazyConsole:
+    """A rich Console made on first use: a command that prints JSON never imports rich (rich is a
+    good part of the start-up time of a small audit, issue 14)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+def _table(**options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(**options)
+
+
+out = _LazyConsole(highlight=False, soft_wrap=True)
+err = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 SpecArg = Annotated[str, typer.Argument(help="Path to the spec YAML file.", metavar="SPEC")]
 StoreOpt = Annotated[
@@ -130,7 +158,7 @@ def _progress(label: str, enabled: bool) -> Iterator[Callable[[], None] | None]:
         TextColumn("{task.completed:,.0f} rows"),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        console=err,
+        console=err.console,
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=None, rate="")
@@ -211,7 +239,7 @@ def _cut_lines(cut: dict[str, Any] | None, causes: dict[str, int] | None) -> lis
 
 
 def _findings_table(findings: list[Finding], limit: int = 50) -> Table:
-    t = Table(show_lines=False, pad_edge=False)
+    t = _table(show_lines=False, pad_edge=False)
     located = any(_at(f) for f in findings[:limit])
     caused = any(f.cause for f in findings[:limit])
     for col in (
@@ -668,7 +696,7 @@ def _timeout(text: str | None) -> Any:
 def _print_events(result: Any) -> None:
     from .compare import jsonable
 
-    t = Table(pad_edge=False)
+    t = _table(pad_edge=False)
     for col in ("event id", "kind", "key", "state"):
         t.add_column(col, overflow="fold")
     for e in result.events[:50]:
@@ -1027,7 +1055,7 @@ def health(
 
 
 def _print_health(report: Any) -> None:
-    t = Table(pad_edge=False)
+    t = _table(pad_edge=False)
     for col in ("spec", "status", "outbox", "oldest", "parked", "lag", "last audit"):
         t.add_column(col, overflow="fold")
     for h in report.specs:
@@ -1132,7 +1160,7 @@ def check_schemas(
 
 
 def _print_schema_check(result: CheckResult) -> None:
-    subjects = Table(pad_edge=False)
+    subjects = _table(pad_edge=False)
     for col in ("subject", "mode", "versions", "result"):
         subjects.add_column(col)
     for s in result.subjects:
@@ -1183,7 +1211,9 @@ def check(
         else:
             verdict = "passed" if result.success else "FAILED"
             out.print(f"preflight {result.spec}: {verdict}  ({result.seconds:.1f} s)")
-            t = Table(show_lines=False, pad_edge=False)
+            from rich.markup import escape
+
+            t = _table(show_lines=False, pad_edge=False)
             for col in ("side", "expectation", "on", "result", "observed / error"):
                 t.add_column(col, overflow="fold")
             for side in result.sides:

@@ -220,9 +220,14 @@ def key_part(value: Any, kind: str) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
+_AS_IS = frozenset({str, int, bool})
+
+
 def jsonable(value: Any) -> Any:
     """A JSON-friendly form of a database value (for findings, events and the store)."""
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or type(value) in _AS_IS:  # the common case first: no isinstance chain
+        return value
+    if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)

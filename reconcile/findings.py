@@ -8,7 +8,7 @@ A **finding** is one drifted entity; its ``kind`` says how it drifted and ``trut
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -68,7 +68,15 @@ class Finding:
         return self._key_id  # type: ignore[return-value]
 
     def with_lifecycle(self, **changes: Any) -> Finding:
-        return replace(self, **changes)
+        """A copy with ``changes`` (``dataclasses.replace`` without its per-call introspection:
+        recording a run calls this twice per finding)."""
+        unknown = changes.keys() - _FINDING_FIELDS
+        if unknown:
+            raise TypeError(f"Finding has no field(s) {sorted(unknown)}")
+        new = object.__new__(Finding)
+        for name in _FINDING_FIELDS:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,6 +100,9 @@ class Finding:
             out["cause"] = self.cause
             out["evidence"] = [dict(e) for e in self.evidence]
         return out
+
+
+_FINDING_FIELDS = tuple(f.name for f in fields(Finding))
 
 
 @dataclass(slots=True)

@@ -11,17 +11,28 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import avro.errors
-import avro.io
-import avro.schema
+from typing import TYPE_CHECKING, Any
 
 from .errors import SchemaIncompatible, SpecError
 
-__all__ = ["schemas_dir", "versions", "load", "latest", "validate_datum", "CORRECTIVE_EVENT"]
+if TYPE_CHECKING:
+    import avro.schema
+
+# avro is imported by the functions that need it, not here: an audit imports this module (through
+# the corrective events) but never validates an event, and avro is slow to import (issue 14).
+
+__all__ = [
+    "schemas_dir",
+    "versions",
+    "load",
+    "latest",
+    "validate_datum",
+    "datum_validator",
+    "CORRECTIVE_EVENT",
+]
 
 CORRECTIVE_EVENT = "reconcile.CorrectiveEvent"
 _VERSION_FILE = re.compile(r"^v(?P<n>\d+)\.avsc$")
@@ -58,6 +69,9 @@ def _listing(folder: str, _stamp: int) -> tuple[tuple[int, Path], ...]:
 
 @lru_cache(maxsize=64)
 def _parse(path: str) -> avro.schema.Schema:
+    import avro.errors
+    import avro.schema
+
     try:
         return avro.schema.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, avro.errors.AvroException) as e:
@@ -84,9 +98,98 @@ def validate_datum(subject: str, datum: Any, root: Path | None = None) -> int:
     Raises SchemaIncompatible naming the subject when the data does not fit.
     """
     n, schema = latest(subject, root)
+    _check(subject, n, schema, datum)
+    return n
+
+
+def _check(subject: str, n: int, schema: avro.schema.Schema, datum: Any) -> None:
+    import avro.errors
+    import avro.io
+
     try:
         avro.io.validate(schema, datum, raise_on_error=True)
     except avro.errors.AvroTypeException as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SchemaIncompatible(f"event does not fit schema {subject} v{n}: {first[:300]}") from None
-    return n
+
+
+def datum_validator(subject: str, root: Path | None = None) -> Callable[[Any], int]:
+    """:func:`validate_datum` for many data of one subject (a correction of 100k findings).
+
+    The latest schema is read once. avro checks a datum by walking it in Python (about 150 us
+    for a corrective event); when its verdict depends only on the datum's *shape* (see
+    :func:`_shape`), a shape avro accepted once is accepted again without the walk. A datum of a
+    new shape, and every datum a schema with enums below the top level, fixed or logical types
+    is checked, goes through avro as before, and a datum that does not fit raises the same error.
+    """
+    n, schema = latest(subject, root)
+    by_shape = _shape_decides(schema.to_json(), 0)
+    accepted: set[Any] = set()
+
+    def check(datum: Any) -> int:
+        if not by_shape:
+            _check(subject, n, schema, datum)
+            return n
+        shape = _shape(datum, 0)
+        if shape not in accepted:
+            _check(subject, n, schema, datum)
+            if len(accepted) < 10_000:
+                accepted.add(shape)
+        return n
+
+    return check
+
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "string", "bytes"}
+
+
+def _shape_decides(node: Any, depth: int) -> bool:
+    """Whether avro's verdict on a datum for this schema node (``depth`` levels below the
+    top) depends only on :func:`_shape`: primitives, records, maps, arrays and unions check the
+    Python type (and an int's range); an enum checks the value, which the shape holds only one
+    level down (the top record's fields, e.g. a corrective event's ``kind``)."""
+    if isinstance(node, str):
+        return node in _PRIMITIVES
+    if isinstance(node, list):
+        return all(_shape_decides(branch, depth) for branch in node)
+    if not isinstance(node, dict) or "logicalType" in node:
+        return False
+    kind = node.get("type")
+    if kind in _PRIMITIVES:
+        return True
+    if kind == "record":
+        return all(_shape_decides(f["type"], depth + 1) for f in node.get("fields", ()))
+    if kind == "map":
+        return _shape_decides(node["values"], depth + 1)
+    if kind == "array":
+        return _shape_decides(node["items"], depth + 1)
+    if kind == "enum":
+        return depth == 1
+    return False  # fixed, a named type used again by name, anything newer: avro checks every datum
+
+
+_INT32, _INT64 = 2**31, 2**63
+
+
+def _shape(value: Any, depth: int) -> Any:
+    """What avro's check of a datum looks at, for the schemas :func:`_shape_decides` accepts:
+    types, dict keys, an int's range, and the strings one level down (enum symbols)."""
+    kind = type(value)  # exact types first: a corrective event is str, int and dicts of them
+    if kind is str:
+        return value if depth == 1 else str
+    if kind is int:
+        return (int, 0 if -_INT32 <= value < _INT32 else 1 if -_INT64 <= value < _INT64 else 2)
+    if kind is dict:
+        return (dict, tuple([(k, _shape(v, depth + 1)) for k, v in value.items()]))
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value if depth == 1 else type(value)
+    if isinstance(value, int):
+        size = 0 if -_INT32 <= value < _INT32 else 1 if -_INT64 <= value < _INT64 else 2
+        return (type(value), size)
+    if isinstance(value, dict):
+        return (type(value), tuple((k, _shape(v, depth + 1)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (type(value), tuple(_shape(v, depth + 1) for v in value))
+    return type(value)

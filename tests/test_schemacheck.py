@@ -264,3 +264,62 @@ def test_recursive_schema_with_union_change_terminates(tmp_path: Path) -> None:
         # the checker also flags the recursive reference, whose Node now reads differently
         ("next", "missing_union_branch", "record Node", "union[null, record Node]"),
     ]
+
+
+# -- datum_validator: avro's verdict, once per shape (a correction of 100k events) -------------
+any_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=6,
+)
+
+
+@given(
+    data=st.lists(
+        st.fixed_dictionaries(
+            {"spec": st.text(max_size=3) | st.none(), "kind": st.sampled_from(["missing", "orphan", "x"])},
+            optional={
+                "key": st.dictionaries(st.text(max_size=3), any_value, max_size=3),
+                "state": st.none() | st.dictionaries(st.text(max_size=3), any_value, max_size=3),
+                "tombstone": st.booleans() | st.integers(0, 1),
+                "extra": any_value,
+            },
+        ),
+        max_size=8,
+    )
+)
+def test_datum_validator_agrees_with_avro_datum_by_datum(data: list[dict[str, Any]]) -> None:
+    from reconcile.schemas import datum_validator
+
+    check = datum_validator(CORRECTIVE_EVENT, REPO_SCHEMAS)
+    for datum in data:  # one validator for the whole list: later data hit the shapes seen before
+        try:
+            expected: Any = validate_datum(CORRECTIVE_EVENT, datum, REPO_SCHEMAS)
+        except SchemaIncompatible as e:
+            expected = str(e)
+        try:
+            got: Any = check(datum)
+        except SchemaIncompatible as e:
+            got = str(e)
+        assert got == expected
+
+
+def test_datum_validator_checks_every_datum_when_values_decide(tmp_path: Path) -> None:
+    """An enum inside a map is decided by the value, not the type: no shortcut then."""
+    from reconcile.schemas import datum_validator
+
+    folder = tmp_path / "s.Enum"
+    folder.mkdir()
+    inner = {"type": "enum", "name": "Colour", "symbols": ["red"]}
+    field = {"name": "m", "type": {"type": "map", "values": inner}}
+    schema = {"type": "record", "name": "E", "fields": [field]}
+    (folder / "v1.avsc").write_text(json.dumps(schema))
+    check = datum_validator("s.Enum", tmp_path)
+    assert check({"m": {"a": "red"}}) == 1
+    with pytest.raises(SchemaIncompatible):
+        check({"m": {"a": "blue"}})  # same shape as the one accepted, another value

@@ -30,13 +30,37 @@ from ..findings import Finding, FindingKind, RunResult, Summary
 from ..keys import canonical_keys
 from ..sources.ranges import KeyRange, range_filter, split_ranges
 from ..sources.sql import ReadPlan, SqlSource, key_kind
-from ..sources.topic import TopicSource, locate, topic_scope
 from ..spec import Spec
 from ..store import Store
 from .context import Context
 from .path import PathRun, finish_stream
 from .path import begin as begin_path
 from .path import finish as finish_path
+
+
+# A topic side needs msgspec and the Kafka reader: imported only when a spec has one, so a plain
+# SQL audit starts fast (issue 14).
+def _any_topic(sources: Sequence[SqlSource]) -> bool:
+    return any(src.is_topic for src in sources)
+
+
+def topic_scope(*sources: SqlSource) -> dict[str, Any]:
+    """The topic sides' recorded extents (see :func:`reconcile.sources.topic.topic_scope`)."""
+    if not _any_topic(sources):
+        return {}
+    from ..sources.topic import topic_scope as scope
+
+    return scope(*sources)
+
+
+def locate(findings: list[Finding], sources: Sequence[SqlSource], key_names: Sequence[str]) -> list[Finding]:
+    """Findings located on their topic side (see :func:`reconcile.sources.topic.locate`)."""
+    if not findings or not _any_topic(sources):
+        return findings
+    from ..sources.topic import locate as on_topic
+
+    return on_topic(findings, sources, key_names)
+
 
 __all__ = [
     "STRATEGIES",
@@ -140,6 +164,8 @@ def _open_side(ctx: Context, spec: Spec, role: str, names: dict[str, str]) -> Sq
     """A side's reader: a SQL table or query, or a Kafka topic read as a table (its extent fixed now)."""
     side = getattr(spec, role)
     if side.is_topic:
+        from ..sources.topic import TopicSource
+
         return TopicSource(
             side,
             role,
@@ -732,7 +758,10 @@ def _diff(
 ) -> tuple[DiffOutcome, str]:
     """Run the diff with the strategy asked for; returns the outcome and the strategy used."""
     tplan, pplan = pair.plans()
-    if strategy != "stream":
+    # auto falls back to streaming unless both sides are PostgreSQL: skip importing the
+    # pushdown (and SQLAlchemy's PostgreSQL dialect) when it cannot run anyway.
+    pushdown_possible = keys is None and pair.truth.dialect == pair.projection.dialect == "postgresql"
+    if strategy != "stream" and (strategy != "auto" or pushdown_possible):
         from ..sources.checksum import checksum_diff, unsupported_reason
 
         why = "a --keys audit reads only those keys" if keys is not None else None

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..errors import PublishError, ReconcileError, VerifyError
-from ..events.cloudevent import CorrectiveEvent, build_event
+from ..events.cloudevent import CorrectiveEvent, EventBuilder
 from ..findings import Finding, FindingStatus, RunResult
 from ..guard import check_guard
 from ..lifecycle import correctable, plan_verify
@@ -117,31 +117,30 @@ def correct(
         todo = correctable(found, spec.freshness.confirm_runs)
         if not force:
             check_guard(spec.name, len(todo), compared, max_count=c.max_count, max_ratio=c.max_ratio)
-        fits: list[Finding] = []
+        builder = EventBuilder(spec, latest.id, now)
+        entries: list[OutboxEntry] = []
         for f in todo:
-            e = build_event(spec, f, latest.id, now)
-            size = event_size(e)
+            e = builder.build(f)
+            headers, value = e.headers(), e.value()
+            size = _wire_size(e.subject, value, headers)
             if size > c.max_event_bytes:
                 refused.append({"key": f.key, "key_id": f.key_id, "bytes": size})
                 continue
-            fits.append(f)
             events.append(e)
-        todo = fits
-        if dry_run:
-            return []
-        return [
-            OutboxEntry(
-                key_id=f.key_id,
-                event_id=e.id,
-                topic=e.topic,
-                transport=e.transport,
-                message_key=e.subject,
-                headers=e.headers(),
-                payload=e.value(),
-                created_at=e.time,
-            )
-            for f, e in zip(todo, events, strict=True)
-        ]
+            if not dry_run:
+                entries.append(
+                    OutboxEntry(
+                        key_id=f.key_id,
+                        event_id=e.id,
+                        topic=e.topic,
+                        transport=e.transport,
+                        message_key=e.subject,
+                        headers=headers,
+                        payload=value,
+                        created_at=e.time,
+                    )
+                )
+        return entries
 
     if dry_run:
         decide(store.run_findings(spec.name, latest.id, FindingStatus.OPEN.value))
@@ -167,11 +166,15 @@ def correct(
 
 def event_size(e: CorrectiveEvent) -> int:
     """Bytes a corrective event takes on the wire: key, value and headers."""
-    value = e.value()
+    return _wire_size(e.subject, e.value(), e.headers())
+
+
+def _wire_size(key: str, value: str | None, headers: dict[str, str]) -> int:
     return (
-        len(e.subject.encode())
+        len(key.encode())
         + (len(value.encode()) if value is not None else 0)
-        + sum(len(k.encode()) + len(v.encode()) for k, v in e.headers().items())
+        + len("".join(headers).encode())
+        + len("".join(headers.values()).encode())
     )
 
 

@@ -22,18 +22,23 @@ from typing import Any
 
 from ..compare import jsonable
 from ..findings import Finding, FindingKind
-from ..schemas import CORRECTIVE_EVENT, validate_datum
+from ..schemas import CORRECTIVE_EVENT, datum_validator
 from ..spec import Spec
 
-__all__ = ["CorrectiveEvent", "build_event", "event_id", "message_key", "decode_headers"]
+__all__ = ["CorrectiveEvent", "EventBuilder", "build_event", "event_id", "message_key", "decode_headers"]
 
 RUN_ID_HEADER = "reconcile_run_id"
 KIND_HEADER = "reconcile_finding_kind"
 
 
+# The canonical JSON of ids and keys: json.dumps(..., sort_keys=True, separators=(",", ":")) gives
+# the same text, but builds a new encoder on every call (a correction makes three per event).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def message_key(key: Mapping[str, Any]) -> str:
     """The Kafka message key (and CloudEvents subject) of an entity: canonical JSON of its key."""
-    return json.dumps(jsonable(dict(key)), sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(jsonable(dict(key)))
 
 
 def event_id(
@@ -44,15 +49,16 @@ def event_id(
     The first episode's material leaves the episode out, so ids minted before episodes existed
     stay what they were.
     """
-    doc: dict[str, Any] = {
-        "spec": spec_name,
-        "key": jsonable(dict(key)),
-        "state": jsonable(dict(state)) if state is not None else None,
-    }
+    jstate = jsonable(dict(state)) if state is not None else None
+    return _event_id(spec_name, jsonable(dict(key)), jstate, episode)
+
+
+def _event_id(spec_name: str, key: Any, state: Any, episode: int) -> str:
+    """:func:`event_id` of a key and state already in their JSON form."""
+    doc: dict[str, Any] = {"spec": spec_name, "key": key, "state": state}
     if episode > 1:
         doc["episode"] = episode
-    material = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(material.encode()).hexdigest()[:32]
+    return hashlib.sha256(_CANONICAL.encode(doc).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ class CorrectiveEvent:
 
     def value(self) -> str | None:
         """The message value: the JSON data, or None (a Kafka tombstone) for an orphan."""
-        return None if self.tombstone else json.dumps(self.data, sort_keys=True, separators=(",", ":"))
+        return None if self.tombstone else _CANONICAL.encode(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,42 +115,64 @@ class CorrectiveEvent:
         }
 
 
-def _rename(values: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
-    return {names.get(k, k): jsonable(v) for k, v in values.items()}
-
-
 def build_event(spec: Spec, finding: Finding, run_id: str, now: datetime | None = None) -> CorrectiveEvent:
     """The corrective event for one finding, validated against its schema.
 
     ``data.key`` and ``data.state`` use the projection's names (or ``correction.payload``
     renames, by truth column), because the projector is the one who reads them.
     """
-    if spec.correction is None:
-        raise ValueError(f"spec {spec.name} has no correction section")
-    c = spec.correction
-    key_names = {k.truth: k.projection for k in spec.key}
-    col_names = {n: c.payload.get(n, spec.projection_name(n)) for n in spec.columns}
-    key = _rename(finding.key, {**key_names, **{k: v for k, v in c.payload.items() if k in key_names}})
-    tombstone = finding.kind is FindingKind.ORPHAN
-    # The compared columns only: a finding on a topic side also says where its message sits
-    # (_partition, _offset, _timestamp), which is not state for the projector.
-    truth = None if finding.truth is None else {k: v for k, v in finding.truth.items() if k in spec.columns}
-    state = None if tombstone else _rename(truth or {}, col_names)
-    data = {"spec": spec.name, "kind": finding.kind.value, "key": key, "state": state, "tombstone": tombstone}
-    validate_datum(CORRECTIVE_EVENT, data)
-    return CorrectiveEvent(
-        id=event_id(spec.name, finding.key, truth if not tombstone else None, finding.episode),
-        type=c.event_type,
-        source=f"reconcile/{spec.name}",
-        subject=message_key(key),
-        time=now or datetime.now(UTC),
-        data=data,
-        kind=finding.kind,
-        run_id=run_id,
-        topic=c.topic,
-        transport=c.transport,
-        extra_headers=dict(c.headers),
-    )
+    return EventBuilder(spec, run_id, now).build(finding)
+
+
+class EventBuilder:
+    """Corrective events of one spec and run (:func:`build_event` for many findings): the
+    names, the headers every event shares and the schema are worked out once, not per event."""
+
+    def __init__(self, spec: Spec, run_id: str, now: datetime | None = None):
+        if spec.correction is None:
+            raise ValueError(f"spec {spec.name} has no correction section")
+        c = spec.correction
+        self.spec, self.correction, self.run_id, self.now = spec, c, run_id, now
+        key_names = {k.truth: k.projection for k in spec.key}
+        self.key_names = {**key_names, **{k: v for k, v in c.payload.items() if k in key_names}}
+        self.col_names = {n: c.payload.get(n, spec.projection_name(n)) for n in spec.columns}
+        self.source = f"reconcile/{spec.name}"
+        self.extra_headers = dict(c.headers)
+        self.validate = datum_validator(CORRECTIVE_EVENT)
+
+    def build(self, finding: Finding) -> CorrectiveEvent:
+        """The corrective event for one finding (see :func:`build_event`)."""
+        spec, c = self.spec, self.correction
+        jkey = jsonable(dict(finding.key))
+        key = {self.key_names.get(k, k): v for k, v in jkey.items()}
+        tombstone = finding.kind is FindingKind.ORPHAN
+        # The compared columns only: a finding on a topic side also says where its message sits
+        # (_partition, _offset, _timestamp), which is not state for the projector.
+        names = self.col_names
+        truth = None if finding.truth is None else {k: v for k, v in finding.truth.items() if k in names}
+        jtruth = None if truth is None else jsonable(truth)
+        state = None if tombstone else {names.get(k, k): v for k, v in (jtruth or {}).items()}
+        data = {
+            "spec": spec.name,
+            "kind": finding.kind.value,
+            "key": key,
+            "state": state,
+            "tombstone": tombstone,
+        }
+        self.validate(data)
+        return CorrectiveEvent(
+            id=_event_id(spec.name, jkey, jtruth if not tombstone else None, finding.episode),
+            type=c.event_type,
+            source=self.source,
+            subject=_CANONICAL.encode(key),
+            time=self.now or datetime.now(UTC),
+            data=data,
+            kind=finding.kind,
+            run_id=self.run_id,
+            topic=c.topic,
+            transport=c.transport,
+            extra_headers=dict(self.extra_headers),
+        )
 
 
 def decode_headers(

@@ -28,7 +28,6 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
@@ -130,6 +129,8 @@ class ReadPlan:
 
 class SqlSource:
     """One side of a spec: connection, column discovery, ordered streaming."""
+
+    is_topic = False  # TopicSource: a Kafka topic read as a table
 
     def __init__(
         self,
@@ -272,6 +273,8 @@ class SqlSource:
             if self._mysql:
                 # utf8mb4_bin pads with spaces, so it sorts 'a\t' before 'a'; UTF-8 bytes compare
                 # in code point order with no padding, whatever the column's charset was.
+                from sqlalchemy.dialects import mysql  # only for MySQL sides: not imported at start-up
+
                 return sa.cast(sa.cast(expr, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary)
             coll = _BIN_COLLATION.get(self.dialect)
             return sa.collate(expr, coll) if coll else expr

@@ -184,6 +184,8 @@ class _Layout:
 class TopicSource(SqlSource):
     """One topic side: extent fixed at construction, rows spilled to SQLite on the first read."""
 
+    is_topic = True
+
     def __init__(
         self,
         side: Side,

@@ -25,7 +25,7 @@ from ..db import make_engine, map_errors
 from ..errors import StoreError, mask_url
 from ..findings import Finding, FindingKind, FindingStatus, Summary
 from ..lifecycle import Stored, plan_run
-from . import schema
+from . import bulk, schema
 from .port import (
     Claim,
     CorrectionRecord,
@@ -270,36 +270,12 @@ class AuditStore(Store):
     def _record_batch(
         self, conn: Connection, spec: str, run_id: str, batch: list[Finding], now: datetime, confirm_runs: int
     ) -> lifecycle.RunPlan:
-        kids = [f.key_id for f in batch]
-        active: dict[str, Stored] = {}
-        for cond in self._key_lookup(kids):
-            for r in conn.execute(
-                sa.select(
-                    F.c.id, F.c.key_id, F.c.status, F.c.times_seen, F.c.first_seen, F.c.note, F.c.episode
-                ).where(F.c.spec == spec, F.c.status.in_(ACTIVE), cond)
-            ):
-                active[r.key_id] = Stored(
-                    r.id,
-                    r.key_id,
-                    FindingStatus(r.status),
-                    r.times_seen,
-                    _aware(r.first_seen),
-                    r.note,
-                    r.episode,
-                )
+        active, before = self._active_and_episodes(conn, spec, [f.key_id for f in batch])
         plan = plan_run(
             active, batch, clean=(), pending=(), resolve_unseen=False, confirm_runs=confirm_runs, now=now
         )
         # A new finding of an entity that drifted before is its next episode.
-        before: dict[str, int] = {}
-        for cond in self._key_lookup([f.key_id for f in plan.new]):
-            before.update(
-                conn.execute(
-                    sa.select(F.c.key_id, sa.func.max(F.c.episode))
-                    .where(F.c.spec == spec, cond)
-                    .group_by(F.c.key_id)
-                ).all()
-            )
+        before = {f.key_id: before[f.key_id] for f in plan.new if before.get(f.key_id)}
         if before:
             episodes = {f.key_id: int(before.get(f.key_id) or 0) + 1 for f in plan.new}
             plan.new = [f.with_lifecycle(episode=episodes[f.key_id]) for f in plan.new]
@@ -342,7 +318,9 @@ class AuditStore(Store):
                     for f in plan.new
                 ],
             )
-        if plan.again:
+        if plan.again and self._psycopg(conn):
+            bulk.update_seen_again(conn, plan.again, now=now, run_id=run_id)
+        elif plan.again:
             updates = [{**values(f), "_id": row_id, "times_seen": f.times_seen} for row_id, f in plan.again]
             conn.execute(
                 F.update()
@@ -352,26 +330,64 @@ class AuditStore(Store):
             )
         return plan
 
+    @staticmethod
+    def _psycopg(conn: Connection) -> bool:
+        return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+    def _active_and_episodes(
+        self, conn: Connection, spec: str, key_ids: Sequence[str]
+    ) -> tuple[dict[str, Stored], dict[str, int]]:
+        """The active stored finding of each key (by key id), and for the keys with none the
+        last episode they ever had (0 or absent: never drifted)."""
+        if self._psycopg(conn):
+            return bulk.active_and_episodes(conn, spec, key_ids)
+        active: dict[str, Stored] = {}
+        for cond in self._key_lookup(key_ids):
+            for r in conn.execute(
+                sa.select(
+                    F.c.id, F.c.key_id, F.c.status, F.c.times_seen, F.c.first_seen, F.c.note, F.c.episode
+                ).where(F.c.spec == spec, F.c.status.in_(ACTIVE), cond)
+            ):
+                active[r.key_id] = Stored(
+                    r.id,
+                    r.key_id,
+                    FindingStatus(r.status),
+                    r.times_seen,
+                    _aware(r.first_seen),
+                    r.note,
+                    r.episode,
+                )
+        before: dict[str, int] = {}
+        for cond in self._key_lookup([k for k in key_ids if k not in active]):
+            before.update(
+                conn.execute(
+                    sa.select(F.c.key_id, sa.func.max(F.c.episode))
+                    .where(F.c.spec == spec, cond)
+                    .group_by(F.c.key_id)
+                ).all()
+            )
+        return active, before
+
     def _insert_many(self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows: PostgreSQL through COPY (recording 200k findings would otherwise spend
         most of its time binding parameters), elsewhere one executemany."""
         if not rows:
             return
-        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-            import json
-
+        if self._psycopg(conn):
             cols = list(rows[0])
             is_json = [isinstance(table.c[c].type, sa.JSON) for c in cols]
-            raw = conn.connection.driver_connection
-            names = ", ".join(f'"{c}"' for c in cols)
-            with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:  # type: ignore[union-attr]
-                for r in rows:
-                    copy.write_row(
-                        [
-                            json.dumps(r[c], separators=(",", ":")) if j and r[c] is not None else r[c]
-                            for c, j in zip(cols, is_json, strict=True)
-                        ]
-                    )
+            bulk.copy_rows(
+                conn,
+                table.name,
+                cols,
+                (
+                    [
+                        bulk.COMPACT.encode(r[c]) if j and r[c] is not None else r[c]
+                        for c, j in zip(cols, is_json, strict=True)
+                    ]
+                    for r in rows
+                ),
+            )
             return
         conn.execute(table.insert(), list(rows))
 
@@ -602,6 +618,16 @@ class AuditStore(Store):
                     for e in entries
                 ],
             )
+            if self._psycopg(conn):  # by the findings' row ids: one UPDATE through the primary key
+                moving = {"status": FindingStatus.CORRECTING.value, "note": note}
+                back = {
+                    "status": FindingStatus.OPEN.value,
+                    "note": "its corrective event is parked in the outbox (see `reconcile health`)",
+                }
+                for values, parked_ones in ((moving, False), (back, True)):
+                    rows = [ids[e.key_id] for e in entries if (e.event_id in self._parked) is parked_ones]
+                    bulk.set_status(conn, F.name, rows, values, [FindingStatus.OPEN.value])
+                return entries, written
             parked = [e.key_id for e in entries if e.event_id in self._parked]
             self._set_status(
                 conn,
@@ -659,6 +685,14 @@ class AuditStore(Store):
         constraint makes a repeated correction a no-op)."""
         if not rows:
             return 0
+        if self._psycopg(conn):
+            try:
+                written, self._parked = bulk.enqueue(conn, rows)
+            except IntegrityError as e:  # a concurrent `correct` won the race: nothing is doubled
+                raise StoreError(
+                    "outbox: a concurrent correction inserted the same events; rerun `reconcile correct`"
+                ) from e
+            return written
         existing: set[str] = set()
         ids = [r["event_id"] for r in rows]
         self._parked = set()
@@ -690,20 +724,29 @@ class AuditStore(Store):
 
     def mark_sent(self, ids: Sequence[int], at: datetime | None = None) -> None:
         """Mark rows sent (called only for rows the broker confirmed)."""
-        at = at or _now()
         with self._begin() as conn:
-            for where in self._id_chunks(O.c.id, ids):
-                conn.execute(
-                    O.update().where(where).values(sent_at=at, attempts=O.c.attempts + 1, last_error=None)
-                )
+            self._mark_sent(conn, ids, at or _now())
 
     def mark_failed(self, ids: Sequence[int], error: str) -> None:
         """Count a failed attempt on rows that stay unsent."""
         with self._begin() as conn:
-            for where in self._id_chunks(O.c.id, ids):
-                conn.execute(
-                    O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000])
-                )
+            self._mark_failed(conn, ids, error)
+
+    def _mark_sent(self, conn: Connection, ids: Sequence[int], at: datetime) -> None:
+        if self._psycopg(conn):
+            bulk.mark_outbox(conn, ids, {"sent_at": at, "last_error": None})
+            return
+        for where in self._id_chunks(O.c.id, ids):
+            conn.execute(
+                O.update().where(where).values(sent_at=at, attempts=O.c.attempts + 1, last_error=None)
+            )
+
+    def _mark_failed(self, conn: Connection, ids: Sequence[int], error: str) -> None:
+        if self._psycopg(conn):
+            bulk.mark_outbox(conn, ids, {"last_error": error[:2000]})
+            return
+        for where in self._id_chunks(O.c.id, ids):
+            conn.execute(O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000]))
 
     def outbox_events(self, spec: str | None = None, sent: bool | None = None) -> list[OutboxRow]:
         """Outbox rows (all, or only sent / unsent), oldest first."""

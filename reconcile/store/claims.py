@@ -57,23 +57,13 @@ class _RowLockClaim(Claim):
                 raise
         self.rows: list[OutboxRow] = [_outbox_row(r) for r in got]
 
-    def _ids(self, ids: Sequence[int]) -> Any:
-        return list(self.store._id_chunks(O.c.id, list(ids)))
-
     def sent(self, ids: Sequence[int]) -> None:
-        now = datetime.now(UTC)
         with self.store._errors():
-            for where in self._ids(ids):
-                self.conn.execute(
-                    O.update().where(where).values(sent_at=now, attempts=O.c.attempts + 1, last_error=None)
-                )
+            self.store._mark_sent(self.conn, ids, datetime.now(UTC))
 
     def failed(self, ids: Sequence[int], error: str) -> None:
         with self.store._errors():
-            for where in self._ids(ids):
-                self.conn.execute(
-                    O.update().where(where).values(attempts=O.c.attempts + 1, last_error=error[:2000])
-                )
+            self.store._mark_failed(self.conn, ids, error)
 
     def rejected(self, errors: dict[int, str], max_attempts: int) -> list[int]:
         with self.store._errors():
