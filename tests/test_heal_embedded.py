@@ -159,7 +159,8 @@ def test_correct_lists_the_first_events_and_counts_them_all(world, monkeypatch) 
     dry = correct(Context.of(store), spec, dry_run=True)
     assert (len(dry.events), dry.count, dry.written) == (2, n, 0) and store.outbox_events() == []
     doc = dry.to_dict()
-    assert (doc["events"], len(doc["corrections"]), doc["corrections_truncated"]) == (n, 2, n - 2)
+    assert (doc["events"], len(doc["corrections"]), doc["corrections_listed"]) == (n, 2, 2)
+    assert doc["corrections_truncated"] == n - 2
 
     done = correct(Context.of(store), spec)
     assert (len(done.events), done.count, done.written) == (2, n, n)

@@ -86,6 +86,7 @@ class CorrectionResult:
             "already_in_outbox": 0 if self.dry_run else self.count - self.written,
             "refused": self.refused,
             "corrections": [e.to_dict() for e in self.events],
+            "corrections_listed": len(self.events),  # the first ones; `events` counts them all
             **({"corrections_truncated": self.truncated} if self.truncated else {}),
         }
 
