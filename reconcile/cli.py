@@ -703,8 +703,9 @@ def _print_events(result: Any) -> None:
         state = "tombstone" if e.tombstone else json.dumps(jsonable(e.data["state"]), sort_keys=True)
         t.add_row(e.id, e.kind.value, _cut(json.dumps(e.data["key"], sort_keys=True)), _cut(state, 200))
     out.print(t)
-    if len(result.events) > 50:
-        out.print(f"  ... and {len(result.events) - 50:,} more (use --format json for all)")
+    if result.count > 50:
+        listed = "" if not result.truncated else f", the first {len(result.events):,}"
+        out.print(f"  ... and {result.count - 50:,} more (use --format json{listed})")
 
 
 @app.command()
@@ -740,10 +741,10 @@ def correct(
             _print_json(result.to_dict())
             raise typer.Exit(result.exit_code)
         verb = "would write" if dry_run else "wrote"
-        new = len(result.events) if dry_run else result.written
+        new = result.count if dry_run else result.written
         out.print(
             f"spec {s.name}: {verb} {new:,} corrective event(s) to the outbox"
-            + ("" if dry_run else f" ({len(result.events) - result.written:,} already there)")
+            + ("" if dry_run else f" ({result.count - result.written:,} already there)")
         )
         if result.events:
             _print_events(result)
@@ -926,9 +927,7 @@ def run(
             if outcome.correction is not None:
                 c = outcome.correction
                 verb = "would write" if c.dry_run else "wrote"
-                out.print(
-                    f"correct: {verb} {len(c.events) if c.dry_run else c.written:,} corrective event(s)"
-                )
+                out.print(f"correct: {verb} {c.count if c.dry_run else c.written:,} corrective event(s)")
             if outcome.relay is not None:
                 out.print(f"relay: sent {outcome.relay.sent:,} event(s)")
             if outcome.verify is not None:

@@ -140,3 +140,31 @@ def test_run_heals_in_one_command(world) -> None:  # type: ignore[no-untyped-def
     with e.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM stock_view")).scalar() == 200
     e.dispose()
+
+
+# -- issue 15, case 7: a huge correction keeps the first events and the total -----------------
+def test_correct_lists_the_first_events_and_counts_them_all(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+
+    import reconcile.store
+
+    spec, store, _ = world
+    # reconcile.app.heal is also the name of a function: take the module itself
+    monkeypatch.setattr(importlib.import_module("reconcile.app.heal"), "LISTED_EVENTS", 2)
+    monkeypatch.setattr(reconcile.store, "BATCH", 2)  # and several pages in the one transaction
+    audit(Context.of(store), spec)
+    n = expected_findings()
+    assert n > 2
+
+    dry = correct(Context.of(store), spec, dry_run=True)
+    assert (len(dry.events), dry.count, dry.written) == (2, n, 0) and store.outbox_events() == []
+    doc = dry.to_dict()
+    assert (doc["events"], len(doc["corrections"]), doc["corrections_listed"]) == (n, 2, 2)
+    assert doc["corrections_truncated"] == n - 2
+
+    done = correct(Context.of(store), spec)
+    assert (len(done.events), done.count, done.written) == (2, n, n)
+    assert [e.id for e in done.events] == [e.id for e in dry.events]  # deterministic, oldest first
+    assert len(store.outbox_events(spec.name)) == n
+    assert {f.status for f in store.findings(spec.name)} == {FindingStatus.CORRECTING}
+    assert done.to_dict()["already_in_outbox"] == 0

@@ -67,12 +67,12 @@ class StoreContract:
 
     def test_correct_writes_outbox_and_moves_findings_together_and_once(self, store: Store) -> None:
         run = record(store, "s", [finding("a"), finding("b")])
-        got, written = store.correct("s", run, entries, note="n")
-        assert written == 2 and {f.status for f in store.findings("s", ["correcting"])} == {
+        decided, written = store.correct("s", run, entries, note="n")
+        assert decided == written == 2 and {f.status for f in store.findings("s", ["correcting"])} == {
             FindingStatus.CORRECTING
         }
         # again: nothing open any more, nothing written
-        assert store.correct("s", run, entries, note="n") == ([], 0)
+        assert store.correct("s", run, entries, note="n") == (0, 0)
         assert len(store.outbox_events("s")) == 2
 
     def test_enqueue_is_idempotent_by_event_id(self, store: Store) -> None:
@@ -91,6 +91,74 @@ class StoreContract:
         with pytest.raises(GuardTripped):
             store.correct("s", run, refuse, note="n")
         assert store.outbox_events("s") == [] and store.findings("s", ["open"])
+
+    # -- issue 15, case 7: a correction pages its findings inside its one transaction --------
+    def test_correct_counts_first_then_pages_writing_each_page(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import reconcile.store
+
+        monkeypatch.setattr(reconcile.store, "BATCH", 2)
+        run = record(store, "s", [finding(f"k{i}") for i in range(5)])
+        calls: list[object] = []
+
+        def decide(found: list[Finding]) -> list[OutboxEntry]:
+            calls.append(len(found))
+            return entries(found)
+
+        assert store.correct("s", run, decide, note="n", guard=calls.append) == (5, 5)
+        assert calls == [5, 2, 2, 1]
+        assert len(store.findings("s", ["correcting"])) == 5 and len(store.outbox_events("s")) == 5
+
+    def test_a_refusal_on_a_later_page_writes_nothing(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import reconcile.store
+
+        monkeypatch.setattr(reconcile.store, "BATCH", 2)
+        run = record(store, "s", [finding(f"k{i}") for i in range(5)])
+        pages: list[int] = []
+
+        def decide(found: list[Finding]) -> list[OutboxEntry]:
+            pages.append(len(found))
+            if len(pages) == 3:
+                raise GuardTripped("too much, found on the last page")
+            return entries(found)
+
+        with pytest.raises(GuardTripped):
+            store.correct("s", run, decide, note="n")
+        assert pages == [2, 2, 1]
+        assert store.outbox_events("s") == [] and len(store.findings("s", ["open"])) == 5
+
+    def test_a_guard_refusal_on_the_count_reads_no_page(self, store: Store) -> None:
+        run = record(store, "s", [finding("a"), finding("b")])
+
+        def guard(n: int) -> None:
+            raise GuardTripped(f"{n} corrections")
+
+        def decide(found: list[Finding]) -> list[OutboxEntry]:
+            raise AssertionError("no page is read after the guard refused")
+
+        with pytest.raises(GuardTripped, match="2 corrections"):
+            store.correct("s", run, decide, note="n", guard=guard)
+        assert store.outbox_events("s") == [] and len(store.findings("s", ["open"])) == 2
+
+    def test_findings_decide_skips_stay_open_and_are_not_read_again(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import reconcile.store
+
+        monkeypatch.setattr(reconcile.store, "BATCH", 2)
+        run = record(store, "s", [finding(f"k{i}") for i in range(5)])
+        seen: list[str] = []
+
+        def decide(found: list[Finding]) -> list[OutboxEntry]:
+            seen.extend(f.key["sku"] for f in found)
+            return entries([f for f in found if f.key["sku"] != "k0"])  # k0: refused (too big)
+
+        assert store.correct("s", run, decide, note="n") == (4, 4)
+        assert sorted(seen) == [f"k{i}" for i in range(5)]
+        assert [f.key["sku"] for f in store.findings("s", ["open"])] == ["k0"]
 
     def test_move_respects_from_statuses_and_acknowledge(self, store: Store) -> None:
         record(store, "s", [finding("a"), finding("b")])

@@ -45,17 +45,31 @@ __all__ = [
 
 
 # -- correct -------------------------------------------------------------------------------
+LISTED_EVENTS = 10_000  # events a CorrectionResult holds; the outbox has them all (like RunResult)
+
+
 @dataclass
 class CorrectionResult:
-    """What ``correct`` decided: the events, how many were new in the outbox."""
+    """What ``correct`` decided: the first events, how many in all, how many were new in the outbox."""
 
     spec: str
     run_id: str
-    events: list[CorrectiveEvent]
+    events: list[CorrectiveEvent]  # the first LISTED_EVENTS of them
     written: int
     dry_run: bool
     compared: int
     refused: list[dict[str, Any]] = field(default_factory=list)  # events over max_event_bytes
+    total: int | None = None  # events decided in all (None: len(events))
+
+    @property
+    def count(self) -> int:
+        """Corrective events decided in all (listed or not)."""
+        return len(self.events) if self.total is None else self.total
+
+    @property
+    def truncated(self) -> int:
+        """Events not held in ``events`` (the outbox has them)."""
+        return self.count - len(self.events)
 
     @property
     def exit_code(self) -> int:
@@ -67,11 +81,13 @@ class CorrectionResult:
             "spec": self.spec,
             "run_id": self.run_id,
             "dry_run": self.dry_run,
-            "events": len(self.events),
+            "events": self.count,
             "written": self.written,
-            "already_in_outbox": 0 if self.dry_run else len(self.events) - self.written,
+            "already_in_outbox": 0 if self.dry_run else self.count - self.written,
             "refused": self.refused,
             "corrections": [e.to_dict() for e in self.events],
+            "corrections_listed": len(self.events),  # the first ones; `events` counts them all
+            **({"corrections_truncated": self.truncated} if self.truncated else {}),
         }
 
 
@@ -100,7 +116,11 @@ def correct(
     """Write corrective events for the confirmed open findings of the latest run to the outbox.
 
     One transaction of the store: the outbox rows and the findings' move to ``correcting``
-    together. The blast-radius guard runs inside it, so a refusal writes nothing.
+    together. The blast-radius guard runs inside it on the count of open findings before
+    anything is written (and again on the running count of each page), so a refusal writes
+    nothing. The findings are read, and their events built and written, page by page; the
+    result keeps the first :data:`LISTED_EVENTS` events and the total, so memory stays flat
+    however many findings there are.
     """
     _require_correction(spec)
     c = spec.correction
@@ -112,12 +132,19 @@ def correct(
     compared = _guard_base(store, spec.name, latest)
     events: list[CorrectiveEvent] = []
     refused: list[dict[str, Any]] = []
+    total = seen = 0
+    builder = EventBuilder(spec, latest.id, now)
+
+    def guard(corrections: int) -> None:
+        if not force:
+            check_guard(spec.name, corrections, compared, max_count=c.max_count, max_ratio=c.max_ratio)
 
     def decide(found: list[Finding]) -> list[OutboxEntry]:
+        # one page of the open findings: its events go to the outbox before the next page is read
+        nonlocal total, seen
         todo = correctable(found, spec.freshness.confirm_runs)
-        if not force:
-            check_guard(spec.name, len(todo), compared, max_count=c.max_count, max_ratio=c.max_ratio)
-        builder = EventBuilder(spec, latest.id, now)
+        seen += len(todo)
+        guard(seen)  # the count said less: findings appeared since; a refusal still rolls back
         entries: list[OutboxEntry] = []
         for f in todo:
             e = builder.build(f)
@@ -126,7 +153,9 @@ def correct(
             if size > c.max_event_bytes:
                 refused.append({"key": f.key, "key_id": f.key_id, "bytes": size})
                 continue
-            events.append(e)
+            total += 1
+            if len(events) < LISTED_EVENTS:
+                events.append(e)
             if not dry_run:
                 entries.append(
                     OutboxEntry(
@@ -142,11 +171,20 @@ def correct(
                 )
         return entries
 
-    if dry_run:
-        decide(store.run_findings(spec.name, latest.id, FindingStatus.OPEN.value))
-        return CorrectionResult(spec.name, latest.id, events, 0, True, compared, _jsonable(refused))
-    _, written = store.correct(spec.name, latest.id, decide, note=f"correction sent by run {latest.id}")
-    if refused:
+    # A dry run takes the same path with nothing to write: decide returns no entries, so the
+    # store reads (and the guard counts) exactly what a real run would, and writes nothing.
+    _, written = store.correct(
+        spec.name,
+        latest.id,
+        decide,
+        note=f"correction sent by run {latest.id}",
+        confirm_runs=spec.freshness.confirm_runs,
+        guard=guard,
+    )
+    result = CorrectionResult(
+        spec.name, latest.id, events, written, dry_run, compared, _jsonable(refused), total
+    )
+    if refused and not dry_run:
         # The finding stays open, saying why: a poison event never enters the outbox.
         for r in refused:
             store.move(
@@ -161,7 +199,7 @@ def correct(
                 ],
                 only_from=[FindingStatus.OPEN.value],
             )
-    return CorrectionResult(spec.name, latest.id, events, written, False, compared, _jsonable(refused))
+    return result
 
 
 def event_size(e: CorrectiveEvent) -> int:

@@ -587,66 +587,109 @@ class AuditStore(Store):
         decide: Callable[[list[Finding]], list[OutboxEntry]],
         *,
         note: str,
-    ) -> tuple[list[OutboxEntry], int]:
+        confirm_runs: int = 1,
+        guard: Callable[[int], None] | None = None,
+    ) -> tuple[int, int]:
         """One correction, in one transaction: outbox rows written and findings marked correcting.
 
-        ``decide`` gets the open findings last seen by ``run_id`` and returns the corrective
-        events to write, each naming its finding's key id; raising (the guard) writes nothing.
-        Events whose id is already in the outbox are skipped. Returns (entries, rows written).
+        The open findings last seen by ``run_id`` (seen in at least ``confirm_runs`` runs) are
+        counted first and ``guard`` gets the count before anything is written; then they are read
+        page by page (:data:`BATCH`, oldest first) and ``decide`` gets each page and returns the
+        corrective events to write, each naming its finding's key id. Each page's outbox rows and
+        finding moves are written before the next page is read, so memory stays flat; raising (the
+        guard) rolls everything back. Events whose id is already in the outbox are skipped.
+        Returns (events ``decide`` returned, rows written).
         """
+        decided = written = 0
         with self._begin() as conn:
-            found = self._run_findings(conn, spec, run_id, FindingStatus.OPEN.value)
-            ids = {f.key_id: fid for fid, f in found}
-            entries = decide([f for _, f in found])
-            if not entries:
-                return entries, 0
-            written = self._enqueue(
-                conn,
-                [
-                    {
-                        "event_id": e.event_id,
-                        "spec": spec,
-                        "run_id": run_id,
-                        "finding_id": ids[e.key_id],
-                        "topic": e.topic,
-                        "transport": e.transport,
-                        "message_key": e.message_key,
-                        "headers": e.headers,
-                        "payload": e.payload,
-                        "created_at": e.created_at,
-                    }
-                    for e in entries
-                ],
+            opened = (
+                F.c.spec == spec,
+                F.c.last_run_id == run_id,
+                F.c.status == FindingStatus.OPEN.value,
+                F.c.times_seen >= confirm_runs,
             )
-            if self._psycopg(conn):  # by the findings' row ids: one UPDATE through the primary key
-                moving = {"status": FindingStatus.CORRECTING.value, "note": note}
-                back = {
-                    "status": FindingStatus.OPEN.value,
-                    "note": "its corrective event is parked in the outbox (see `reconcile health`)",
+            if guard is not None:
+                guard(
+                    int(conn.execute(sa.select(sa.func.count()).select_from(F).where(*opened)).scalar() or 0)
+                )
+            after = 0
+            while True:
+                # keyset pages by row id: a page's findings leave `open` before the next is read,
+                # and `id > after` keeps the ones refused by decide (still open) from coming back
+                page = conn.execute(
+                    sa.select(F).where(*opened, F.c.id > after).order_by(F.c.id).limit(BATCH)
+                ).all()
+                if not page:
+                    break
+                after = page[-1].id
+                found = [(r.id, _finding(r)) for r in page]
+                del page
+                entries = decide([f for _, f in found])
+                decided += len(entries)
+                written += self._write_correction(
+                    conn, spec, run_id, {f.key_id: fid for fid, f in found}, entries, note
+                )
+        return decided, written
+
+    def _write_correction(
+        self,
+        conn: Connection,
+        spec: str,
+        run_id: str,
+        ids: dict[str, int],
+        entries: Sequence[OutboxEntry],
+        note: str,
+    ) -> int:
+        """One page of a correction: its outbox rows, and its findings moved; rows written."""
+        if not entries:
+            return 0
+        written = self._enqueue(
+            conn,
+            [
+                {
+                    "event_id": e.event_id,
+                    "spec": spec,
+                    "run_id": run_id,
+                    "finding_id": ids[e.key_id],
+                    "topic": e.topic,
+                    "transport": e.transport,
+                    "message_key": e.message_key,
+                    "headers": e.headers,
+                    "payload": e.payload,
+                    "created_at": e.created_at,
                 }
-                for values, parked_ones in ((moving, False), (back, True)):
-                    rows = [ids[e.key_id] for e in entries if (e.event_id in self._parked) is parked_ones]
-                    bulk.set_status(conn, F.name, rows, values, [FindingStatus.OPEN.value])
-                return entries, written
-            parked = [e.key_id for e in entries if e.event_id in self._parked]
-            self._set_status(
-                conn,
-                spec,
-                [e.key_id for e in entries if e.event_id not in self._parked],
-                FindingStatus.CORRECTING,
-                note=note,
-                only_from=[FindingStatus.OPEN.value],
-            )
-            # Its event is parked (the broker refused it for good): sending it again cannot heal.
-            self._set_status(
-                conn,
-                spec,
-                parked,
-                FindingStatus.OPEN,
-                note="its corrective event is parked in the outbox (see `reconcile health`)",
-                only_from=[FindingStatus.OPEN.value],
-            )
-        return entries, written
+                for e in entries
+            ],
+        )
+        if self._psycopg(conn):  # by the findings' row ids: one UPDATE through the primary key
+            moving = {"status": FindingStatus.CORRECTING.value, "note": note}
+            back = {
+                "status": FindingStatus.OPEN.value,
+                "note": "its corrective event is parked in the outbox (see `reconcile health`)",
+            }
+            for values, parked_ones in ((moving, False), (back, True)):
+                rows = [ids[e.key_id] for e in entries if (e.event_id in self._parked) is parked_ones]
+                bulk.set_status(conn, F.name, rows, values, [FindingStatus.OPEN.value])
+            return written
+        parked = [e.key_id for e in entries if e.event_id in self._parked]
+        self._set_status(
+            conn,
+            spec,
+            [e.key_id for e in entries if e.event_id not in self._parked],
+            FindingStatus.CORRECTING,
+            note=note,
+            only_from=[FindingStatus.OPEN.value],
+        )
+        # Its event is parked (the broker refused it for good): sending it again cannot heal.
+        self._set_status(
+            conn,
+            spec,
+            parked,
+            FindingStatus.OPEN,
+            note="its corrective event is parked in the outbox (see `reconcile health`)",
+            only_from=[FindingStatus.OPEN.value],
+        )
+        return written
 
     def move(
         self,

@@ -221,8 +221,14 @@ class Store(ABC):
         decide: Callable[[list[Finding]], list[OutboxEntry]],
         *,
         note: str,
-    ) -> tuple[list[OutboxEntry], int]:
-        """Write ``decide``'s events to the outbox and mark their findings correcting, atomically."""
+        confirm_runs: int = 1,
+        guard: Callable[[int], None] | None = None,
+    ) -> tuple[int, int]:
+        """Write ``decide``'s events to the outbox and mark their findings correcting, atomically.
+
+        ``guard`` gets the number of open findings first; ``decide`` then gets them page by
+        page (memory stays flat). Either raising writes nothing. Returns (events, rows written).
+        """
 
     @abstractmethod
     def move(
