@@ -564,7 +564,7 @@ def _print_trace(result: Any) -> None:
         shown = "— (no row)" if row is None else ", ".join(f"{c}={_value(v)}" for c, v in row.items())
         out.print(f"  {side:<11}{shown}", markup=False)
     if result.events:
-        t = Table(show_lines=False, pad_edge=False)
+        t = _table(show_lines=False, pad_edge=False)
         for col in ("event id", "written", "published", "on topic", "consumed", "applied", "stage"):
             t.add_column(col, overflow="fold")
 
