@@ -558,7 +558,7 @@ class TopicSource(SqlSource):
             out: list[Any] = [p, o, ms, None]  # position, time, change time (set by the caller)
             for code, arg, names, inner, kind, name in specs:
                 if code == _JSON:
-                    if names is not None:  # $.a.b: walked inline (what JsonPath.first does)
+                    if names is not None:  # $.a.b: _walk inline (no call per message on the hot path)
                         x = doc
                         for step in names:
                             if x.__class__ is not dict:
@@ -575,17 +575,7 @@ class TopicSource(SqlSource):
                             and inner is not None
                             and not (doc.__class__ is dict and "specversion" in doc)
                         ):
-                            if inner.__class__ is tuple:
-                                x = doc
-                                for step in inner:
-                                    if x.__class__ is not dict:
-                                        x = MISSING
-                                        break
-                                    x = x.get(step, MISSING)
-                                    if x is MISSING:
-                                        break
-                            else:
-                                x = inner.first(doc)
+                            x = _walk(doc, inner) if inner.__class__ is tuple else inner.first(doc)
                         else:
                             x = lookup(arg, doc, hd, binary)
                         if x is MISSING:
@@ -704,6 +694,18 @@ class TopicSource(SqlSource):
                 f"{on}: {s.duplicate_keys} key(s) more than once on the topic; the first is compared"
             )
         return lines
+
+
+def _walk(doc: Any, steps: tuple[str, ...]) -> Any:
+    """The value at a plain path (``$.a.b`` as its names), or MISSING: what JsonPath.first does."""
+    x = doc
+    for step in steps:
+        if x.__class__ is not dict:
+            return MISSING
+        x = x.get(step, MISSING)
+        if x is MISSING:
+            return MISSING
+    return x
 
 
 def topic_scope(*sources: SqlSource) -> dict[str, Any]:
