@@ -1,10 +1,13 @@
-"""Checksum pushdown: let two PostgreSQL databases say where they differ, then diff only that.
+"""Checksum pushdown: let the two databases say where they differ, then diff only that.
 
-Streaming a 5M-row pair through Python costs a minute; PostgreSQL scans and hashes the same
-rows in seconds. So, when both sides are PostgreSQL, each database first summarises its rows
-per **bucket**, and only the rows of buckets whose summaries differ are streamed, ordered by
-key, through the same :func:`reconcile.diff.diff_rows` merge as the streaming path. Findings,
-pending entities and the tolerance/normalise rules therefore stay exactly as they are there.
+Streaming a 5M-row pair through Python costs a minute; a database scans and hashes the same
+rows in seconds. So, when both sides are PostgreSQL, MariaDB or MySQL, each database first
+summarises its rows per **bucket**, and only the rows of buckets whose summaries differ are
+streamed, ordered by key, through the same :func:`reconcile.diff.diff_rows` merge as the
+streaming path. Findings, pending entities and the tolerance/normalise rules therefore stay
+exactly as they are there. Two PostgreSQL databases hash with PostgreSQL's typed hash functions
+(below); a pair with MariaDB or MySQL on either side hashes a canonical text both engines print
+alike (:mod:`reconcile.sources.portable`), with hash buckets only.
 
 Two kinds of bucket:
 
@@ -75,7 +78,7 @@ from sqlalchemy.dialects import postgresql as pg
 from ..compare import ColumnRule, key_part
 from ..diff import DiffOutcome, Row, diff_rows
 from ..errors import SourceError, SpecError
-from . import keyranges
+from . import keyranges, portable
 from .keyranges import FirstGrain, Grain, RangeKey, both
 from .sql import ReadPlan, SqlSource, _as_time, _type_kind
 
@@ -130,18 +133,28 @@ T = TypeVar("T")
 def _settle(conn: sa.Connection, *settings: Mapping[str, str]) -> None:
     """Apply transaction-local settings (reconcile's own constants) in one round trip."""
     merged = {k: v for s in settings for k, v in s.items()}
-    if merged:
+    if merged and conn.dialect.name == "postgresql":  # planner settings: PostgreSQL's own
         conn.execute(sa.select(*[sa.func.set_config(k, v, True) for k, v in merged.items()]))
 
 
 def unsupported_reason(truth: SqlSource, projection: SqlSource) -> str | None:
-    """Why checksum pushdown cannot run on this pair, or None when it can."""
+    """Why checksum pushdown cannot run on this pair, or None when it can.
+
+    Two PostgreSQL 13+ databases use PostgreSQL's typed hashes; a pair with MariaDB or MySQL
+    (8+) on either side hashes the portable text form (:mod:`reconcile.sources.portable`),
+    folded with ``bit_xor``, which PostgreSQL has from 14."""
+    cross = portable.portable(truth.dialect, projection.dialect)
     for src in (truth, projection):
-        if src.dialect != "postgresql":
-            return f"{src.role} is {src.dialect}; checksum pushdown needs PostgreSQL on both sides"
+        if src.dialect not in portable.DIALECTS:
+            need = "PostgreSQL, MariaDB or MySQL on both sides"
+            return f"{src.role} is {src.dialect}; checksum pushdown needs {need}"
         version = src.engine.dialect.server_version_info
-        if version is not None and version < (13,):
-            return f"{src.role} runs PostgreSQL {version[0]}; checksum pushdown needs 13 or later"
+        if src.dialect == "postgresql":
+            least = 14 if cross else 13
+            if version is not None and version < (least,):
+                return f"{src.role} runs PostgreSQL {version[0]}; pushdown needs {least} or later here"
+        elif not getattr(src.engine.dialect, "is_mariadb", False) and version is not None and version < (8,):
+            return f"{src.role} runs MySQL {version[0]}; checksum pushdown needs MySQL 8 or MariaDB"
     return None
 
 
@@ -268,6 +281,8 @@ class _Side:
         # Per compared value: can it be NULL on either side? (Both sides must agree on it.)
         self.nullable: list[bool] = [True] * len(plan.values)
         self.xor = False  # fold row hashes with bit_xor (PostgreSQL 14+ on both sides) or sum halves
+        # Hash the portable text form (a MariaDB/MySQL side) instead of PostgreSQL's typed hashes.
+        self.portable = portable.portable(src.dialect, other.dialect)
         self.chunks, self.pages = 1, 0  # block ranges of the first scan, and the table's pages
         mine, theirs = src.columns(), other.columns()
         self._key_types = [mine.get(k) for k in plan.key]
@@ -294,6 +309,8 @@ class _Side:
 
     def key_hash(self, c: Any) -> sa.ColumnElement[Any]:
         """A 64-bit hash of the canonical key (typed, so integer keys skip their text form)."""
+        if self.portable:
+            return portable.row_hash(self._key_texts(c), self.src.dialect)
         h: sa.ColumnElement[Any] = sa.literal_column("0::bigint")
         cols = zip(self.plan.key, self._key_types, self.plan.kinds, self.key_families, strict=True)
         for k, t, kind, family in cols:
@@ -301,14 +318,33 @@ class _Side:
             h = _hash(family, sa.cast(expr, sa.Numeric) if family == "numeric" else expr, h, nullable=False)
         return h
 
+    def _key_texts(self, c: Any) -> list[Expr]:
+        """The key columns' portable texts (by the kind both sides share)."""
+        texts = []
+        for k, t, kind in zip(self.plan.key, self._key_types, self.plan.kinds, strict=True):
+            as_type = {"int": sa.BigInteger(), "number": sa.Numeric(), "datetime": t}.get(kind, sa.Text())
+            mine = t if kind == "datetime" else as_type
+            texts.append(portable.value_text(c[k], mine, as_type, self.src.dialect))
+        return texts
+
+    def _portable_hash(self, c: Any) -> sa.ColumnElement[Any]:
+        """The row hash of a pair with MariaDB/MySQL: md5 of the key's and values' texts."""
+        vals = [
+            portable.value_text(c[v], a, b, self.src.dialect)
+            for v, (a, b) in zip(self.plan.values, self._val_types, strict=True)
+        ]
+        return portable.row_hash([*self._key_texts(c), *vals], self.src.dialect)
+
     def values_hash(self, c: Any, seed: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """The row hash: the values chained through their hash functions, seeded with ``seed``.
 
         NULL is hashed as its family's zero value, and a bitmap of the NULL positions (of the
         values that may be NULL on either side) goes into the seed first, so NULL and ``0``/``''``
         still differ; each value is referenced once, so the expression grows linearly with the
-        columns.
+        columns. A portable pair hashes the key's and values' texts instead (``seed`` unused).
         """
+        if self.portable:
+            return self._portable_hash(c)
         vals = [_canon_value(c[v], a, b) for v, (a, b) in zip(self.plan.values, self._val_types, strict=True)]
         h = seed
         maybe_null = [v for v, n in zip(vals, self.nullable, strict=True) if n]  # NOT NULL on both: skip
@@ -332,12 +368,16 @@ class _Side:
         with src.errors(), src.engine.connect() as conn:
             _settle(conn, CURSOR_SQL, session)
             result = conn.execution_options(stream_results=True, yield_per=src.chunk_rows).execute(stmt)
-            for r in result:
-                try:
-                    key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
-                except ValueError as e:
-                    raise SourceError(f"{src.role}: {e} (key columns {list(plan.key)})") from None
-                yield Row(key, tuple(r[nk : nk + nv]), _as_time(r[nk + nv]) if has_changed else None)
+            try:
+                for r in result:
+                    try:
+                        key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
+                    except ValueError as e:
+                        raise SourceError(f"{src.role}: {e} (key columns {list(plan.key)})") from None
+                    yield Row(key, tuple(r[nk : nk + nv]), _as_time(r[nk + nv]) if has_changed else None)
+            except BaseException:  # an error, or the merge stopped early: end a MySQL stream now
+                src._abandon(conn, result)
+                raise
 
 
 # -- the two kinds of bucket -------------------------------------------------------------------
@@ -398,7 +438,11 @@ class _HashBuckets(_Buckets):
         return list(exprs)
 
     def scoped(self, side: _Side, level: int, buckets: Sequence[Bucket]) -> sa.Subquery:
-        arr = sa.bindparam(None, [b[0] for b in buckets], type_=pg.ARRAY(sa.BigInteger))
+        ids = [b[0] for b in buckets]
+        if side.src.dialect != "postgresql":  # no arrays: the ids inline, as numbers
+            lst: sa.BindParameter[Any] = sa.bindparam(None, ids, expanding=True, literal_execute=True)
+            return side.base(lambda t: self.bucket_of(side.key_hash(t.c), level).in_(lst))
+        arr = sa.bindparam(None, ids, type_=pg.ARRAY(sa.BigInteger))
         return side.base(lambda t: self.bucket_of(side.key_hash(t.c), level) == sa.any_(arr))
 
     def finer(self, level: int, rows: int, buckets: int) -> tuple[int, int] | None:
@@ -468,10 +512,18 @@ def _run_summary(
 ) -> Iterator[Summary]:
     """Execute one summary statement (on ``conn`` when given, closed at the end)."""
     n = len(stmt.selected_columns) - 3
+    # A portable pair's XOR fold: signed on PostgreSQL, unsigned on MariaDB; the same bits.
+    fold: Callable[[Any], int] = portable.unsigned if side.portable else int
     with side.src.errors(), conn if conn is not None else side.src.engine.connect() as c:
         _settle(c, SUMMARY_SQL, CURSOR_SQL, session)
-        for r in c.execution_options(stream_results=True, yield_per=10_000).execute(stmt):
-            yield tuple(r[:n]), int(r[n]), int(r[n + 1]), int(r[n + 2])
+        result = c.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+        try:
+            for r in result:
+                bucket = tuple(int(b) for b in r[:n]) if side.portable else tuple(r[:n])
+                yield bucket, int(r[n]), fold(r[n + 1]), int(r[n + 2])
+        except BaseException:
+            side.src._abandon(c, result)
+            raise
 
 
 def _summaries(
@@ -635,6 +687,8 @@ def _facts(src: SqlSource) -> _Facts:
     """One catalog round trip for a table side (nothing known for a query, or on error)."""
     if not src.side.table:
         return _Facts()
+    if src.dialect != "postgresql":
+        return _mysql_facts(src)
     try:
         with src.engine.connect() as conn:
             r = conn.execute(_FACTS_SQL, {"t": keyranges.quoted_table(src)}).first()
@@ -646,6 +700,23 @@ def _facts(src: SqlSource) -> _Facts:
     return _Facts(rows, int(r[1] or 0), frozenset(r[3] or ()), int(r[2] or 0))
 
 
+def _mysql_facts(src: SqlSource) -> _Facts:
+    """MariaDB/MySQL: the row estimate from information_schema and the NOT NULL columns."""
+    try:
+        src.columns()
+        with src.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_rows FROM information_schema.tables"
+                    " WHERE table_schema = COALESCE(:s, DATABASE()) AND table_name = :t"
+                ),
+                {"s": src.side.schema_, "t": src.side.table},
+            ).scalar()
+    except (SourceError, sa.exc.SQLAlchemyError):
+        return _Facts()
+    return _Facts(int(rows) if rows else None, 0, frozenset(src._not_null), 0)
+
+
 def _chunks(src: SqlSource, facts: _Facts) -> int:
     """How many block ranges this side's first scan is cut into (1: one plain scan).
 
@@ -654,7 +725,7 @@ def _chunks(src: SqlSource, facts: _Facts) -> int:
     on tables, and from PostgreSQL 14, whose TID range scans read just a chunk's blocks.
     """
     version = src.engine.dialect.server_version_info or (0,)
-    if not src.side.table or version < (14,):
+    if not src.side.table or src.dialect != "postgresql" or version < (14,):
         return 1
     return max(1, min(MAX_CHUNKS, 1 + facts.workers, facts.pages // CHUNK_PAGES))
 
@@ -666,9 +737,9 @@ def _key_range_filter(side: _Side, key_range: tuple[Any, Any]) -> Callable[[sa.F
 
     def where(table: sa.FromClause) -> Any:
         expr = side.src._order_expr(table.c[name], name, kind)
-        conds = [expr >= lo] if lo is not None else []
+        conds = [expr >= side.src.order_bound(lo, kind)] if lo is not None else []
         if hi is not None:
-            conds.append(expr < hi)
+            conds.append(expr < side.src.order_bound(hi, kind))
         return sa.and_(sa.true(), *conds)
 
     return where
@@ -712,7 +783,7 @@ def checksum_diff(
     ps = _Side(projection, pplan, truth, tplan, 1, where)
     if key_range is not None:
         ts.extra, ps.extra = _key_range_filter(ts, key_range), _key_range_filter(ps, key_range)
-    ts.xor = ps.xor = all(
+    ts.xor = ps.xor = ts.portable or all(
         (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
     )
     ft, fp = both(_facts, truth, projection)
@@ -724,7 +795,11 @@ def checksum_diff(
     stats = ChecksumStats(scan_chunks=(ts.chunks, ps.chunks))
     bits = first_bits or _first_bits((ft.rows, fp.rows))
     kind: _Buckets | None = None
-    if buckets != "hash":
+    if ts.portable:  # key ranges read PostgreSQL's statistics and orders: hash buckets here
+        if buckets == "range":
+            raise SpecError("checksum buckets: key ranges cannot run: they need PostgreSQL on both sides")
+        stats.why_hash = "key ranges need PostgreSQL on both sides"
+    elif buckets != "hash":
         rk, why = keyranges.range_key(truth, projection, tplan, pplan)
         if rk is not None:
             first = keyranges.first_grain(truth, projection, plans, rk, 1 << bits, (ts.base(), ps.base()))
