@@ -86,8 +86,14 @@ def test_shared_scenario_forced_checksum(
         pair = open_pair(Context(store_url="sqlite://"), spec)
         try:
             checksum_diff(
-                pair.truth, pair.projection, pair.plans(), pair.rules, spec.key_truth,
-                now=datetime.now(UTC), grace=spec.freshness.grace, buckets="range",
+                pair.truth,
+                pair.projection,
+                pair.plans(),
+                pair.rules,
+                spec.key_truth,
+                now=datetime.now(UTC),
+                grace=spec.freshness.grace,
+                buckets="range",
             )
         finally:
             pair.close()
@@ -146,8 +152,14 @@ def test_types_hash_alike_across_engines(tmp_path: Path, make_pg_db, make_mysql_
     pair = open_pair(Context(store_url="sqlite://"), spec)
     try:
         got = checksum_diff(
-            pair.truth, pair.projection, pair.plans(), pair.rules, spec.key_truth,
-            now=datetime.now(UTC), grace=spec.freshness.grace, first_bits=8,
+            pair.truth,
+            pair.projection,
+            pair.plans(),
+            pair.rules,
+            spec.key_truth,
+            now=datetime.now(UTC),
+            grace=spec.freshness.grace,
+            first_bits=8,
         )
     finally:
         pair.close()

@@ -107,9 +107,14 @@ def _element(text: Expr, dialect: str) -> Expr:
     The concatenation must be NULL when the text is: MariaDB's CONCAT is, PostgreSQL's ``||``
     is (its concat() is not)."""
     length = _text(sa.func.char_length(text))
-    joined = sa.func.concat(length, ":", text) if _mysql(dialect) else sa.literal_column(
-        "''", sa.Text
-    ).op("||")(length).op("||")(sa.literal(":", sa.Text)).op("||")(text)
+    joined = (
+        sa.func.concat(length, ":", text)
+        if _mysql(dialect)
+        else sa.literal_column("''", sa.Text)
+        .op("||")(length)
+        .op("||")(sa.literal(":", sa.Text))
+        .op("||")(text)
+    )
     return sa.func.coalesce(joined, sa.literal("n"))
 
 
