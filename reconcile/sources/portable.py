@@ -95,6 +95,9 @@ def value_text(col: Expr, mine: Any, other: Any, dialect: str) -> Expr:
     if kinds <= {"int"} and not (_is_exact(mine) and _type_kind(mine) != "int"):
         return _text(col)
     if kinds <= {"int", "number"} and not any(isinstance(t, sa.Float) for t in (mine, other)):
+        scales = {getattr(t, "scale", None) for t in (mine, other) if _is_exact(t)}
+        if len(scales) == 1 and None not in scales and all(_is_exact(t) for t in (mine, other)):
+            return _text(col)  # the same scale on both sides: both print it the same way
         return _trimmed_number(col, dialect)
     if _type_kind(mine) == "datetime" and isinstance(mine, sa.types.TypeEngine):
         return _time_text(col, mine, dialect)
