@@ -63,7 +63,7 @@ def test_same_findings_as_streaming_and_buckets_skipped(
         )
     finally:
         pair.close()
-    assert got is not None and got.stats.buckets == "hash"
+    assert got is not None and got.stats.buckets == "hash"  # a text first key column
     # Numbers, texts, NULLs and '' hash alike on both engines: only the drifted rows' buckets differ.
     assert got.stats.fetched_truth < 400 and got.stats.skipped_rows > 3500
     assert len(got.outcome.findings) == 13
@@ -176,3 +176,79 @@ def test_fanout_ranges_push_down(tmp_path: Path, make_pg_db, make_mysql_db) -> N
     fan = audit_fanout(Context.of(AuditStore(f"sqlite:///{tmp_path / 'fan.db'}")), spec, 3)
     assert one.strategy == "checksum"
     assert view(fan)[0] == view(one)[0]
+
+
+def _orders(truth: str, proj: str, n: int = 5000) -> Any:
+    """An integer key on both sides (int4 facing bigint), drift scattered, keys with gaps."""
+    rows = [{"id": 3 * i + 7, "amount": Decimal(i % 997) / 4, "status": "paid"} for i in range(n)]
+    cols = [sa.Column("amount", sa.Numeric(12, 2)), sa.Column("status", sa.String(12))]
+    make_table(
+        truth, "orders", [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), *cols], rows
+    )
+    prows = [
+        dict(r) for r in rows if r["id"] not in (7, 3007, 3 * (n - 1) + 7)
+    ]  # missing: first, middle, last
+    for r in prows:
+        if r["id"] in (1000, 9001, 12001):
+            r["status"] = "lost"
+    prows += [
+        {"id": 3 * n + 100, "amount": Decimal(1), "status": "x"},
+        {"id": 1, "amount": None, "status": None},
+    ]
+    cols = [sa.Column("amount", sa.Numeric(12, 2)), sa.Column("status", sa.String(12))]
+    make_table(
+        proj,
+        "orders_view",
+        [sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False), *cols],
+        prows,
+    )
+    return spec_from_dict(
+        {
+            "name": "orders",
+            "truth": {"url": truth, "table": "orders"},
+            "projection": {"url": proj, "table": "orders_view"},
+            "key": ["id"],
+            "columns": {"amount": {}, "status": {}},
+        }
+    )
+
+
+@pytest.mark.parametrize("engines", PAIRS, ids="-".join)
+def test_integer_keys_use_spans(
+    tmp_path: Path, make_pg_db, make_mysql_db, monkeypatch: pytest.MonkeyPatch, engines: tuple[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    """An integer first key column: buckets are spans of it, refined and fetched by key range."""
+    from reconcile.sources import checksum
+
+    t, p = _dbs(make_pg_db, make_mysql_db, engines)
+    spec = _orders(t, p)
+    s, c = both(spec, stores(tmp_path))
+    sm = s.summary
+    assert (sm.missing, sm.orphan, sm.mismatch) == (3, 2, 3)
+
+    def diff(**kw: Any) -> Any:
+        pair = open_pair(Context(store_url="sqlite://"), spec)
+        try:
+            return checksum_diff(
+                pair.truth,
+                pair.projection,
+                pair.plans(),
+                pair.rules,
+                spec.key_truth,
+                now=datetime.now(UTC),
+                grace=spec.freshness.grace,
+                **kw,
+            )
+        finally:
+            pair.close()
+
+    got = diff(first_bits=8)
+    assert got.stats.buckets == "range" and got.stats.why_hash is None
+    assert len(got.outcome.findings) == 8 and got.stats.fetched_truth < 200
+    # Refined to spans of one key, then fetched by many spans (or, past MAX_SPANS, by bucket id).
+    monkeypatch.setattr(checksum, "REFINE_ROWS", 5)
+    monkeypatch.setattr(checksum._IntRanges, "MAX_SPANS", 3)
+    fine = diff(first_bits=6)
+    assert len(fine.stats.levels) >= 2 and fine.stats.fetched_truth <= 8
+    assert sorted(map(repr, fine.outcome.findings)) == sorted(map(repr, got.outcome.findings))
+    assert len(diff(buckets="hash").outcome.findings) == 8

@@ -487,6 +487,81 @@ class _RangeBuckets(_Buckets):
         return level.describe(self.names, self.key.kinds)
 
 
+class _IntRanges(_Buckets):
+    """Buckets of equal spans of an integer first key column, for a pair with MariaDB/MySQL.
+
+    A level is a span width: the bucket of a row is ``(key - lo) DIV width``, plain integer
+    arithmetic both engines do alike (no key hash), and a bucket's rows sit together in the key
+    index, so a finer level and the fetch read only the differing spans through it. PostgreSQL
+    pairs have the richer :class:`_RangeBuckets`; keys of other types use hash buckets.
+    """
+
+    name = "range"
+    MAX_SPANS = 2_000  # a finer level or fetch names at most this many spans, else filters by bucket
+
+    def __init__(self, name: str, lo: int, hi: int, bits: int):
+        self.key, self.lo = name, lo
+        self.first = max(1, -(-(hi - lo) // (1 << bits)))
+        self.first_bits = bits
+        self.refine_rows = REFINE_ROWS  # fetching a differing span's rows is as cheap as summing them
+
+    def _bucket(self, side: _Side, c: Any, width: int) -> Expr:
+        offset = sa.cast(c[self.key], sa.BigInteger) - _lit(self.lo)
+        op = "DIV" if side.src.dialect != "postgresql" else "/"  # bigint / bigint truncates
+        return offset.self_group().op(op)(_lit(width))
+
+    def keyed(self, side: _Side, rows: sa.FromClause, level: int) -> tuple[Any, list[Expr], Expr]:
+        return rows.c, [self._bucket(side, rows.c, level)], sa.null()
+
+    def order(self, exprs: Sequence[Expr]) -> list[Expr]:
+        return list(exprs)
+
+    def scoped(self, side: _Side, level: int, buckets: Sequence[Bucket]) -> sa.Subquery:
+        ids = sorted(int(b[0]) for b in buckets)
+        spans: list[list[int]] = []
+        for b in ids:  # adjacent buckets make one span
+            if spans and spans[-1][1] == b:
+                spans[-1][1] = b + 1
+            else:
+                spans.append([b, b + 1])
+        if len(spans) > self.MAX_SPANS:
+            lst: sa.BindParameter[Any] = sa.bindparam(None, ids, expanding=True, literal_execute=True)
+            return side.base(lambda t: self._bucket(side, t.c, level).in_(lst))
+
+        def within(t: sa.FromClause) -> Any:
+            col, lo, w = t.c[self.key], self.lo, level  # the bare column, so its index serves
+            return sa.or_(*[sa.and_(col >= _lit(lo + a * w), col < _lit(lo + b * w)) for a, b in spans])
+
+        return side.base(within)
+
+    def finer(self, level: int, rows: int, buckets: int) -> tuple[int, int] | None:
+        return None if level <= 1 else (max(1, -(-level // (1 << STEP_BITS))), STEP_BITS)
+
+    def describe(self, level: int) -> str:
+        return f"{self.key} spans of {level:,}"
+
+
+def _int_ranges(ts: _Side, ps: _Side, bits: int) -> _IntRanges | None:
+    """Integer spans for a portable pair whose first key column is an integer on both sides."""
+    if ts.plan.kinds[0] != "int":
+        return None
+    types = (ts._key_types[0], ps._key_types[0])
+    if not all(isinstance(t, sa.Integer) and not _is_bool(t) for t in types):
+        return None
+
+    def bounds(side: _Side) -> tuple[Any, Any]:
+        rows = side.base()
+        col = rows.c[side.plan.key[0]]
+        with side.src.errors(), side.src.engine.connect() as conn:
+            got = conn.execute(sa.select(sa.func.min(col), sa.func.max(col))).first()
+        return (got[0], got[1]) if got is not None else (None, None)
+
+    found = [v for pair in both(bounds, ts, ps) for v in pair if v is not None]
+    if not found:
+        return None
+    return _IntRanges(ts.plan.key[0], int(min(found)), int(max(found)) + 1, bits)
+
+
 def _summary_stmt(side: _Side, kind: _Buckets, level: Any, rows: sa.FromClause) -> sa.Select[Any]:
     cols, bucket_exprs, seed = kind.keyed(side, rows, level)
     labelled = [e.label(f"b{i}") for i, e in enumerate(bucket_exprs)]
@@ -813,10 +888,13 @@ def checksum_diff(
     stats = ChecksumStats(scan_chunks=(ts.chunks, ps.chunks))
     bits = first_bits or _first_bits((ft.rows, fp.rows))
     kind: _Buckets | None = None
-    if ts.portable:  # key ranges read PostgreSQL's statistics and orders: hash buckets here
-        if buckets == "range":
-            raise SpecError("checksum buckets: key ranges cannot run: they need PostgreSQL on both sides")
-        stats.why_hash = "key ranges need PostgreSQL on both sides"
+    if ts.portable:  # spans of an integer key where both engines have one, else hash buckets
+        kind = None if buckets == "hash" else _int_ranges(ts, ps, bits)
+        if kind is None and buckets == "range":
+            need = "with MariaDB or MySQL, key ranges need an integer first key column on both sides"
+            raise SpecError(f"checksum buckets: key ranges cannot run: {need}")
+        if kind is None:
+            stats.why_hash = "MariaDB/MySQL pairs: key ranges need an integer first key column"
     elif buckets != "hash":
         rk, why = keyranges.range_key(truth, projection, tplan, pplan)
         if rk is not None:
