@@ -180,14 +180,18 @@ def test_fanout_ranges_push_down(tmp_path: Path, make_pg_db, make_mysql_db) -> N
 
 def _orders(truth: str, proj: str, n: int = 5000) -> Any:
     """An integer key on both sides (int4 facing bigint), drift scattered, keys with gaps."""
-    rows = [{"id": 3 * i + 7, "amount": Decimal(i % 997) / 4, "status": "paid"} for i in range(n)]
-    cols = [sa.Column("amount", sa.Numeric(12, 2)), sa.Column("status", sa.String(12))]
+    rows: list[dict[str, Any]] = [
+        {"id": 3 * i + 7, "amount": Decimal(i % 997) / 4, "status": "paid"} for i in range(n)
+    ]
+
+    def cols() -> list[sa.Column[Any]]:
+        return [sa.Column("amount", sa.Numeric(12, 2)), sa.Column("status", sa.String(12))]
+
     make_table(
-        truth, "orders", [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), *cols], rows
+        truth, "orders", [sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), *cols()], rows
     )
-    prows = [
-        dict(r) for r in rows if r["id"] not in (7, 3007, 3 * (n - 1) + 7)
-    ]  # missing: first, middle, last
+    missing = (7, 3007, 3 * (n - 1) + 7)  # the first, one in the middle, the last
+    prows = [dict(r) for r in rows if r["id"] not in missing]
     for r in prows:
         if r["id"] in (1000, 9001, 12001):
             r["status"] = "lost"
@@ -195,11 +199,10 @@ def _orders(truth: str, proj: str, n: int = 5000) -> Any:
         {"id": 3 * n + 100, "amount": Decimal(1), "status": "x"},
         {"id": 1, "amount": None, "status": None},
     ]
-    cols = [sa.Column("amount", sa.Numeric(12, 2)), sa.Column("status", sa.String(12))]
     make_table(
         proj,
         "orders_view",
-        [sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False), *cols],
+        [sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False), *cols()],
         prows,
     )
     return spec_from_dict(

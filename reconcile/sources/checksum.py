@@ -565,8 +565,13 @@ def _int_ranges(ts: _Side, ps: _Side, bits: int) -> _IntRanges | None:
 def _summary_stmt(side: _Side, kind: _Buckets, level: Any, rows: sa.FromClause) -> sa.Select[Any]:
     cols, bucket_exprs, seed = kind.keyed(side, rows, level)
     labelled = [e.label(f"b{i}") for i, e in enumerate(bucket_exprs)]
-    # OFFSET 0 keeps the hash from being inlined (and so computed) once per aggregate; MariaDB
-    # materialises such a subquery, which also computes each bucket expression once.
+    if side.src.dialect != "postgresql":
+        # MariaDB: one flat aggregate (a LIMIT subquery would be materialised, ~20% more CPU),
+        # and ORDER BY NULL, else it sorts the GROUP BY's result, at a third of the scan's
+        # cost: the summary rows (a few per thousand rows) are sorted in Python instead.
+        flat = sa.select(*labelled, sa.func.count(), sa.func.bit_xor(side.values_hash(cols, seed)), _lit(0))
+        return flat.group_by(*[sa.literal_column(f"b{i}") for i in range(len(labelled))]).order_by(sa.null())
+    # OFFSET 0 keeps the hash from being inlined (and so computed) once per aggregate.
     inner = sa.select(*labelled, side.values_hash(cols, seed).label("h")).offset(0).subquery("k")
     bs = [inner.c[f"b{i}"] for i in range(len(bucket_exprs))]
     h = inner.c.h
@@ -580,12 +585,7 @@ def _summary_stmt(side: _Side, kind: _Buckets, level: Any, rows: sa.FromClause) 
             # The low half as a signed int4: all 32 bits count.
             sa.func.sum(sa.cast(h.op("&")(_lit(2**32 - 1)) - _lit(2**31), sa.Integer)),
         ]
-    stmt = sa.select(*bs, sa.func.count(), *folds).group_by(*bs)
-    if side.src.dialect != "postgresql":
-        # MariaDB sorts a GROUP BY's result unless told not to, at a third of the scan's cost;
-        # the summary rows (a few per thousand rows) are sorted in Python instead.
-        return stmt.order_by(sa.null())
-    return stmt.order_by(*kind.order(bs))
+    return sa.select(*bs, sa.func.count(), *folds).group_by(*bs).order_by(*kind.order(bs))
 
 
 Summary = tuple[Bucket, int, int, int]

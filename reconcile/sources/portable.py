@@ -64,8 +64,10 @@ def _is_exact(t: Any) -> bool:
     return isinstance(t, sa.Numeric) and not isinstance(t, sa.Float)
 
 
-def _text(col: Expr) -> Expr:
-    return sa.cast(col, sa.Text)  # CAST(x AS TEXT) on PostgreSQL, CAST(x AS CHAR) on MariaDB
+def _text(col: Expr, dialect: str = "postgresql") -> Expr:
+    """A value as text. MariaDB's string functions take any value as its text (the form CAST
+    AS CHAR gives), so it needs no cast, which would cost a quarter of the summary scan."""
+    return col if _mysql(dialect) else sa.cast(col, sa.Text)
 
 
 def _trimmed_number(col: Expr, dialect: str) -> Expr:
@@ -91,17 +93,17 @@ def value_text(col: Expr, mine: Any, other: Any, dialect: str) -> Expr:
     """One value's canonical text on this side (``mine``: its type; ``other``: the other side's)."""
     kinds = {_type_kind(mine), _type_kind(other)}
     if _is_bool(mine):
-        return _text(sa.cast(col, sa.Integer))
+        return _text(sa.cast(col, sa.Integer), dialect)
     if kinds <= {"int"} and not (_is_exact(mine) and _type_kind(mine) != "int"):
-        return _text(col)
+        return _text(col, dialect)
     if kinds <= {"int", "number"} and not any(isinstance(t, sa.Float) for t in (mine, other)):
         scales = {getattr(t, "scale", None) for t in (mine, other) if _is_exact(t)}
         if len(scales) == 1 and None not in scales and all(_is_exact(t) for t in (mine, other)):
-            return _text(col)  # the same scale on both sides: both print it the same way
+            return _text(col, dialect)  # the same scale on both sides: both print it alike
         return _trimmed_number(col, dialect)
     if _type_kind(mine) == "datetime" and isinstance(mine, sa.types.TypeEngine):
         return _time_text(col, mine, dialect)
-    return _text(col)
+    return _text(col, dialect)
 
 
 def _element(text: Expr, dialect: str) -> Expr:
@@ -109,7 +111,7 @@ def _element(text: Expr, dialect: str) -> Expr:
 
     The concatenation must be NULL when the text is: MariaDB's CONCAT is, PostgreSQL's ``||``
     is (its concat() is not)."""
-    length = _text(sa.func.char_length(text))
+    length = _text(sa.func.char_length(text), dialect)
     joined = (
         sa.func.concat(length, ":", text)
         if _mysql(dialect)
