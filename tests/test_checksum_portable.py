@@ -20,7 +20,7 @@ from reconcile.app import Context, audit, audit_fanout
 from reconcile.app.audit import open_pair
 from reconcile.errors import SpecError
 from reconcile.sources.checksum import checksum_diff
-from reconcile.spec import load_spec, spec_from_dict
+from reconcile.spec import Spec, load_spec, spec_from_dict
 from reconcile.store import AuditStore
 
 from .audit_cases import build, spec_file
@@ -37,6 +37,24 @@ def _dbs(make_pg_db: Any, make_mysql_db: Any, pair: tuple[str, str]) -> tuple[st
     return make[pair[0]]("truth"), make[pair[1]]("proj")
 
 
+def _checksum(spec: Spec, **kw: Any) -> Any:
+    """checksum_diff on the spec's pair, now, with ``kw``."""
+    pair = open_pair(Context(store_url="sqlite://"), spec)
+    try:
+        return checksum_diff(
+            pair.truth,
+            pair.projection,
+            pair.plans(),
+            pair.rules,
+            spec.key_truth,
+            now=datetime.now(UTC),
+            grace=spec.freshness.grace,
+            **kw,
+        )
+    finally:
+        pair.close()
+
+
 @pytest.mark.parametrize("engines", PAIRS, ids="-".join)
 def test_same_findings_as_streaming_and_buckets_skipped(
     tmp_path: Path, make_pg_db, make_mysql_db, engines: tuple[str, str]
@@ -49,20 +67,7 @@ def test_same_findings_as_streaming_and_buckets_skipped(
     auto = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 'auto.db'}")), spec)
     assert auto.strategy == "checksum" and view(auto) == view(c)
 
-    pair = open_pair(Context(store_url="sqlite://"), spec)
-    try:
-        got = checksum_diff(
-            pair.truth,
-            pair.projection,
-            pair.plans(),
-            pair.rules,
-            spec.key_truth,
-            now=datetime.now(UTC),
-            grace=spec.freshness.grace,
-            first_bits=10,
-        )
-    finally:
-        pair.close()
+    got = _checksum(spec, first_bits=10)
     assert got is not None and got.stats.buckets == "hash"  # a text first key column
     # Numbers, texts, NULLs and '' hash alike on both engines: only the drifted rows' buckets differ.
     assert got.stats.fetched_truth < 400 and got.stats.skipped_rows > 3500
@@ -83,20 +88,7 @@ def test_shared_scenario_forced_checksum(
     assert (s.summary.compared, s.summary.pending, s.summary.drift) == (22, 1, 4)
     assert audit(Context.of(st[0]), spec).strategy == "stream"
     with pytest.raises(SpecError, match="key ranges cannot run"):
-        pair = open_pair(Context(store_url="sqlite://"), spec)
-        try:
-            checksum_diff(
-                pair.truth,
-                pair.projection,
-                pair.plans(),
-                pair.rules,
-                spec.key_truth,
-                now=datetime.now(UTC),
-                grace=spec.freshness.grace,
-                buckets="range",
-            )
-        finally:
-            pair.close()
+        _checksum(spec, buckets="range")
 
 
 def test_types_hash_alike_across_engines(tmp_path: Path, make_pg_db, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
@@ -149,20 +141,7 @@ def test_types_hash_alike_across_engines(tmp_path: Path, make_pg_db, make_mysql_
             "columns": {"qty": {}, "price": {}, "note": {}, "flag": {}, "at": {}},
         }
     )
-    pair = open_pair(Context(store_url="sqlite://"), spec)
-    try:
-        got = checksum_diff(
-            pair.truth,
-            pair.projection,
-            pair.plans(),
-            pair.rules,
-            spec.key_truth,
-            now=datetime.now(UTC),
-            grace=spec.freshness.grace,
-            first_bits=8,
-        )
-    finally:
-        pair.close()
+    got = _checksum(spec, first_bits=8)
     assert got is not None
     assert got.outcome.findings == [] and got.stats.skipped_rows == 2000
     assert got.stats.fetched_truth == 0 and got.outcome.compared == 2000
@@ -229,29 +208,13 @@ def test_integer_keys_use_spans(
     sm = s.summary
     assert (sm.missing, sm.orphan, sm.mismatch) == (3, 2, 3)
 
-    def diff(**kw: Any) -> Any:
-        pair = open_pair(Context(store_url="sqlite://"), spec)
-        try:
-            return checksum_diff(
-                pair.truth,
-                pair.projection,
-                pair.plans(),
-                pair.rules,
-                spec.key_truth,
-                now=datetime.now(UTC),
-                grace=spec.freshness.grace,
-                **kw,
-            )
-        finally:
-            pair.close()
-
-    got = diff(first_bits=8)
+    got = _checksum(spec, first_bits=8)
     assert got.stats.buckets == "range" and got.stats.why_hash is None
     assert len(got.outcome.findings) == 8 and got.stats.fetched_truth < 200
     # Refined to spans of one key, then fetched by many spans (or, past MAX_SPANS, by bucket id).
     monkeypatch.setattr(checksum, "REFINE_ROWS", 5)
     monkeypatch.setattr(checksum._IntRanges, "MAX_SPANS", 3)
-    fine = diff(first_bits=6)
+    fine = _checksum(spec, first_bits=6)
     assert len(fine.stats.levels) >= 2 and fine.stats.fetched_truth <= 8
     assert sorted(map(repr, fine.outcome.findings)) == sorted(map(repr, got.outcome.findings))
-    assert len(diff(buckets="hash").outcome.findings) == 8
+    assert len(_checksum(spec, buckets="hash").outcome.findings) == 8
