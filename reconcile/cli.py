@@ -445,8 +445,9 @@ def audit(
         str,
         typer.Option(
             "--strategy",
-            help="auto, stream or checksum. checksum pushes bucket checksums down to PostgreSQL on "
-            "both sides and reads only the buckets that differ; auto uses it where it helps.",
+            help="auto, stream or checksum. checksum pushes bucket checksums down to both databases "
+            "(PostgreSQL, MariaDB or MySQL) and reads only the buckets that differ; auto uses it "
+            "where it helps.",
         ),
     ] = "auto",
     wait: WaitOpt = False,

@@ -93,7 +93,7 @@ def _accounts(truth: str, proj: str, n: int = 4000) -> Spec:
         truth,
         "accounts",
         [
-            sa.Column("region", sa.Text, primary_key=True),
+            sa.Column("region", sa.String(8), primary_key=True),  # MariaDB keys need a length
             sa.Column("id", sa.Integer, primary_key=True),
             *cols(),
         ],
@@ -125,7 +125,7 @@ def _accounts(truth: str, proj: str, n: int = 4000) -> Spec:
     make_table(
         proj,
         "account_view",
-        [sa.Column("region", sa.Text), sa.Column("account_id", sa.Integer), *cols()],
+        [sa.Column("region", sa.String(8)), sa.Column("account_id", sa.Integer), *cols()],
         prows,
     )
     execute(truth, "UPDATE accounts SET updated_at = :now WHERE id IN (50, 51)", now=datetime.now(UTC))

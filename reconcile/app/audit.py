@@ -635,17 +635,9 @@ def audit_range(ctx: Context, spec: Spec, rng: KeyRange, *, now: datetime | None
     """Diff one key range and re-check its drifted keys, like a single-pass audit. Writes nothing."""
     pair = open_pair(ctx, spec)
     try:
-        tplan, pplan = pair.plans()
         watch = set(_watch(ctx.store, spec, pair.kinds))
-        first = diff_rows(
-            pair.truth.stream(tplan, extra_filter=range_filter(pair.truth, tplan, rng)),
-            pair.projection.stream(pplan, extra_filter=range_filter(pair.projection, pplan, rng)),
-            pair.rules,
-            spec.key_truth,
-            now=now or datetime.now(UTC),
-            grace=_grace(spec),
-            watch=watch,
-        )
+        # The range pushed down like a whole audit (checksums where both servers allow).
+        first, _ = _diff(pair, None, None, now or datetime.now(UTC), watch, None, rng=rng)
         return _recheck(pair, first, None, watch)
     finally:
         pair.close()
@@ -755,12 +747,16 @@ def _diff(
     on_row: Callable[[], None] | None,
     strategy: str = "auto",
     sink: Callable[[Finding], None] | None = None,
+    rng: KeyRange | None = None,
 ) -> tuple[DiffOutcome, str]:
-    """Run the diff with the strategy asked for; returns the outcome and the strategy used."""
+    """Run the diff with the strategy asked for; returns the outcome and the strategy used.
+
+    ``rng``: only this key range (a fan-out worker's), pushed down like the whole pair."""
     tplan, pplan = pair.plans()
-    # auto falls back to streaming unless both sides are PostgreSQL: skip importing the
-    # pushdown (and SQLAlchemy's PostgreSQL dialect) when it cannot run anyway.
-    pushdown_possible = keys is None and pair.truth.dialect == pair.projection.dialect == "postgresql"
+    # auto falls back to streaming unless both sides are PostgreSQL, MariaDB or MySQL: skip
+    # importing the pushdown (and its SQL dialects) when it cannot run anyway.
+    servers = {"postgresql", "mysql", "mariadb"}
+    pushdown_possible = keys is None and {pair.truth.dialect, pair.projection.dialect} <= servers
     if strategy != "stream" and (strategy != "auto" or pushdown_possible):
         from ..sources.checksum import checksum_diff, unsupported_reason
 
@@ -782,6 +778,7 @@ def _diff(
                 watch=watch,
                 on_row=on_row,
                 fallback=strategy == "auto",
+                key_range=None if rng is None else (rng.lo, rng.hi),
             )
             if got is not None:
                 if sink is not None:  # the checksum path hands its (bucket-sized) findings back
@@ -789,9 +786,11 @@ def _diff(
                         sink(f)
                     got.outcome.findings = []
                 return got.outcome, "checksum"
+    tf = None if rng is None else range_filter(pair.truth, tplan, rng)
+    pf = None if rng is None else range_filter(pair.projection, pplan, rng)
     return diff_rows(
-        pair.truth.stream(tplan, where=where, keys=keys),
-        pair.projection.stream(pplan, where=where, keys=keys),
+        pair.truth.stream(tplan, where=where, keys=keys, extra_filter=tf),
+        pair.projection.stream(pplan, where=where, keys=keys, extra_filter=pf),
         pair.rules,
         pair.spec.key_truth,
         now=now,

@@ -1,10 +1,13 @@
-"""Checksum pushdown: let two PostgreSQL databases say where they differ, then diff only that.
+"""Checksum pushdown: let the two databases say where they differ, then diff only that.
 
-Streaming a 5M-row pair through Python costs a minute; PostgreSQL scans and hashes the same
-rows in seconds. So, when both sides are PostgreSQL, each database first summarises its rows
-per **bucket**, and only the rows of buckets whose summaries differ are streamed, ordered by
-key, through the same :func:`reconcile.diff.diff_rows` merge as the streaming path. Findings,
-pending entities and the tolerance/normalise rules therefore stay exactly as they are there.
+Streaming a 5M-row pair through Python costs a minute; a database scans and hashes the same
+rows in seconds. So, when both sides are PostgreSQL, MariaDB or MySQL, each database first
+summarises its rows per **bucket**, and only the rows of buckets whose summaries differ are
+streamed, ordered by key, through the same :func:`reconcile.diff.diff_rows` merge as the
+streaming path. Findings, pending entities and the tolerance/normalise rules therefore stay
+exactly as they are there. Two PostgreSQL databases hash with PostgreSQL's typed hash functions
+(below); a pair with MariaDB or MySQL on either side hashes a canonical text both engines print
+alike (:mod:`reconcile.sources.portable`), with hash buckets only.
 
 Two kinds of bucket:
 
@@ -75,7 +78,7 @@ from sqlalchemy.dialects import postgresql as pg
 from ..compare import ColumnRule, key_part
 from ..diff import DiffOutcome, Row, diff_rows
 from ..errors import SourceError, SpecError
-from . import keyranges
+from . import keyranges, portable
 from .keyranges import FirstGrain, Grain, RangeKey, both
 from .sql import ReadPlan, SqlSource, _as_time, _type_kind
 
@@ -130,18 +133,28 @@ T = TypeVar("T")
 def _settle(conn: sa.Connection, *settings: Mapping[str, str]) -> None:
     """Apply transaction-local settings (reconcile's own constants) in one round trip."""
     merged = {k: v for s in settings for k, v in s.items()}
-    if merged:
+    if merged and conn.dialect.name == "postgresql":  # planner settings: PostgreSQL's own
         conn.execute(sa.select(*[sa.func.set_config(k, v, True) for k, v in merged.items()]))
 
 
 def unsupported_reason(truth: SqlSource, projection: SqlSource) -> str | None:
-    """Why checksum pushdown cannot run on this pair, or None when it can."""
+    """Why checksum pushdown cannot run on this pair, or None when it can.
+
+    Two PostgreSQL 13+ databases use PostgreSQL's typed hashes; a pair with MariaDB or MySQL
+    (8+) on either side hashes the portable text form (:mod:`reconcile.sources.portable`),
+    folded with ``bit_xor``, which PostgreSQL has from 14."""
+    cross = portable.portable(truth.dialect, projection.dialect)
     for src in (truth, projection):
-        if src.dialect != "postgresql":
-            return f"{src.role} is {src.dialect}; checksum pushdown needs PostgreSQL on both sides"
+        if src.dialect not in portable.DIALECTS:
+            need = "PostgreSQL, MariaDB or MySQL on both sides"
+            return f"{src.role} is {src.dialect}; checksum pushdown needs {need}"
         version = src.engine.dialect.server_version_info
-        if version is not None and version < (13,):
-            return f"{src.role} runs PostgreSQL {version[0]}; checksum pushdown needs 13 or later"
+        if src.dialect == "postgresql":
+            least = 14 if cross else 13
+            if version is not None and version < (least,):
+                return f"{src.role} runs PostgreSQL {version[0]}; pushdown needs {least} or later here"
+        elif not getattr(src.engine.dialect, "is_mariadb", False) and version is not None and version < (8,):
+            return f"{src.role} runs MySQL {version[0]}; checksum pushdown needs MySQL 8 or MariaDB"
     return None
 
 
@@ -268,6 +281,8 @@ class _Side:
         # Per compared value: can it be NULL on either side? (Both sides must agree on it.)
         self.nullable: list[bool] = [True] * len(plan.values)
         self.xor = False  # fold row hashes with bit_xor (PostgreSQL 14+ on both sides) or sum halves
+        # Hash the portable text form (a MariaDB/MySQL side) instead of PostgreSQL's typed hashes.
+        self.portable = portable.portable(src.dialect, other.dialect)
         self.chunks, self.pages = 1, 0  # block ranges of the first scan, and the table's pages
         mine, theirs = src.columns(), other.columns()
         self._key_types = [mine.get(k) for k in plan.key]
@@ -294,6 +309,8 @@ class _Side:
 
     def key_hash(self, c: Any) -> sa.ColumnElement[Any]:
         """A 64-bit hash of the canonical key (typed, so integer keys skip their text form)."""
+        if self.portable:
+            return portable.row_hash(self._key_texts(c), self.src.dialect)
         h: sa.ColumnElement[Any] = sa.literal_column("0::bigint")
         cols = zip(self.plan.key, self._key_types, self.plan.kinds, self.key_families, strict=True)
         for k, t, kind, family in cols:
@@ -301,14 +318,33 @@ class _Side:
             h = _hash(family, sa.cast(expr, sa.Numeric) if family == "numeric" else expr, h, nullable=False)
         return h
 
+    def _key_texts(self, c: Any) -> list[Expr]:
+        """The key columns' portable texts (by the kind both sides share)."""
+        texts = []
+        for k, t, kind in zip(self.plan.key, self._key_types, self.plan.kinds, strict=True):
+            as_type = {"int": sa.BigInteger(), "number": sa.Numeric(), "datetime": t}.get(kind, sa.Text())
+            mine = t if kind == "datetime" else as_type
+            texts.append(portable.value_text(c[k], mine, as_type, self.src.dialect))
+        return texts
+
+    def _portable_hash(self, c: Any) -> sa.ColumnElement[Any]:
+        """The row hash of a pair with MariaDB/MySQL: md5 of the key's and values' texts."""
+        vals = [
+            portable.value_text(c[v], a, b, self.src.dialect)
+            for v, (a, b) in zip(self.plan.values, self._val_types, strict=True)
+        ]
+        return portable.row_hash([*self._key_texts(c), *vals], self.src.dialect)
+
     def values_hash(self, c: Any, seed: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """The row hash: the values chained through their hash functions, seeded with ``seed``.
 
         NULL is hashed as its family's zero value, and a bitmap of the NULL positions (of the
         values that may be NULL on either side) goes into the seed first, so NULL and ``0``/``''``
         still differ; each value is referenced once, so the expression grows linearly with the
-        columns.
+        columns. A portable pair hashes the key's and values' texts instead (``seed`` unused).
         """
+        if self.portable:
+            return self._portable_hash(c)
         vals = [_canon_value(c[v], a, b) for v, (a, b) in zip(self.plan.values, self._val_types, strict=True)]
         h = seed
         maybe_null = [v for v, n in zip(vals, self.nullable, strict=True) if n]  # NOT NULL on both: skip
@@ -332,12 +368,16 @@ class _Side:
         with src.errors(), src.engine.connect() as conn:
             _settle(conn, CURSOR_SQL, session)
             result = conn.execution_options(stream_results=True, yield_per=src.chunk_rows).execute(stmt)
-            for r in result:
-                try:
-                    key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
-                except ValueError as e:
-                    raise SourceError(f"{src.role}: {e} (key columns {list(plan.key)})") from None
-                yield Row(key, tuple(r[nk : nk + nv]), _as_time(r[nk + nv]) if has_changed else None)
+            try:
+                for r in result:
+                    try:
+                        key = tuple(key_part(r[i], kinds[i]) for i in range(nk))
+                    except ValueError as e:
+                        raise SourceError(f"{src.role}: {e} (key columns {list(plan.key)})") from None
+                    yield Row(key, tuple(r[nk : nk + nv]), _as_time(r[nk + nv]) if has_changed else None)
+            except BaseException:  # an error, or the merge stopped early: end a MySQL stream now
+                src._abandon(conn, result)
+                raise
 
 
 # -- the two kinds of bucket -------------------------------------------------------------------
@@ -390,6 +430,8 @@ class _HashBuckets(_Buckets):
         return fine.op(">>")(_lit(FINE_BITS - bits))
 
     def keyed(self, side: _Side, rows: sa.FromClause, level: int) -> tuple[Any, list[Expr], Expr]:
+        if side.portable:  # the row hash does not use the key hash
+            return rows.c, [self.bucket_of(side.key_hash(rows.c), level)], sa.null()
         # OFFSET 0 keeps the key hash from being inlined (and so computed) twice.
         k = sa.select(rows, side.key_hash(rows.c).label("_kh")).offset(0).subquery("kh")
         return k.c, [self.bucket_of(k.c._kh, level)], k.c._kh
@@ -398,7 +440,11 @@ class _HashBuckets(_Buckets):
         return list(exprs)
 
     def scoped(self, side: _Side, level: int, buckets: Sequence[Bucket]) -> sa.Subquery:
-        arr = sa.bindparam(None, [b[0] for b in buckets], type_=pg.ARRAY(sa.BigInteger))
+        ids = [b[0] for b in buckets]
+        if side.src.dialect != "postgresql":  # no arrays: the ids inline, as numbers
+            lst: sa.BindParameter[Any] = sa.bindparam(None, ids, expanding=True, literal_execute=True)
+            return side.base(lambda t: self.bucket_of(side.key_hash(t.c), level).in_(lst))
+        arr = sa.bindparam(None, ids, type_=pg.ARRAY(sa.BigInteger))
         return side.base(lambda t: self.bucket_of(side.key_hash(t.c), level) == sa.any_(arr))
 
     def finer(self, level: int, rows: int, buckets: int) -> tuple[int, int] | None:
@@ -441,9 +487,91 @@ class _RangeBuckets(_Buckets):
         return level.describe(self.names, self.key.kinds)
 
 
+class _IntRanges(_Buckets):
+    """Buckets of equal spans of an integer first key column, for a pair with MariaDB/MySQL.
+
+    A level is a span width: the bucket of a row is ``(key - lo) DIV width``, plain integer
+    arithmetic both engines do alike (no key hash), and a bucket's rows sit together in the key
+    index, so a finer level and the fetch read only the differing spans through it. PostgreSQL
+    pairs have the richer :class:`_RangeBuckets`; keys of other types use hash buckets.
+    """
+
+    name = "range"
+    MAX_SPANS = 2_000  # a finer level or fetch names at most this many spans, else filters by bucket
+
+    def __init__(self, name: str, lo: int, hi: int, bits: int):
+        self.key, self.lo = name, lo
+        self.first = max(1, -(-(hi - lo) // (1 << bits)))
+        self.first_bits = bits
+        self.refine_rows = REFINE_ROWS  # fetching a differing span's rows is as cheap as summing them
+
+    def _bucket(self, side: _Side, c: Any, width: int) -> Expr:
+        offset = sa.cast(c[self.key], sa.BigInteger) - _lit(self.lo)
+        op = "DIV" if side.src.dialect != "postgresql" else "/"  # bigint / bigint truncates
+        return offset.self_group().op(op)(_lit(width))
+
+    def keyed(self, side: _Side, rows: sa.FromClause, level: int) -> tuple[Any, list[Expr], Expr]:
+        return rows.c, [self._bucket(side, rows.c, level)], sa.null()
+
+    def order(self, exprs: Sequence[Expr]) -> list[Expr]:
+        return list(exprs)
+
+    def scoped(self, side: _Side, level: int, buckets: Sequence[Bucket]) -> sa.Subquery:
+        ids = sorted(int(b[0]) for b in buckets)
+        spans: list[list[int]] = []
+        for b in ids:  # adjacent buckets make one span
+            if spans and spans[-1][1] == b:
+                spans[-1][1] = b + 1
+            else:
+                spans.append([b, b + 1])
+        if len(spans) > self.MAX_SPANS:
+            lst: sa.BindParameter[Any] = sa.bindparam(None, ids, expanding=True, literal_execute=True)
+            return side.base(lambda t: self._bucket(side, t.c, level).in_(lst))
+
+        def within(t: sa.FromClause) -> Any:
+            col, lo, w = t.c[self.key], self.lo, level  # the bare column, so its index serves
+            return sa.or_(*[sa.and_(col >= _lit(lo + a * w), col < _lit(lo + b * w)) for a, b in spans])
+
+        return side.base(within)
+
+    def finer(self, level: int, rows: int, buckets: int) -> tuple[int, int] | None:
+        return None if level <= 1 else (max(1, -(-level // (1 << STEP_BITS))), STEP_BITS)
+
+    def describe(self, level: int) -> str:
+        return f"{self.key} spans of {level:,}"
+
+
+def _int_ranges(ts: _Side, ps: _Side, bits: int) -> _IntRanges | None:
+    """Integer spans for a portable pair whose first key column is an integer on both sides."""
+    if ts.plan.kinds[0] != "int":
+        return None
+    types = (ts._key_types[0], ps._key_types[0])
+    if not all(isinstance(t, sa.Integer) and not _is_bool(t) for t in types):
+        return None
+
+    def bounds(side: _Side) -> tuple[Any, Any]:
+        rows = side.base()
+        col = rows.c[side.plan.key[0]]
+        with side.src.errors(), side.src.engine.connect() as conn:
+            got = conn.execute(sa.select(sa.func.min(col), sa.func.max(col))).first()
+        return (got[0], got[1]) if got is not None else (None, None)
+
+    found = [v for pair in both(bounds, ts, ps) for v in pair if v is not None]
+    if not found:
+        return None
+    return _IntRanges(ts.plan.key[0], int(min(found)), int(max(found)) + 1, bits)
+
+
 def _summary_stmt(side: _Side, kind: _Buckets, level: Any, rows: sa.FromClause) -> sa.Select[Any]:
     cols, bucket_exprs, seed = kind.keyed(side, rows, level)
     labelled = [e.label(f"b{i}") for i, e in enumerate(bucket_exprs)]
+    if side.src.dialect != "postgresql":
+        # MariaDB: one flat aggregate (a LIMIT subquery would be materialised, ~20% more CPU),
+        # and ORDER BY NULL, else it sorts the GROUP BY's result, at a third of the scan's
+        # cost: the summary rows (a few per thousand rows) are sorted in Python instead.
+        flat = sa.select(*labelled, sa.func.count(), sa.func.bit_xor(side.values_hash(cols, seed)), _lit(0))
+        return flat.group_by(*[sa.literal_column(f"b{i}") for i in range(len(labelled))]).order_by(sa.null())
+    # OFFSET 0 keeps the hash from being inlined (and so computed) once per aggregate.
     inner = sa.select(*labelled, side.values_hash(cols, seed).label("h")).offset(0).subquery("k")
     bs = [inner.c[f"b{i}"] for i in range(len(bucket_exprs))]
     h = inner.c.h
@@ -468,10 +596,27 @@ def _run_summary(
 ) -> Iterator[Summary]:
     """Execute one summary statement (on ``conn`` when given, closed at the end)."""
     n = len(stmt.selected_columns) - 3
+    # A portable pair's XOR fold: signed on PostgreSQL, unsigned on MariaDB; the same bits.
+    fold: Callable[[Any], int] = portable.unsigned if side.portable else int
     with side.src.errors(), conn if conn is not None else side.src.engine.connect() as c:
         _settle(c, SUMMARY_SQL, CURSOR_SQL, session)
-        for r in c.execution_options(stream_results=True, yield_per=10_000).execute(stmt):
-            yield tuple(r[:n]), int(r[n]), int(r[n + 1]), int(r[n + 2])
+        result = c.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+        rows: Iterator[Summary] = (
+            (
+                tuple(int(b) for b in r[:n]) if side.portable else tuple(r[:n]),
+                int(r[n]),
+                fold(r[n + 1]),
+                int(r[n + 2]),
+            )
+            for r in result
+        )
+        try:
+            if side.src.dialect != "postgresql":  # unordered (see _summary_stmt): order them here
+                rows = iter(sorted(rows, key=lambda x: x[0]))
+            yield from rows
+        except BaseException:
+            side.src._abandon(c, result)
+            raise
 
 
 def _summaries(
@@ -635,6 +780,8 @@ def _facts(src: SqlSource) -> _Facts:
     """One catalog round trip for a table side (nothing known for a query, or on error)."""
     if not src.side.table:
         return _Facts()
+    if src.dialect != "postgresql":
+        return _mysql_facts(src)
     try:
         with src.engine.connect() as conn:
             r = conn.execute(_FACTS_SQL, {"t": keyranges.quoted_table(src)}).first()
@@ -646,6 +793,23 @@ def _facts(src: SqlSource) -> _Facts:
     return _Facts(rows, int(r[1] or 0), frozenset(r[3] or ()), int(r[2] or 0))
 
 
+def _mysql_facts(src: SqlSource) -> _Facts:
+    """MariaDB/MySQL: the row estimate from information_schema and the NOT NULL columns."""
+    try:
+        src.columns()
+        with src.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_rows FROM information_schema.tables"
+                    " WHERE table_schema = COALESCE(:s, DATABASE()) AND table_name = :t"
+                ),
+                {"s": src.side.schema_, "t": src.side.table},
+            ).scalar()
+    except (SourceError, sa.exc.SQLAlchemyError):
+        return _Facts()
+    return _Facts(int(rows) if rows else None, 0, frozenset(src._not_null), 0)
+
+
 def _chunks(src: SqlSource, facts: _Facts) -> int:
     """How many block ranges this side's first scan is cut into (1: one plain scan).
 
@@ -654,7 +818,7 @@ def _chunks(src: SqlSource, facts: _Facts) -> int:
     on tables, and from PostgreSQL 14, whose TID range scans read just a chunk's blocks.
     """
     version = src.engine.dialect.server_version_info or (0,)
-    if not src.side.table or version < (14,):
+    if not src.side.table or src.dialect != "postgresql" or version < (14,):
         return 1
     return max(1, min(MAX_CHUNKS, 1 + facts.workers, facts.pages // CHUNK_PAGES))
 
@@ -666,9 +830,9 @@ def _key_range_filter(side: _Side, key_range: tuple[Any, Any]) -> Callable[[sa.F
 
     def where(table: sa.FromClause) -> Any:
         expr = side.src._order_expr(table.c[name], name, kind)
-        conds = [expr >= lo] if lo is not None else []
+        conds = [expr >= side.src.order_bound(lo, kind)] if lo is not None else []
         if hi is not None:
-            conds.append(expr < hi)
+            conds.append(expr < side.src.order_bound(hi, kind))
         return sa.and_(sa.true(), *conds)
 
     return where
@@ -712,7 +876,7 @@ def checksum_diff(
     ps = _Side(projection, pplan, truth, tplan, 1, where)
     if key_range is not None:
         ts.extra, ps.extra = _key_range_filter(ts, key_range), _key_range_filter(ps, key_range)
-    ts.xor = ps.xor = all(
+    ts.xor = ps.xor = ts.portable or all(
         (s.engine.dialect.server_version_info or (0,)) >= (14,) for s in (truth, projection)
     )
     ft, fp = both(_facts, truth, projection)
@@ -724,7 +888,14 @@ def checksum_diff(
     stats = ChecksumStats(scan_chunks=(ts.chunks, ps.chunks))
     bits = first_bits or _first_bits((ft.rows, fp.rows))
     kind: _Buckets | None = None
-    if buckets != "hash":
+    if ts.portable:  # spans of an integer key where both engines have one, else hash buckets
+        kind = None if buckets == "hash" else _int_ranges(ts, ps, bits)
+        if kind is None and buckets == "range":
+            need = "with MariaDB or MySQL, key ranges need an integer first key column on both sides"
+            raise SpecError(f"checksum buckets: key ranges cannot run: {need}")
+        if kind is None:
+            stats.why_hash = "MariaDB/MySQL pairs: key ranges need an integer first key column"
+    elif buckets != "hash":
         rk, why = keyranges.range_key(truth, projection, tplan, pplan)
         if rk is not None:
             first = keyranges.first_grain(truth, projection, plans, rk, 1 << bits, (ts.base(), ps.base()))

@@ -75,9 +75,9 @@ def range_filter(src: SqlSource, plan: ReadPlan, rng: KeyRange) -> Callable[[sa.
         expr = _key_expr(src, table, name, kind)
         conds = []
         if rng.lo is not None:
-            conds.append(expr >= rng.lo)
+            conds.append(expr >= src.order_bound(rng.lo, kind))
         if rng.hi is not None:
-            conds.append(expr < rng.hi)
+            conds.append(expr < src.order_bound(rng.hi, kind))
         return sa.and_(sa.true(), *conds)
 
     return where

@@ -280,6 +280,12 @@ class SqlSource:
             return sa.collate(expr, coll) if coll else expr
         return col
 
+    def order_bound(self, value: Any, kind: str) -> Any:
+        """A canonical key value as compared with :meth:`_order_expr` (UTF-8 bytes on MySQL)."""
+        if self._mysql and kind == "text" and isinstance(value, str):
+            return value.encode("utf-8")
+        return value
+
     def select(
         self,
         plan: ReadPlan,
