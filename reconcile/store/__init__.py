@@ -231,17 +231,18 @@ class AuditStore(Store):
         drift = False
         with self._begin() as conn:
             conn.execute(L.update().where(L.c.name == lock).values(acquired_at=now))
-            for batch in _batches(seen, BATCH):
-                plan = self._record_batch(conn, spec, run_id, batch, now, confirm_runs)
-                for f in plan.confirmed:
-                    summary.count(f.kind)
-                    if f.status is FindingStatus.ACKNOWLEDGED:
-                        summary.acknowledged += 1
-                    else:
-                        drift = True
-                summary.unconfirmed += len(plan.unconfirmed)
-                confirmed += plan.confirmed[: max(0, keep - len(confirmed))]
-                unconfirmed += plan.unconfirmed[: max(0, keep - len(unconfirmed))]
+            if self._psycopg(conn):
+                confirmed, unconfirmed, drift = self._record_set_based(
+                    conn, spec, run_id, seen, now, confirm_runs, keep, summary
+                )
+            else:
+                for batch in _batches(seen, BATCH):
+                    plan = self._record_batch(conn, spec, run_id, batch, now, confirm_runs)
+                    for f in plan.confirmed:
+                        drift |= lifecycle.tally(summary, f.kind, f.status, confirmed=True)
+                    summary.unconfirmed += len(plan.unconfirmed)
+                    confirmed += plan.confirmed[: max(0, keep - len(confirmed))]
+                    unconfirmed += plan.unconfirmed[: max(0, keep - len(unconfirmed))]
             # Active findings this run did not see (every row it saw now carries its run id):
             # the rule of lifecycle.plan_run, carried out set-wise.
             unseen = [F.c.spec == spec, F.c.status.in_(ACTIVE), F.c.last_run_id != run_id]
@@ -267,24 +268,52 @@ class AuditStore(Store):
             )
         return confirmed, unconfirmed
 
+    @staticmethod
+    def _record_set_based(
+        conn: Connection,
+        spec: str,
+        run_id: str,
+        seen: Iterable[Finding],
+        now: datetime,
+        confirm_runs: int,
+        keep: int,
+        summary: Summary,
+    ) -> tuple[list[Finding], list[Finding], bool]:
+        """PostgreSQL: the run's findings by COPY, their lifecycle decided by a few set-based
+        statements (:mod:`reconcile.store.record`, held equal to :func:`lifecycle.plan_run` by
+        ``tests/test_record_equivalence.py``); (confirmed, unconfirmed, drift)."""
+        from .record import record_findings
+
+        got = record_findings(
+            conn,
+            spec=spec,
+            run_id=run_id,
+            now=now,
+            seen=seen,
+            confirm_runs=confirm_runs,
+            keep=keep,
+            rebuild=_finding,
+        )
+        drift = False
+        for (kind, status, times_seen), n in sorted(got.counts.items()):
+            ok = lifecycle.is_confirmed(times_seen, confirm_runs)
+            drift |= lifecycle.tally(summary, kind, status, confirmed=ok, count=n)
+        return got.confirmed, got.unconfirmed, drift
+
     def _record_batch(
         self, conn: Connection, spec: str, run_id: str, batch: list[Finding], now: datetime, confirm_runs: int
     ) -> lifecycle.RunPlan:
         active, before = self._active_and_episodes(conn, spec, [f.key_id for f in batch])
         plan = plan_run(
-            active, batch, clean=(), pending=(), resolve_unseen=False, confirm_runs=confirm_runs, now=now
+            active,
+            batch,
+            clean=(),
+            pending=(),
+            resolve_unseen=False,
+            confirm_runs=confirm_runs,
+            now=now,
+            last_episode=before,
         )
-        # A new finding of an entity that drifted before is its next episode.
-        before = {f.key_id: before[f.key_id] for f in plan.new if before.get(f.key_id)}
-        if before:
-            episodes = {f.key_id: int(before.get(f.key_id) or 0) + 1 for f in plan.new}
-            plan.new = [f.with_lifecycle(episode=episodes[f.key_id]) for f in plan.new]
-            plan.confirmed = [
-                f.with_lifecycle(episode=episodes.get(f.key_id, f.episode)) for f in plan.confirmed
-            ]
-            plan.unconfirmed = [
-                f.with_lifecycle(episode=episodes.get(f.key_id, f.episode)) for f in plan.unconfirmed
-            ]
 
         def values(f: Finding) -> dict[str, Any]:
             return {
