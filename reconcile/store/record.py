@@ -6,22 +6,21 @@ module carries it out without deciding finding by finding in Python (issue 15: r
 which already holds the spec's lock row:
 
 1. the run's findings go into a temporary table by ``COPY`` (their order kept in ``ord``);
-2. one ``UPDATE ... FROM`` moves the findings seen again: this run's values, one more
-   sighting; status, first seen, note and episode stay (``plan_run``'s ``again``);
-3. one ``INSERT ... SELECT`` opens the others as new findings, each the next episode of its
-   entity (``plan_run``'s ``new`` with ``last_episode``);
-4. both statements hand back counts by (kind, status, times seen) from ``RETURNING``, and the
-   first ``keep`` findings read back their lifecycle, so the caller tallies the summary and
-   returns findings exactly as ``plan_run`` would have built them.
+2. one statement moves the findings seen again (this run's values, one more sighting; status,
+   first seen, note and episode stay: ``plan_run``'s ``again``) and inserts the others as new
+   findings, each the next episode of its entity (``plan_run``'s ``new`` with
+   ``last_episode``), and hands back counts by (kind, status, times seen) for the summary;
+3. the first ``keep`` findings read back their lifecycle, so the caller returns them exactly
+   as ``plan_run`` would have built them.
 
 Resolving the active findings the run did not see is the caller's (already set-wise) step.
 ``tests/test_record_equivalence.py`` holds this path equal to ``plan_run`` on random cases.
 
 The plans: every statement runs as a generic plan (a spec is estimated by the number of specs,
-not by statistics that may predate the spec's rows), and the lookups of the first ``keep`` go
-key by key through ``LATERAL ... LIMIT 1`` (see :mod:`reconcile.store.bulk`). The two big
-statements join the whole temporary table, which is ANALYZEd after the COPY, so the planner
-knows how many findings the run has.
+not by statistics that may predate the spec's rows), and the lookups of single keys go through
+the ``(spec, key_id)`` index (``LATERAL ... LIMIT 1``, see :mod:`reconcile.store.bulk`). The
+update joins the whole temporary table, which is ANALYZEd after the COPY, so the planner knows
+how many findings the run has; it is a HOT update where the page has room (migration 6).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..compare import jsonable
+from ..compare import json_text
 from ..findings import Finding, FindingKind, FindingStatus
 from ..lifecycle import is_confirmed
 from .bulk import COMPACT, cursor
@@ -49,11 +48,11 @@ CREATE TEMPORARY TABLE reconcile_seen (
 """
 _SEEN_COLUMNS = "ord, key_id, entity_key, kind, columns, truth, projection, copies, cause, evidence"
 
-# Counts of the rows a statement wrote, by what the summary needs.
-_COUNTS = "SELECT kind, status, times_seen, count(*) FROM w GROUP BY kind, status, times_seen"
-
-_AGAIN = f"""
-WITH w AS (
+# One statement: the findings seen again move (``u``), the others are inserted as new (``i``),
+# and what both wrote comes back counted by what the summary needs. Both parts read the table
+# as it was before the statement, so ``i`` tells the seen-again ones by ``u``'s output.
+_RECORD = f"""
+WITH u AS (
   UPDATE reconcile_findings AS f
   SET kind = s.kind, columns = s.columns::json, truth = s.truth::json,
       projection = s.projection::json, copies = s.copies, cause = s.cause,
@@ -61,32 +60,34 @@ WITH w AS (
       last_seen = %(now)s, last_run_id = %(run_id)s
   FROM reconcile_seen AS s
   WHERE f.spec = %(spec)s AND f.key_id = s.key_id AND f.status IN {_ACTIVE}
-  RETURNING f.kind, f.status, f.times_seen
-)
-{_COUNTS}
-"""
-
-# A key with no active finding is new; the last episode it ever had (resolved ones) + 1 is its
-# episode. One index lookup per key, for both questions.
-_NEW = f"""
-WITH w AS (
+  RETURNING s.ord, f.kind, f.status, f.times_seen
+), i AS (
   INSERT INTO reconcile_findings (spec, key_id, entity_key, kind, columns, truth, projection,
     copies, cause, evidence, status, times_seen, first_seen, last_seen, first_run_id, last_run_id,
     episode)
   SELECT %(spec)s, s.key_id, s.entity_key::json, s.kind, s.columns::json, s.truth::json,
     s.projection::json, s.copies, s.cause, s.evidence::json, 'open', 1, %(now)s, %(now)s,
-    %(run_id)s, %(run_id)s, coalesce(e.last, 0) + 1
+    %(run_id)s, %(run_id)s, {{episode}}
   FROM reconcile_seen AS s
-  LEFT JOIN LATERAL (
-    SELECT max(h.episode) AS last, bool_or(h.status IN {_ACTIVE}) AS active
-    FROM reconcile_findings h WHERE h.spec = %(spec)s AND h.key_id = s.key_id
-  ) e ON true
-  WHERE e.active IS NOT TRUE
+  WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.ord = s.ord)
   ORDER BY s.ord
   RETURNING kind, status, times_seen
 )
-{_COUNTS}
+SELECT kind, status, times_seen, count(*)
+FROM (SELECT kind, status, times_seen FROM u UNION ALL SELECT kind, status, times_seen FROM i) w
+GROUP BY kind, status, times_seen
 """
+
+# A new finding's episode: one more than the last its entity had (every finding of an entity
+# with no active one is resolved), looked up key by key. A spec with no resolved finding at
+# all (its first audits) skips the lookups: every new finding is an entity's first episode.
+_NEXT_EPISODE = (
+    "coalesce((SELECT max(h.episode) FROM reconcile_findings h"
+    " WHERE h.spec = %(spec)s AND h.key_id = s.key_id), 0) + 1"
+)
+_ANY_RESOLVED = (
+    "SELECT EXISTS (SELECT 1 FROM reconcile_findings WHERE spec = %(spec)s AND status = 'resolved')"
+)
 
 # The stored lifecycle of some of the run's findings (each now has exactly one active row).
 _LIFECYCLE = f"""
@@ -156,15 +157,13 @@ def record_findings(
         if n == 0:
             return out
         cur.execute("ANALYZE reconcile_seen")
-        for sql in (_AGAIN, _NEW):
-            cur.execute(sql, params, prepare=False)
-            for kind, status, times_seen, count in cur.fetchall():
-                k = (FindingKind(kind), FindingStatus(status), int(times_seen))
-                out.counts[k] = out.counts.get(k, 0) + int(count)
+        cur.execute(_ANY_RESOLVED, params, prepare=False)
+        (history,) = cur.fetchone()
+        cur.execute(_RECORD.format(episode=_NEXT_EPISODE if history else "1"), params, prepare=False)
+        for kind, status, times_seen, count in cur.fetchall():
+            out.counts[(FindingKind(kind), FindingStatus(status), int(times_seen))] = int(count)
         cur.execute(_LIFECYCLE, params, prepare=False)
         rows = cur.fetchall()
-        if len(rows) != len(held):  # a key twice in one run: one of its findings was not stored
-            raise RuntimeError(f"recorded {len(rows)} of the run's first {len(held)} findings")
         for f, (_, _, status, times_seen, first_seen, note, episode) in zip(held, rows, strict=True):
             f = f.with_lifecycle(
                 status=FindingStatus(status),
@@ -204,19 +203,20 @@ def _copy(cur: Any, seen: Iterable[Finding], held: list[Finding], keep: int) -> 
             cols = columns.get(f.columns)
             if cols is None:
                 cols = columns[f.columns] = encode(list(f.columns))
-            truth, projection = f.truth, f.projection
+            key, truth, projection = f.key, f.truth, f.projection
+            key_id = f.key_id
             write(
                 (
                     n,
-                    f.key_id,
-                    encode(jsonable(f.key)),
+                    key_id,
+                    key_id if len(key) == 1 else json_text(key),  # one part: sorted or not, the same
                     f.kind.value,
                     cols,
-                    None if truth is None else encode(jsonable(truth)),
-                    None if projection is None else encode(jsonable(projection)),
+                    None if truth is None else json_text(truth),
+                    None if projection is None else json_text(projection),
                     f.copies,
                     f.cause,
-                    encode(jsonable(list(f.evidence))) if f.cause is not None else None,
+                    json_text(list(f.evidence)) if f.cause is not None else None,
                 )
             )
             n += 1
