@@ -329,9 +329,8 @@ class AuditStore(Store):
             }
 
         if plan.new:
-            self._insert_many(
-                conn,
-                F,
+            conn.execute(
+                F.insert(),
                 [
                     {
                         **values(f),
@@ -347,9 +346,7 @@ class AuditStore(Store):
                     for f in plan.new
                 ],
             )
-        if plan.again and self._psycopg(conn):
-            bulk.update_seen_again(conn, plan.again, now=now, run_id=run_id)
-        elif plan.again:
+        if plan.again:
             updates = [{**values(f), "_id": row_id, "times_seen": f.times_seen} for row_id, f in plan.again]
             conn.execute(
                 F.update()
@@ -368,8 +365,6 @@ class AuditStore(Store):
     ) -> tuple[dict[str, Stored], dict[str, int]]:
         """The active stored finding of each key (by key id), and for the keys with none the
         last episode they ever had (0 or absent: never drifted)."""
-        if self._psycopg(conn):
-            return bulk.active_and_episodes(conn, spec, key_ids)
         active: dict[str, Stored] = {}
         for cond in self._key_lookup(key_ids):
             for r in conn.execute(
@@ -396,29 +391,6 @@ class AuditStore(Store):
                 ).all()
             )
         return active, before
-
-    def _insert_many(self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert rows: PostgreSQL through COPY (recording 200k findings would otherwise spend
-        most of its time binding parameters), elsewhere one executemany."""
-        if not rows:
-            return
-        if self._psycopg(conn):
-            cols = list(rows[0])
-            is_json = [isinstance(table.c[c].type, sa.JSON) for c in cols]
-            bulk.copy_rows(
-                conn,
-                table.name,
-                cols,
-                (
-                    [
-                        bulk.COMPACT.encode(r[c]) if j and r[c] is not None else r[c]
-                        for c, j in zip(cols, is_json, strict=True)
-                    ]
-                    for r in rows
-                ),
-            )
-            return
-        conn.execute(table.insert(), list(rows))
 
     def _ensure_lock_row(self, name: str) -> None:
         """Create a lock row once (its own transaction: a racing creator is fine)."""
