@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from reconcile.findings import Finding, FindingKind, FindingStatus, Summary
 from reconcile.lifecycle import Stored, plan_run
-from reconcile.store import AuditStore, record
+from reconcile.store import AuditStore
 from reconcile.store.schema import findings as F
 
 NOW = datetime(2026, 11, 28, 12, 30, tzinfo=UTC)
@@ -40,7 +40,6 @@ class Case:
     resolve_unseen: bool
     confirm_runs: int
     keep: int
-    chunk: int  # findings per COPY and statement on PostgreSQL
 
 
 def finding(rnd: random.Random, sku: str) -> Finding:
@@ -95,7 +94,6 @@ def make_case(rnd: random.Random) -> Case:
         resolve_unseen=rnd.random() < 0.5,
         confirm_runs=rnd.randrange(1, 4),
         keep=rnd.choice([1, 2, 3, 5, 100]),
-        chunk=rnd.choice([1, 2, 3, 7, 20_000]),
     )
 
 
@@ -186,25 +184,21 @@ def check(store: AuditStore, case: Case) -> None:
     want, plan, want_summary = expected(case)
     summary = Summary()
     run_id = str(uuid.uuid4())
-    record.CHUNK, chunk = case.chunk, record.CHUNK
-    try:
-        confirmed, unconfirmed = store.record_run(
-            run_id=run_id,
-            spec=spec,
-            started_at=NOW,
-            finished_at=NOW,
-            strategy="stream",
-            scope={},
-            summary=summary,
-            seen=iter(case.seen),
-            clean=set(case.clean),
-            pending=set(case.pending),
-            resolve_unseen=case.resolve_unseen,
-            confirm_runs=case.confirm_runs,
-            keep=case.keep,
-        )
-    finally:
-        record.CHUNK = chunk
+    confirmed, unconfirmed = store.record_run(
+        run_id=run_id,
+        spec=spec,
+        started_at=NOW,
+        finished_at=NOW,
+        strategy="stream",
+        scope={},
+        summary=summary,
+        seen=iter(case.seen),
+        clean=set(case.clean),
+        pending=set(case.pending),
+        resolve_unseen=case.resolve_unseen,
+        confirm_runs=case.confirm_runs,
+        keep=case.keep,
+    )
     got = {
         (f.key_id, f.episode): (f.kind, f.truth, f.projection, f.status, f.times_seen, f.first_seen, f.note)
         for f in store.findings(spec, [s.value for s in FindingStatus])

@@ -25,21 +25,18 @@ how many findings the run has; it is a HOT update where the page has room (migra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 from typing import Any
 
 from ..compare import json_text
 from ..findings import Finding, FindingKind, FindingStatus
 from ..lifecycle import is_confirmed
-from .bulk import COMPACT, cursor, raw
+from .bulk import COMPACT, cursor
 from .schema import ACTIVE_STATUSES
 
-__all__ = ["Recorded", "record_findings", "CHUNK"]
-
-CHUNK = 20_000  # findings per COPY and statement (two chunks of rows are held at a time)
+__all__ = ["Recorded", "record_findings"]
 
 _ACTIVE = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 
@@ -141,7 +138,6 @@ def record_findings(
     confirm_runs: int,
     keep: int,
     rebuild: Any,
-    chunk: int | None = None,
 ) -> Recorded:
     """Insert the new and update the seen-again findings of one run (see the module's docstring).
 
@@ -149,100 +145,82 @@ def record_findings(
     ``rebuild(row, confirm_runs)`` makes a Finding of a stored row, for the rare findings
     returned beyond the first ``keep`` seen (``confirm_runs`` > 1 and a run with more findings
     than ``keep`` of which fewer than ``keep`` of one sort come first).
-
-    The findings go ``chunk`` (default :data:`CHUNK`) at a time: while the server records one
-    chunk (its statement is sent in pipeline mode, so this process does not wait for it), the
-    next one is encoded here, so the two processes work at once instead of taking turns.
     """
     out = Recorded()
     held: list[Finding] = []
     params = {"spec": spec, "run_id": run_id, "now": now, "keep": keep, "confirm_runs": confirm_runs}
-    rows = _rows(seen, held, keep)
-    n = 0
     with cursor(conn) as cur:
         cur.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)")
         cur.execute("DROP TABLE IF EXISTS reconcile_seen")
         cur.execute(_SEEN)
+        n = _copy(cur, seen, held, keep)
+        if n == 0:
+            return out
+        cur.execute("ANALYZE reconcile_seen")
         cur.execute(_ANY_RESOLVED, params, prepare=False)
         (history,) = cur.fetchone()
-        record = _RECORD.format(episode=_NEXT_EPISODE if history else "1")
-        size = chunk or CHUNK
-        batch = list(islice(rows, size))
-        while batch:
-            with cur.copy(f"COPY reconcile_seen ({_SEEN_COLUMNS}) FROM STDIN") as copy:
-                for row in batch:
-                    copy.write_row(row)
-            start, n = n, n + len(batch)
-            with raw(conn).pipeline():
-                cur.execute(record, params, prepare=False)
-                batch = list(islice(rows, size))  # the next chunk, while the server records this one
-                counts = cur.fetchall()
-            mine = {True: 0, False: 0}  # this chunk's findings, confirmed or not
-            for kind, status, times_seen, count in counts:
-                k = (FindingKind(kind), FindingStatus(status), int(times_seen))
-                out.counts[k] = out.counts.get(k, 0) + int(count)
-                mine[is_confirmed(int(times_seen), confirm_runs)] += int(count)
-            if start < keep:
-                _lifecycle(cur, params, held[start : min(n, keep)], confirm_runs, out, mine)
-            for want, got in ((True, out.confirmed), (False, out.unconfirmed)):
-                limit = min(keep - len(got), mine[want])  # beyond the first ``keep``
+        cur.execute(_RECORD.format(episode=_NEXT_EPISODE if history else "1"), params, prepare=False)
+        for kind, status, times_seen, count in cur.fetchall():
+            out.counts[(FindingKind(kind), FindingStatus(status), int(times_seen))] = int(count)
+        cur.execute(_LIFECYCLE, params, prepare=False)
+        rows = cur.fetchall()
+        for f, (_, _, status, times_seen, first_seen, note, episode) in zip(held, rows, strict=True):
+            f = f.with_lifecycle(
+                status=FindingStatus(status),
+                times_seen=times_seen,
+                first_seen=first_seen,
+                note=note,
+                episode=episode,
+                confirmed=is_confirmed(times_seen, confirm_runs),
+            )
+            (out.confirmed if f.confirmed else out.unconfirmed).append(f)
+        del out.confirmed[keep:], out.unconfirmed[keep:]
+        if n > len(held):
+            confirmed = sum(c for (_, _, t), c in out.counts.items() if is_confirmed(t, confirm_runs))
+            for want, got, total in (
+                (True, out.confirmed, confirmed),
+                (False, out.unconfirmed, n - confirmed),
+            ):
+                limit = min(keep, total) - len(got)
                 if limit > 0:
                     cur.execute(_MORE, {**params, "confirmed": want, "limit": limit}, prepare=False)
                     names = [d.name for d in cur.description]
                     got += [rebuild(_Row(names, r), confirm_runs) for r in cur.fetchall()]
-            cur.execute("TRUNCATE reconcile_seen")
         cur.execute("DROP TABLE reconcile_seen")
     return out
 
 
-def _lifecycle(
-    cur: Any,
-    params: dict[str, Any],
-    held: list[Finding],
-    confirm_runs: int,
-    out: Recorded,
-    mine: dict[bool, int],
-) -> None:
-    """The first ``keep`` findings (those of this chunk) get their stored lifecycle; ``mine``
-    is left with how many of the chunk's findings of each sort are beyond them."""
-    cur.execute(_LIFECYCLE, params, prepare=False)
-    for f, (_, _, status, times_seen, first_seen, note, episode) in zip(held, cur.fetchall(), strict=True):
-        f = f.with_lifecycle(
-            status=FindingStatus(status),
-            times_seen=times_seen,
-            first_seen=first_seen,
-            note=note,
-            episode=episode,
-            confirmed=is_confirmed(times_seen, confirm_runs),
-        )
-        (out.confirmed if f.confirmed else out.unconfirmed).append(f)
-        mine[f.confirmed] -= 1
-
-
-def _rows(seen: Iterable[Finding], held: list[Finding], keep: int) -> Iterator[tuple[Any, ...]]:
-    """The COPY rows of the findings (``_SEEN_COLUMNS``); the first ``keep`` go into ``held``."""
+def _copy(cur: Any, seen: Iterable[Finding], held: list[Finding], keep: int) -> int:
+    """COPY the findings into ``reconcile_seen``; the first ``keep`` into ``held``. How many."""
     encode = COMPACT.encode
     columns: dict[tuple[str, ...], str] = {}  # a spec's findings share a few column tuples
-    for n, f in enumerate(seen):
-        if n < keep:
-            held.append(f)
-        cols = columns.get(f.columns)
-        if cols is None:
-            cols = columns[f.columns] = encode(list(f.columns))
-        key, truth, projection = f.key, f.truth, f.projection
-        key_id = f.key_id
-        yield (
-            n,
-            key_id,
-            key_id if len(key) == 1 else json_text(key),  # one part: sorted or not, the same
-            f.kind.value,
-            cols,
-            None if truth is None else json_text(truth),
-            None if projection is None else json_text(projection),
-            f.copies,
-            f.cause,
-            json_text(list(f.evidence)) if f.cause is not None else None,
-        )
+    n = 0
+    with cur.copy(f"COPY reconcile_seen ({_SEEN_COLUMNS}) FROM STDIN") as copy:
+        write = copy.write_row
+        for f in seen:
+            if n < keep:
+                held.append(f)
+            cols = columns.get(f.columns)
+            if cols is None:
+                cols = columns[f.columns] = encode(list(f.columns))
+            key, truth, projection = f.key, f.truth, f.projection
+            key_id = f.key_id
+            write(
+                (
+                    n,
+                    key_id,
+                    key_id if len(key) == 1 else json_text(key),  # one part: sorted or not, the same
+                    f.kind.value,
+                    cols,
+                    None if truth is None else json_text(truth),
+                    None if projection is None else json_text(projection),
+                    f.copies,
+                    f.cause,
+                    json_text(list(f.evidence)) if f.cause is not None else None,
+                )
+            )
+            n += 1
+    return n
 
 
 class _Row:
