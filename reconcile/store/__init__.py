@@ -213,8 +213,9 @@ class AuditStore(Store):
     ) -> tuple[list[Finding], list[Finding]]:
         """Store one run and move every finding along its lifecycle, in one transaction.
 
-        ``seen`` are this run's findings (any iterable: they are read and written in batches of
-        :data:`BATCH`, so memory does not grow with them); ``clean`` / ``pending`` the key ids of
+        ``seen`` are this run's findings (any iterable: they are read and written as they come,
+        by COPY on PostgreSQL and in batches of :data:`BATCH` elsewhere, so memory does not grow
+        with them); ``clean`` / ``pending`` the key ids of
         active findings this run compared and found equal / still in flight. An active finding
         the run did not see at all is resolved only when ``resolve_unseen`` (the run covered its
         key). The transaction first takes the spec's lock row, so runs of one spec record one
