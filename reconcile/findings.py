@@ -7,13 +7,12 @@ A **finding** is one drifted entity; its ``kind`` says how it drifted and ``trut
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from .compare import jsonable
+from .compare import json_text, jsonable
 
 __all__ = ["FindingKind", "FindingStatus", "Finding", "Summary", "RunResult", "key_id"]
 
@@ -38,7 +37,7 @@ class FindingStatus(StrEnum):
 
 def key_id(key: dict[str, Any]) -> str:
     """The stable text identity of an entity key (JSON, truth column names, canonical values)."""
-    return json.dumps(jsonable(key), sort_keys=True, separators=(",", ":"))
+    return json_text(key, sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ The audit store only carries out what these functions decide, in one transaction
 
     TRANSITIONS[status]          where a finding in ``status`` may move next
     plan_run(...)                what one audit does to the stored findings of its spec
+    is_confirmed(...)            whether a finding seen so often is confirmed
+    tally(...)                   how findings count into a run's summary
     correctable(...)             which findings a correction may act on
     plan_verify(...)             which corrected findings escalate, which changed since
 """
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .findings import Finding, FindingStatus, Summary
+from .findings import Finding, FindingKind, FindingStatus, Summary
 
 __all__ = [
     "ACTIVE",
@@ -25,6 +27,8 @@ __all__ = [
     "Stored",
     "RunPlan",
     "plan_run",
+    "is_confirmed",
+    "tally",
     "correctable",
     "VerifyPlan",
     "plan_verify",
@@ -86,10 +90,28 @@ class RunPlan:
     def tally(self, summary: Summary) -> None:
         """Count the confirmed findings by kind (and acknowledged, unconfirmed) into ``summary``."""
         for f in self.confirmed:
-            summary.count(f.kind)
-            if f.status is ACKNOWLEDGED:
-                summary.acknowledged += 1
+            tally(summary, f.kind, f.status, confirmed=True)
         summary.unconfirmed = len(self.unconfirmed)
+
+
+def is_confirmed(times_seen: int, confirm_runs: int) -> bool:
+    """A finding is confirmed once seen in ``confirm_runs`` runs."""
+    return times_seen >= confirm_runs
+
+
+def tally(
+    summary: Summary, kind: FindingKind, status: FindingStatus, *, confirmed: bool, count: int = 1
+) -> bool:
+    """Add ``count`` findings of one kind and status to ``summary``; whether they make the run
+    drift (confirmed and not acknowledged). The store tallies a run's findings group by group."""
+    if not confirmed:
+        summary.unconfirmed += count
+        return False
+    setattr(summary, kind.value, getattr(summary, kind.value) + count)
+    if status is ACKNOWLEDGED:
+        summary.acknowledged += count
+        return False
+    return True
 
 
 def plan_run(
@@ -101,6 +123,7 @@ def plan_run(
     resolve_unseen: bool,
     confirm_runs: int,
     now: datetime,
+    last_episode: Mapping[str, int] | None = None,
 ) -> RunPlan:
     """Decide what an audit does to the stored findings.
 
@@ -109,14 +132,18 @@ def plan_run(
     still in flight. A finding seen again keeps its episode (first seen, status, note) and
     counts one more sighting; it is *confirmed* once seen in ``confirm_runs`` runs. An active
     finding the run did not see is resolved when the run found it clean, or when the run covered
-    its key (``resolve_unseen``: a whole-pair audit) and it is not pending.
+    its key (``resolve_unseen``: a whole-pair audit) and it is not pending. A new finding of
+    an entity that drifted before (``last_episode``: the last episode of keys with no active
+    finding) opens that entity's next episode.
     """
     plan = RunPlan()
     left = dict(active)
+    episodes = last_episode or {}
     for f in seen:
         old = left.pop(f.key_id, None)
         if old is None:
-            f = f.with_lifecycle(times_seen=1, first_seen=now, status=OPEN, note=None)
+            episode = episodes.get(f.key_id, 0) + 1
+            f = f.with_lifecycle(times_seen=1, first_seen=now, status=OPEN, note=None, episode=episode)
             plan.new.append(f)
         else:
             f = f.with_lifecycle(
@@ -127,7 +154,7 @@ def plan_run(
                 episode=old.episode,
             )
             plan.again.append((old.row_id, f))
-        f = f.with_lifecycle(confirmed=f.times_seen >= confirm_runs)
+        f = f.with_lifecycle(confirmed=is_confirmed(f.times_seen, confirm_runs))
         (plan.confirmed if f.confirmed else plan.unconfirmed).append(f)
     clean_ids, pending_ids = set(clean), set(pending)
     plan.resolve = [
@@ -138,7 +165,7 @@ def plan_run(
 
 def correctable(findings: Iterable[Finding], confirm_runs: int) -> list[Finding]:
     """Open findings seen in at least ``confirm_runs`` runs: what a correction may act on."""
-    return [f for f in findings if f.status is OPEN and f.times_seen >= confirm_runs]
+    return [f for f in findings if f.status is OPEN and is_confirmed(f.times_seen, confirm_runs)]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconcile.compare import ColumnRule, jsonable, key_part, normalize_text, values_equal
+from reconcile.compare import ColumnRule, json_text, jsonable, key_part, normalize_text, values_equal
 
 EXACT = ColumnRule("c")
 
@@ -108,3 +109,29 @@ def test_jsonable() -> None:
     assert jsonable({"a": (1, Decimal("1.5"))}) == {"a": [1, 1.5]}
     assert jsonable(timedelta(hours=9, seconds=5)) == jsonable(time(9, 0, 5)) == "09:00:05"  # MySQL TIME
     assert jsonable(timedelta(hours=100)) == "4 days, 4:00:00"
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.decimals()
+    | st.datetimes(timezones=st.just(UTC))
+    | st.dates()
+    | st.binary(max_size=8)
+    | st.uuids()
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(_VALUES, st.booleans())
+def test_json_text_is_the_json_of_jsonable(value: object, sort_keys: bool) -> None:
+    # the fast path (no walk in Python) and the canonical one give the same text
+    want = json.dumps(jsonable(value), separators=(",", ":"), sort_keys=sort_keys)
+    assert json_text(value, sort_keys=sort_keys) == want

@@ -213,8 +213,9 @@ class AuditStore(Store):
     ) -> tuple[list[Finding], list[Finding]]:
         """Store one run and move every finding along its lifecycle, in one transaction.
 
-        ``seen`` are this run's findings (any iterable: they are read and written in batches of
-        :data:`BATCH`, so memory does not grow with them); ``clean`` / ``pending`` the key ids of
+        ``seen`` are this run's findings (any iterable: they are read and written as they come,
+        by COPY on PostgreSQL and in batches of :data:`BATCH` elsewhere, so memory does not grow
+        with them); ``clean`` / ``pending`` the key ids of
         active findings this run compared and found equal / still in flight. An active finding
         the run did not see at all is resolved only when ``resolve_unseen`` (the run covered its
         key). The transaction first takes the spec's lock row, so runs of one spec record one
@@ -231,17 +232,18 @@ class AuditStore(Store):
         drift = False
         with self._begin() as conn:
             conn.execute(L.update().where(L.c.name == lock).values(acquired_at=now))
-            for batch in _batches(seen, BATCH):
-                plan = self._record_batch(conn, spec, run_id, batch, now, confirm_runs)
-                for f in plan.confirmed:
-                    summary.count(f.kind)
-                    if f.status is FindingStatus.ACKNOWLEDGED:
-                        summary.acknowledged += 1
-                    else:
-                        drift = True
-                summary.unconfirmed += len(plan.unconfirmed)
-                confirmed += plan.confirmed[: max(0, keep - len(confirmed))]
-                unconfirmed += plan.unconfirmed[: max(0, keep - len(unconfirmed))]
+            if self._psycopg(conn):
+                confirmed, unconfirmed, drift = self._record_set_based(
+                    conn, spec, run_id, seen, now, confirm_runs, keep, summary
+                )
+            else:
+                for batch in _batches(seen, BATCH):
+                    plan = self._record_batch(conn, spec, run_id, batch, now, confirm_runs)
+                    for f in plan.confirmed:
+                        drift |= lifecycle.tally(summary, f.kind, f.status, confirmed=True)
+                    summary.unconfirmed += len(plan.unconfirmed)
+                    confirmed += plan.confirmed[: max(0, keep - len(confirmed))]
+                    unconfirmed += plan.unconfirmed[: max(0, keep - len(unconfirmed))]
             # Active findings this run did not see (every row it saw now carries its run id):
             # the rule of lifecycle.plan_run, carried out set-wise.
             unseen = [F.c.spec == spec, F.c.status.in_(ACTIVE), F.c.last_run_id != run_id]
@@ -267,24 +269,52 @@ class AuditStore(Store):
             )
         return confirmed, unconfirmed
 
+    @staticmethod
+    def _record_set_based(
+        conn: Connection,
+        spec: str,
+        run_id: str,
+        seen: Iterable[Finding],
+        now: datetime,
+        confirm_runs: int,
+        keep: int,
+        summary: Summary,
+    ) -> tuple[list[Finding], list[Finding], bool]:
+        """PostgreSQL: the run's findings by COPY, their lifecycle decided by a few set-based
+        statements (:mod:`reconcile.store.record`, held equal to :func:`lifecycle.plan_run` by
+        ``tests/test_record_equivalence.py``); (confirmed, unconfirmed, drift)."""
+        from .record import record_findings
+
+        got = record_findings(
+            conn,
+            spec=spec,
+            run_id=run_id,
+            now=now,
+            seen=seen,
+            confirm_runs=confirm_runs,
+            keep=keep,
+            rebuild=_finding,
+        )
+        drift = False
+        for (kind, status, times_seen), n in sorted(got.counts.items()):
+            ok = lifecycle.is_confirmed(times_seen, confirm_runs)
+            drift |= lifecycle.tally(summary, kind, status, confirmed=ok, count=n)
+        return got.confirmed, got.unconfirmed, drift
+
     def _record_batch(
         self, conn: Connection, spec: str, run_id: str, batch: list[Finding], now: datetime, confirm_runs: int
     ) -> lifecycle.RunPlan:
         active, before = self._active_and_episodes(conn, spec, [f.key_id for f in batch])
         plan = plan_run(
-            active, batch, clean=(), pending=(), resolve_unseen=False, confirm_runs=confirm_runs, now=now
+            active,
+            batch,
+            clean=(),
+            pending=(),
+            resolve_unseen=False,
+            confirm_runs=confirm_runs,
+            now=now,
+            last_episode=before,
         )
-        # A new finding of an entity that drifted before is its next episode.
-        before = {f.key_id: before[f.key_id] for f in plan.new if before.get(f.key_id)}
-        if before:
-            episodes = {f.key_id: int(before.get(f.key_id) or 0) + 1 for f in plan.new}
-            plan.new = [f.with_lifecycle(episode=episodes[f.key_id]) for f in plan.new]
-            plan.confirmed = [
-                f.with_lifecycle(episode=episodes.get(f.key_id, f.episode)) for f in plan.confirmed
-            ]
-            plan.unconfirmed = [
-                f.with_lifecycle(episode=episodes.get(f.key_id, f.episode)) for f in plan.unconfirmed
-            ]
 
         def values(f: Finding) -> dict[str, Any]:
             return {
@@ -300,9 +330,8 @@ class AuditStore(Store):
             }
 
         if plan.new:
-            self._insert_many(
-                conn,
-                F,
+            conn.execute(
+                F.insert(),
                 [
                     {
                         **values(f),
@@ -318,9 +347,7 @@ class AuditStore(Store):
                     for f in plan.new
                 ],
             )
-        if plan.again and self._psycopg(conn):
-            bulk.update_seen_again(conn, plan.again, now=now, run_id=run_id)
-        elif plan.again:
+        if plan.again:
             updates = [{**values(f), "_id": row_id, "times_seen": f.times_seen} for row_id, f in plan.again]
             conn.execute(
                 F.update()
@@ -339,8 +366,6 @@ class AuditStore(Store):
     ) -> tuple[dict[str, Stored], dict[str, int]]:
         """The active stored finding of each key (by key id), and for the keys with none the
         last episode they ever had (0 or absent: never drifted)."""
-        if self._psycopg(conn):
-            return bulk.active_and_episodes(conn, spec, key_ids)
         active: dict[str, Stored] = {}
         for cond in self._key_lookup(key_ids):
             for r in conn.execute(
@@ -367,29 +392,6 @@ class AuditStore(Store):
                 ).all()
             )
         return active, before
-
-    def _insert_many(self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert rows: PostgreSQL through COPY (recording 200k findings would otherwise spend
-        most of its time binding parameters), elsewhere one executemany."""
-        if not rows:
-            return
-        if self._psycopg(conn):
-            cols = list(rows[0])
-            is_json = [isinstance(table.c[c].type, sa.JSON) for c in cols]
-            bulk.copy_rows(
-                conn,
-                table.name,
-                cols,
-                (
-                    [
-                        bulk.COMPACT.encode(r[c]) if j and r[c] is not None else r[c]
-                        for c, j in zip(cols, is_json, strict=True)
-                    ]
-                    for r in rows
-                ),
-            )
-            return
-        conn.execute(table.insert(), list(rows))
 
     def _ensure_lock_row(self, name: str) -> None:
         """Create a lock row once (its own transaction: a racing creator is fine)."""
