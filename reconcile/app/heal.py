@@ -146,28 +146,20 @@ def correct(
         seen += len(todo)
         guard(seen)  # the count said less: findings appeared since; a refusal still rolls back
         entries: list[OutboxEntry] = []
+        topic, transport, limit = c.topic, c.transport, c.max_event_bytes
         for f in todo:
-            e = builder.build(f)
-            headers, value = e.headers(), e.value()
-            size = _wire_size(e.subject, value, headers)
-            if size > c.max_event_bytes:
+            # the outbox's parts of the event; an event object only for the ones listed
+            p = builder.parts(f)
+            size = _wire_size(p.subject, p.value, p.headers)
+            if size > limit:
                 refused.append({"key": f.key, "key_id": f.key_id, "bytes": size})
                 continue
             total += 1
             if len(events) < LISTED_EVENTS:
-                events.append(e)
+                events.append(builder.event(f, p))
             if not dry_run:
                 entries.append(
-                    OutboxEntry(
-                        key_id=f.key_id,
-                        event_id=e.id,
-                        topic=e.topic,
-                        transport=e.transport,
-                        message_key=e.subject,
-                        headers=headers,
-                        payload=value,
-                        created_at=e.time,
-                    )
+                    OutboxEntry(f.key_id, p.id, topic, transport, p.subject, p.headers, p.value, p.time)
                 )
         return entries
 
