@@ -35,17 +35,55 @@ def open_claim(store: AuditStore, limit: int, spec: str | None) -> Claim:
     return _TurnClaim(store, limit, spec)
 
 
+# What a relay reads of a claimed row: not sent_at / dead_at, NULL in every unsent row.
+_CLAIMED = (
+    O.c.id,
+    O.c.event_id,
+    O.c.spec,
+    O.c.run_id,
+    O.c.topic,
+    O.c.transport,
+    O.c.message_key,
+    O.c.headers,
+    O.c.payload,
+    O.c.created_at,
+    O.c.attempts,
+    O.c.last_error,
+)
+
+
 def _unsent(spec: str | None, limit: int) -> sa.Select[Any]:
-    q = sa.select(O).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
+    q = sa.select(*_CLAIMED).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
     if spec:
         q = q.where(O.c.spec == spec)
     return q.order_by(O.c.id).limit(limit)
 
 
+def _claimed(r: Any) -> OutboxRow:
+    """An unsent row as :data:`_CLAIMED` reads it (the headers are a fresh dict already)."""
+    created = r.created_at
+    if created.tzinfo is None:  # SQLite hands timestamps back naive; the store only writes UTC
+        created = created.replace(tzinfo=UTC)
+    return OutboxRow(
+        r.id,
+        r.event_id,
+        r.spec,
+        r.run_id,
+        r.topic,
+        r.transport,
+        r.message_key,
+        r.headers if r.headers is not None else {},
+        r.payload,
+        created,
+        None,
+        r.attempts or 0,
+        r.last_error,
+        None,
+    )
+
+
 class _RowLockClaim(Claim):
     def __init__(self, store: AuditStore, limit: int, spec: str | None):
-        from . import _outbox_row
-
         self.store = store
         with store._errors():
             self.conn = store.engine.connect()
@@ -55,7 +93,7 @@ class _RowLockClaim(Claim):
             except BaseException:
                 self.conn.close()
                 raise
-        self.rows: list[OutboxRow] = [_outbox_row(r) for r in got]
+        self.rows: list[OutboxRow] = [_claimed(r) for r in got]
 
     def sent(self, ids: Sequence[int]) -> None:
         with self.store._errors():
@@ -82,8 +120,6 @@ class _TurnClaim(Claim):
     def __init__(self, store: AuditStore, limit: int, spec: str | None):
         import fcntl
 
-        from . import _outbox_row
-
         self.store = store
         self._fd: int | None = None
         self._memory = False
@@ -97,7 +133,7 @@ class _TurnClaim(Claim):
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # our turn: the claim before ours was closed
         try:
             with store._begin() as conn:
-                self.rows = [_outbox_row(r) for r in conn.execute(_unsent(spec, limit)).all()]
+                self.rows = [_claimed(r) for r in conn.execute(_unsent(spec, limit)).all()]
         except BaseException:
             self.close()
             raise
