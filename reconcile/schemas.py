@@ -180,6 +180,11 @@ def _shape(value: Any, depth: int) -> Any:
     if kind is int:
         return (int, 0 if -_INT32 <= value < _INT32 else 1 if -_INT64 <= value < _INT64 else 2)
     if kind is dict:
+        if depth >= 1:  # its values are two levels down or deeper: a str is just str there
+            return (
+                dict,
+                tuple([(k, str if type(v) is str else _shape(v, depth + 1)) for k, v in value.items()]),
+            )
         return (dict, tuple([(k, _shape(v, depth + 1)) for k, v in value.items()]))
     if value is None or isinstance(value, bool):
         return value

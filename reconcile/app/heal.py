@@ -146,28 +146,20 @@ def correct(
         seen += len(todo)
         guard(seen)  # the count said less: findings appeared since; a refusal still rolls back
         entries: list[OutboxEntry] = []
+        topic, transport, limit = c.topic, c.transport, c.max_event_bytes
         for f in todo:
-            e = builder.build(f)
-            headers, value = e.headers(), e.value()
-            size = _wire_size(e.subject, value, headers)
-            if size > c.max_event_bytes:
+            # the outbox's parts of the event; an event object only for the ones listed
+            p = builder.parts(f)
+            size = _wire_size(p.subject, p.value, p.headers)
+            if size > limit:
                 refused.append({"key": f.key, "key_id": f.key_id, "bytes": size})
                 continue
             total += 1
             if len(events) < LISTED_EVENTS:
-                events.append(e)
+                events.append(builder.event(f, p))
             if not dry_run:
                 entries.append(
-                    OutboxEntry(
-                        key_id=f.key_id,
-                        event_id=e.id,
-                        topic=e.topic,
-                        transport=e.transport,
-                        message_key=e.subject,
-                        headers=headers,
-                        payload=value,
-                        created_at=e.time,
-                    )
+                    OutboxEntry(f.key_id, p.id, topic, transport, p.subject, p.headers, p.value, p.time)
                 )
         return entries
 
@@ -276,31 +268,42 @@ def relay(
     store = ctx.store
     result = RelayResult()
     started = time.monotonic()
-    # Rows are *claimed* (Store.claim): two relays never publish the same row. The next batch is
-    # claimed while this one is published, so the store's query time overlaps the broker's; the
-    # reader thread only claims, marking stays here, after the delivery reports, in order.
+    # Rows are *claimed* (Store.claim): two relays never publish the same row. Three steps overlap:
+    # the next batch is claimed (reader thread) and the last one's delivered rows are marked sent
+    # and committed (marker thread) while this one is published, so the store's time overlaps the
+    # broker's. Marks run one batch after the other, in order; a batch's marks are submitted only
+    # after the previous batch's committed, and an error in them stops the relay.
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
+    marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
     ahead: Future[Claim] | None = reader.submit(store.claim, batch_size, spec_name)
+    marking: Future[None] | None = None
     try:
         while not (should_stop and should_stop()):
             assert ahead is not None
             claim = ahead.result()
             ahead = None
+            handed = False
             try:
                 if not claim.rows:
-                    claim.close()
                     if once:
                         break
                     time.sleep(idle_s)
                     ahead = reader.submit(store.claim, batch_size, spec_name)
                     continue
                 ahead = reader.submit(store.claim, batch_size, spec_name)
-                _publish(ctx, claim, result, max_attempts)
+                confirmed = _publish(ctx, claim, result, max_attempts)
+                if marking is not None:
+                    marking.result()  # the previous batch's marks are committed (or raise here)
+                marking = marker.submit(_mark_and_close, claim, confirmed)
+                handed = True
             finally:
-                claim.close()
+                if not handed:
+                    claim.close()
             result.batches += 1
             if on_batch:
                 on_batch(result.sent)
+        if marking is not None:
+            marking.result()  # every confirmed row is marked sent before relay returns
     finally:
         if ahead is not None:
             ahead.cancel()
@@ -309,8 +312,18 @@ def relay(
             except BaseException:  # noqa: BLE001,S110 - it never started, or failed: nothing held
                 pass
         reader.shutdown(wait=True)
+        marker.shutdown(wait=True)  # a batch being marked finishes and releases its rows
         result.seconds = time.monotonic() - started
     return result
+
+
+def _mark_and_close(claim: Claim, confirmed: list[int]) -> None:
+    """Mark a published claim's delivered rows sent, and release (commit) it."""
+    try:
+        if confirmed:
+            claim.sent(confirmed)
+    finally:
+        claim.close()
 
 
 def _park_refused(
@@ -347,15 +360,18 @@ def _park_refused(
             return
 
 
-def _publish(ctx: Context, claim: Claim, result: RelayResult, max_attempts: int) -> None:
-    """Publish one claim's rows, transport by transport, and mark each row as it went."""
+def _publish(ctx: Context, claim: Claim, result: RelayResult, max_attempts: int) -> list[int]:
+    """Publish one claim's rows, transport by transport: the ids delivered, for the caller to
+    mark sent. Refused rows are retried alone and marked (or parked) here; when some rows were
+    not delivered, the delivered ones are marked here too before PublishError is raised."""
     rows = claim.rows
+    confirmed: list[int] = []
     for kind in dict.fromkeys(r.transport for r in rows):
         batch = [r for r in rows if r.transport == kind]
         transport = ctx.transport(kind)
         report = transport.publish(batch)
         if report.confirmed:
-            claim.sent(report.confirmed)
+            confirmed += report.confirmed
             result.sent += len(report.confirmed)
             result.by_transport[kind] = result.by_transport.get(kind, 0) + len(report.confirmed)
         if report.rejected:
@@ -363,6 +379,8 @@ def _publish(ctx: Context, claim: Claim, result: RelayResult, max_attempts: int)
                 claim, transport, [r for r in batch if r.id in report.rejected], result, max_attempts, kind
             )
         if report.failed:
+            if confirmed:
+                claim.sent(confirmed)
             claim.failed(report.failed, report.first_error or "not delivered")
             raise PublishError(
                 f"relay: {len(report.failed):,} event(s) not delivered to {kind} {transport.where} "
@@ -370,6 +388,7 @@ def _publish(ctx: Context, claim: Claim, result: RelayResult, max_attempts: int)
                 "in the outbox "
                 f"for the next relay ({result.sent:,} sent)"
             )
+    return confirmed
 
 
 # -- verify --------------------------------------------------------------------------------

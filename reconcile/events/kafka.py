@@ -139,10 +139,11 @@ class KafkaTransport(Transport):
 
         # str key/value and a dict of str headers go out as their UTF-8 bytes, in order: the
         # same message as encoding them here, without a Python loop per header.
+        produce, poll = self.producer.produce, self.producer.poll
         for n, row in enumerate(rows, start=1):
             while True:
                 try:
-                    self.producer.produce(
+                    produce(
                         row.topic,
                         key=row.message_key,
                         value=row.payload,
@@ -151,7 +152,7 @@ class KafkaTransport(Transport):
                     )
                     break
                 except BufferError:  # local queue full: serve callbacks, then retry
-                    self.producer.poll(0.5)
+                    poll(0.5)
                 except KafkaException as e:
                     if e.args and _permanent(e.args[0]):
                         size = len(row.payload or "") + len(row.message_key)
@@ -161,7 +162,7 @@ class KafkaTransport(Transport):
                         report.first_error = report.first_error or str(e)
                     break
             if n % 1000 == 0:  # serve delivery reports as they come, without a call per row
-                self.producer.poll(0)
+                poll(0)
         remaining = self.producer.flush(self.timeout_s + 10)
         if remaining:
             pending = {r.id for r in rows} - set(report.confirmed) - set(report.failed) - set(report.rejected)

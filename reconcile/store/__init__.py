@@ -8,6 +8,7 @@ transaction, so a crash leaves runs, findings and outbox consistent with each ot
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -102,6 +103,47 @@ def _finding(row: Any, confirm_runs: int = 1) -> Finding:
         episode=getattr(row, "episode", 1) or 1,
         cause=getattr(row, "cause", None),
         evidence=tuple(getattr(row, "evidence", None) or ()),
+    )
+
+
+# What a correction reads of each open finding: what its event is built from and its lifecycle,
+# not the projection's side (``projection``, ``columns``, ``cause``, ``evidence``: JSON to parse
+# for every finding of a 100k correction, and never used by one).
+_CORRECTABLE = (
+    F.c.id,
+    F.c.key_id,
+    F.c.entity_key,
+    F.c.kind,
+    F.c.truth,
+    F.c.status,
+    F.c.times_seen,
+    F.c.first_seen,
+    F.c.note,
+    F.c.episode,
+)
+# the same with the JSON columns as their text, for PostgreSQL to parse a page in one call
+_CORRECTABLE_TEXT = tuple(
+    sa.cast(c, sa.Text).label(c.name) if c.name in ("entity_key", "truth") else c for c in _CORRECTABLE
+)
+_KINDS = {k.value: k for k in FindingKind}
+_STATUSES = {s.value: s for s in FindingStatus}
+
+
+def _correctable(row: Any, key: Any, truth: Any, confirm_runs: int) -> Finding:
+    """A finding as :meth:`AuditStore.correct` hands it to ``decide`` (see :data:`_CORRECTABLE`),
+    of its row and its parsed key and truth; its key id is the stored one, not worked out again
+    from the key."""
+    return Finding(
+        kind=_KINDS[row.kind],
+        key=dict(key),
+        truth=truth,
+        status=_STATUSES[row.status],
+        confirmed=row.times_seen >= confirm_runs,
+        times_seen=row.times_seen,
+        first_seen=_aware(row.first_seen),
+        note=row.note,
+        episode=row.episode or 1,
+        _key_id=row.key_id,
     )
 
 
@@ -615,16 +657,29 @@ class AuditStore(Store):
                     int(conn.execute(sa.select(sa.func.count()).select_from(F).where(*opened)).scalar() or 0)
                 )
             after = 0
+            # PostgreSQL: the JSON columns come as text, and a page's are parsed in one call (a
+            # parse per value and column cost more than building the events)
+            as_text = self._psycopg(conn)
+            columns = _CORRECTABLE_TEXT if as_text else _CORRECTABLE
             while True:
                 # keyset pages by row id: a page's findings leave `open` before the next is read,
                 # and `id > after` keeps the ones refused by decide (still open) from coming back
                 page = conn.execute(
-                    sa.select(F).where(*opened, F.c.id > after).order_by(F.c.id).limit(BATCH)
+                    sa.select(*columns).where(*opened, F.c.id > after).order_by(F.c.id).limit(BATCH)
                 ).all()
                 if not page:
                     break
                 after = page[-1].id
-                found = [(r.id, _finding(r)) for r in page]
+                if as_text:
+                    values = json.loads(
+                        "[" + ",".join([t for r in page for t in (r.entity_key, r.truth or "null")]) + "]"
+                    )
+                    found = [
+                        (r.id, _correctable(r, values[2 * i], values[2 * i + 1], confirm_runs))
+                        for i, r in enumerate(page)
+                    ]
+                else:
+                    found = [(r.id, _correctable(r, r.entity_key, r.truth, confirm_runs)) for r in page]
                 del page
                 entries = decide([f for _, f in found])
                 decided += len(entries)
@@ -648,18 +703,18 @@ class AuditStore(Store):
         written = self._enqueue(
             conn,
             [
-                {
-                    "event_id": e.event_id,
-                    "spec": spec,
-                    "run_id": run_id,
-                    "finding_id": ids[e.key_id],
-                    "topic": e.topic,
-                    "transport": e.transport,
-                    "message_key": e.message_key,
-                    "headers": e.headers,
-                    "payload": e.payload,
-                    "created_at": e.created_at,
-                }
+                (
+                    e.event_id,
+                    spec,
+                    run_id,
+                    ids[e.key_id],
+                    e.topic,
+                    e.transport,
+                    e.message_key,
+                    e.headers,
+                    e.payload,
+                    e.created_at,
+                )
                 for e in entries
             ],
         )
@@ -725,9 +780,9 @@ class AuditStore(Store):
             yield column.in_(values[i : i + 1000])
 
     # -- outbox --------------------------------------------------------------------------
-    def _enqueue(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert outbox rows; rows whose event id is already there are skipped (the unique
-        constraint makes a repeated correction a no-op)."""
+    def _enqueue(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert outbox rows (tuples in :data:`bulk.OUTBOX_COLUMNS` order); rows whose event id
+        is already there are skipped (the unique constraint makes a repeated correction a no-op)."""
         if not rows:
             return 0
         if self._psycopg(conn):
@@ -739,7 +794,7 @@ class AuditStore(Store):
                 ) from e
             return written
         existing: set[str] = set()
-        ids = [r["event_id"] for r in rows]
+        ids = [r[0] for r in rows]
         self._parked = set()
         for i in range(0, len(ids), 1000):
             for event_id, dead_at in conn.execute(
@@ -748,10 +803,13 @@ class AuditStore(Store):
                 existing.add(event_id)
                 if dead_at is not None:
                     self._parked.add(event_id)
-        fresh = [r for r in rows if r["event_id"] not in existing]
+        fresh = [r for r in rows if r[0] not in existing]
         if fresh:
             try:
-                conn.execute(O.insert(), [{**r, "attempts": 0} for r in fresh])
+                conn.execute(
+                    O.insert(),
+                    [{**dict(zip(bulk.OUTBOX_COLUMNS, r, strict=True)), "attempts": 0} for r in fresh],
+                )
             except IntegrityError as e:  # a concurrent `correct` won the race: nothing is doubled
                 raise StoreError(
                     "outbox: a concurrent correction inserted the same events; rerun `reconcile correct`"

@@ -11,8 +11,8 @@ minutes). Here every batch is one statement over arrays bound as parameters (``u
   rows ANALYZE never saw; the ``IN (SELECT unnest(...))`` form then scanned every active finding
   of the spec once per batch.)
 * updates join the table to ``unnest`` of the new values, by primary key;
-* inserts go through ``COPY``, or ``INSERT ... SELECT`` from a temporary table when a conflict
-  must be skipped.
+* inserts go through ``COPY``; outbox rows whose event id is already there are looked up first
+  (through the unique index) and left out of it.
 
 Recording a run's findings (a COPY and one statement for all of them) is
 :mod:`reconcile.store.record`. Other databases keep the portable SQLAlchemy statements in
@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["enqueue", "cursor", "raw", "COMPACT"]
+__all__ = ["enqueue", "cursor", "raw", "COMPACT", "OUTBOX_COLUMNS"]
 
 
 def raw(conn: Connection) -> Any:
@@ -54,13 +54,7 @@ def cursor(conn: Connection) -> Iterator[Any]:
 COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
-_OUTBOX_IN = """
-CREATE TEMPORARY TABLE reconcile_outbox_in (
-  ord integer, event_id text, spec text, run_id text, finding_id integer, topic text, transport text,
-  message_key text, headers text, payload text, created_at timestamptz
-) ON COMMIT DROP
-"""
-_OUTBOX_COLUMNS = (
+OUTBOX_COLUMNS = (
     "event_id",
     "spec",
     "run_id",
@@ -72,37 +66,33 @@ _OUTBOX_COLUMNS = (
     "payload",
     "created_at",
 )
+_HEADERS = OUTBOX_COLUMNS.index("headers")
 
 
-def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> tuple[int, set[str]]:
-    """Outbox rows in, in their order, skipping event ids already there: (rows written, the
-    event ids already there and parked). One COPY and two statements, whatever the count.
+def enqueue(conn: Connection, rows: Sequence[Sequence[Any]]) -> tuple[int, set[str]]:
+    """Outbox rows in (tuples in :data:`OUTBOX_COLUMNS` order, headers as a dict), in their
+    order, skipping event ids already there: (rows written, the event ids already there and
+    parked). One lookup of the ids through their unique index, then one COPY of the new rows
+    straight into the outbox.
 
-    A concurrent correction that inserts the same ids between the check and the insert makes
-    the insert fail on the unique event id (the caller says so); nothing is ever doubled.
+    A concurrent correction that inserts the same ids between the lookup and the COPY makes the
+    COPY fail on the unique event id (the caller says so); nothing is ever doubled.
     """
     with cursor(conn) as cur:
-        cur.execute("DROP TABLE IF EXISTS reconcile_outbox_in")
-        cur.execute(_OUTBOX_IN)
-        names = ", ".join(("ord", *_OUTBOX_COLUMNS))
-        with cur.copy(f"COPY reconcile_outbox_in ({names}) FROM STDIN") as copy:
-            for i, r in enumerate(rows):
-                copy.write_row((i, *(json.dumps(r[c]) if c == "headers" else r[c] for c in _OUTBOX_COLUMNS)))
         cur.execute(
-            "SELECT o.event_id FROM reconcile_outbox_in t JOIN reconcile_outbox o ON o.event_id = t.event_id"
-            " WHERE o.dead_at IS NOT NULL"
+            "SELECT event_id, dead_at IS NOT NULL FROM reconcile_outbox WHERE event_id = ANY(%s::text[])",
+            ([r[0] for r in rows],),
         )
-        parked = {r[0] for r in cur}
-        cols = ", ".join(_OUTBOX_COLUMNS)
-        values = ", ".join(f"t.{c}::json" if c == "headers" else f"t.{c}" for c in _OUTBOX_COLUMNS)
-        cur.execute(
-            f"INSERT INTO reconcile_outbox ({cols}, attempts) SELECT {values}, 0 FROM reconcile_outbox_in t"
-            " WHERE NOT EXISTS (SELECT 1 FROM reconcile_outbox o WHERE o.event_id = t.event_id)"
-            " ORDER BY t.ord"
-        )
-        written = cur.rowcount
-        cur.execute("DROP TABLE reconcile_outbox_in")
-    return written, parked
+        there = dict(cur.fetchall())
+        parked = {event_id for event_id, dead in there.items() if dead}
+        fresh = [r for r in rows if r[0] not in there] if there else rows
+        if fresh:
+            names = ", ".join((*OUTBOX_COLUMNS, "attempts"))
+            dumps, h = json.dumps, _HEADERS
+            with cur.copy(f"COPY reconcile_outbox ({names}) FROM STDIN") as copy:
+                for r in fresh:
+                    copy.write_row((*r[:h], dumps(r[h]), *r[h + 1 :], 0))
+    return len(fresh), parked
 
 
 def int_array(ids: Iterable[int]) -> str:

@@ -10,6 +10,7 @@ the database (released by the kernel if the relay dies).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -35,27 +36,93 @@ def open_claim(store: AuditStore, limit: int, spec: str | None) -> Claim:
     return _TurnClaim(store, limit, spec)
 
 
+# What a relay reads of a claimed row: not sent_at / dead_at, NULL in every unsent row.
+_CLAIMED = (
+    O.c.id,
+    O.c.event_id,
+    O.c.spec,
+    O.c.run_id,
+    O.c.topic,
+    O.c.transport,
+    O.c.message_key,
+    O.c.headers,
+    O.c.payload,
+    O.c.created_at,
+    O.c.attempts,
+    O.c.last_error,
+)
+
+
 def _unsent(spec: str | None, limit: int) -> sa.Select[Any]:
-    q = sa.select(O).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
+    q = sa.select(*_CLAIMED).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
     if spec:
         q = q.where(O.c.spec == spec)
     return q.order_by(O.c.id).limit(limit)
 
 
+def _locked_then_read(spec: str | None, limit: int) -> sa.Select[Any]:
+    """PostgreSQL's claim: lock the ids first, then read the rows they name.
+
+    Locking ``SELECT *`` sorted the wide rows of every unsent candidate (headers, payload) to
+    keep the first ``limit``; here only ids are sorted, and in the unsent index's own order
+    (``sent_at`` is NULL in every one of them, so ``sent_at, id`` is id order) a scan can stop
+    at ``limit``. The headers come as text, for a claim's to be parsed in one call.
+    """
+    unsent = [O.c.sent_at.is_(None), O.c.dead_at.is_(None)] + ([O.c.spec == spec] if spec else [])
+    ids = (
+        sa.select(O.c.id)
+        .where(*unsent)
+        .order_by(O.c.sent_at, O.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    columns = [sa.cast(c, sa.Text).label(c.name) if c is O.c.headers else c for c in _CLAIMED]
+    return sa.select(*columns).where(O.c.id.in_(ids.scalar_subquery())).order_by(O.c.id)
+
+
+def _claimed(r: Any) -> OutboxRow:
+    """An unsent row as :data:`_CLAIMED` reads it (the headers are a fresh dict already)."""
+    created = r.created_at
+    if created.tzinfo is None:  # SQLite hands timestamps back naive; the store only writes UTC
+        created = created.replace(tzinfo=UTC)
+    return OutboxRow(
+        r.id,
+        r.event_id,
+        r.spec,
+        r.run_id,
+        r.topic,
+        r.transport,
+        r.message_key,
+        r.headers if r.headers is not None else {},
+        r.payload,
+        created,
+        None,
+        r.attempts or 0,
+        r.last_error,
+        None,
+    )
+
+
 class _RowLockClaim(Claim):
     def __init__(self, store: AuditStore, limit: int, spec: str | None):
-        from . import _outbox_row
-
         self.store = store
         with store._errors():
             self.conn = store.engine.connect()
             try:
                 self.tx = self.conn.begin()
-                got = self.conn.execute(_unsent(spec, limit).with_for_update(skip_locked=True)).all()
+                if self.conn.dialect.name == "postgresql":
+                    got = self.conn.execute(_locked_then_read(spec, limit)).all()
+                    headers = json.loads("[" + ",".join([r.headers or "null" for r in got]) + "]")
+                    self.rows: list[OutboxRow] = [
+                        OutboxRow(i, e, sp, run, t, tr, key, h or {}, p, at, None, n or 0, err, None)
+                        for (i, e, sp, run, t, tr, key, _, p, at, n, err), h in zip(got, headers, strict=True)
+                    ]
+                else:  # MySQL takes no LIMIT in an IN subquery
+                    got = self.conn.execute(_unsent(spec, limit).with_for_update(skip_locked=True)).all()
+                    self.rows = [_claimed(r) for r in got]
             except BaseException:
                 self.conn.close()
                 raise
-        self.rows: list[OutboxRow] = [_outbox_row(r) for r in got]
 
     def sent(self, ids: Sequence[int]) -> None:
         with self.store._errors():
@@ -82,8 +149,6 @@ class _TurnClaim(Claim):
     def __init__(self, store: AuditStore, limit: int, spec: str | None):
         import fcntl
 
-        from . import _outbox_row
-
         self.store = store
         self._fd: int | None = None
         self._memory = False
@@ -97,7 +162,7 @@ class _TurnClaim(Claim):
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # our turn: the claim before ours was closed
         try:
             with store._begin() as conn:
-                self.rows = [_outbox_row(r) for r in conn.execute(_unsent(spec, limit)).all()]
+                self.rows = [_claimed(r) for r in conn.execute(_unsent(spec, limit)).all()]
         except BaseException:
             self.close()
             raise
