@@ -75,7 +75,9 @@ findings = sa.Table(
     # With a spec's `path`: why the entity drifted (reconcile.causes.Cause) and the events behind it.
     sa.Column("cause", sa.String(20), nullable=True),
     sa.Column("evidence", sa.JSON, nullable=True),
-    sa.Index("ix_reconcile_findings_spec_status", "spec", "status"),
+    # A spec's findings in a status, in id order: correct pages through the open ones by id
+    # (keyset) without sorting all that are left on every page (migration 7).
+    sa.Index("ix_reconcile_findings_spec_status_id", "spec", "status", "id"),
     sa.Index("ix_reconcile_findings_spec_key", "spec", "key_id"),
 )
 
@@ -217,7 +219,24 @@ def _v6(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE reconcile_findings SET (fillfactor = 50)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: Connection) -> None:
+    """(spec, status) becomes (spec, status, id): every query the old index served, and correct's
+    pages of open findings read in id order from it. With (spec, status) alone, each page of
+    5,000 found every open finding left and sorted them: quadratic, about half of a 1M correct.
+    """
+    names = {i["name"] for i in sa.inspect(conn).get_indexes("reconcile_findings")}
+    if "ix_reconcile_findings_spec_status_id" not in names:
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_reconcile_findings_spec_status_id ON reconcile_findings (spec, status, id)"
+            )
+        )
+    if "ix_reconcile_findings_spec_status" in names:
+        on = " ON reconcile_findings" if conn.dialect.name in ("mysql", "mariadb") else ""
+        conn.execute(sa.text(f"DROP INDEX ix_reconcile_findings_spec_status{on}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 def migrate(conn: Connection) -> int:
