@@ -49,6 +49,24 @@ def stores(tmp: Path) -> tuple[AuditStore, AuditStore]:
     return AuditStore(f"sqlite:///{tmp / 's1.db'}"), AuditStore(f"sqlite:///{tmp / 's2.db'}")
 
 
+def run_checksum(spec: Spec, **kw: Any) -> Any:
+    """checksum_diff on the spec's pair, now, with ``kw``."""
+    pair = open_pair(Context(store_url="sqlite://"), spec)
+    try:
+        return checksum_diff(
+            pair.truth,
+            pair.projection,
+            pair.plans(),
+            pair.rules,
+            spec.key_truth,
+            now=datetime.now(UTC),
+            grace=spec.freshness.grace,
+            **kw,
+        )
+    finally:
+        pair.close()
+
+
 def test_shared_scenario_every_kind_where_and_lifecycle(tmp_path: Path, make_pg_db) -> None:  # type: ignore[no-untyped-def]
     """The scenario of audit_cases: renamed composite key, float vs numeric, normalisers, pending."""
     t, p = make_pg_db("truth"), make_pg_db("proj")
@@ -156,20 +174,7 @@ def test_matching_buckets_are_skipped_and_findings_stay(tmp_path: Path, make_pg_
     auto = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 'auto.db'}")), spec)
     assert auto.strategy == "checksum" and view(auto) == view(c)  # auto picks it: few buckets differ
 
-    pair = open_pair(Context(store_url="sqlite://"), spec)
-    try:
-        got = checksum_diff(
-            pair.truth,
-            pair.projection,
-            pair.plans(),
-            pair.rules,
-            spec.key_truth,
-            now=datetime.now(UTC),
-            grace=spec.freshness.grace,
-            first_bits=10,
-        )
-    finally:
-        pair.close()
+    got = run_checksum(spec, first_bits=10)
     assert got is not None
     assert got.stats.fetched_truth < 400 and got.stats.skipped_rows > 3500
     assert len(got.outcome.findings) == 13
@@ -189,21 +194,7 @@ def test_refinement_levels(tmp_path: Path, make_pg_db, monkeypatch: pytest.Monke
     monkeypatch.setattr(checksum, "REFINE_ROWS", 10)
     t, p = make_pg_db("truth"), make_pg_db("proj")
     spec = _accounts(t, p)
-    pair = open_pair(Context(store_url="sqlite://"), spec)
-    try:
-        got = checksum_diff(
-            pair.truth,
-            pair.projection,
-            pair.plans(),
-            pair.rules,
-            spec.key_truth,
-            now=datetime.now(UTC),
-            grace=spec.freshness.grace,
-            first_bits=6,
-            fallback=False,
-        )
-    finally:
-        pair.close()
+    got = run_checksum(spec, first_bits=6, fallback=False)
     assert got is not None and [lv.bits for lv in got.stats.levels] == [6, 14, 22]  # MAX_LEVELS
     s = audit(Context.of(stores(tmp_path)[0]), spec, strategy="stream")
     assert sorted(f.key_id for f in got.outcome.findings) == sorted(f.key_id for f in s.findings)

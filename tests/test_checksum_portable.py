@@ -7,7 +7,7 @@ be exactly the streaming path's, and rows equal by meaning must hash equal acros
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,15 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from reconcile.app import Context, audit, audit_fanout
-from reconcile.app.audit import open_pair
 from reconcile.errors import SpecError
-from reconcile.sources.checksum import checksum_diff
-from reconcile.spec import Spec, load_spec, spec_from_dict
+from reconcile.spec import load_spec, spec_from_dict
 from reconcile.store import AuditStore
 
 from .audit_cases import build, spec_file
 from .builders import make_table
-from .test_checksum_pg import _accounts, both, stores, view
+from .test_checksum_pg import _accounts, both, run_checksum, stores, view
 
 pytestmark = pytest.mark.integration
 
@@ -35,24 +33,6 @@ PAIRS = [("mysql", "mysql"), ("pg", "mysql"), ("mysql", "pg")]
 def _dbs(make_pg_db: Any, make_mysql_db: Any, pair: tuple[str, str]) -> tuple[str, str]:
     make = {"pg": make_pg_db, "mysql": make_mysql_db}
     return make[pair[0]]("truth"), make[pair[1]]("proj")
-
-
-def _checksum(spec: Spec, **kw: Any) -> Any:
-    """checksum_diff on the spec's pair, now, with ``kw``."""
-    pair = open_pair(Context(store_url="sqlite://"), spec)
-    try:
-        return checksum_diff(
-            pair.truth,
-            pair.projection,
-            pair.plans(),
-            pair.rules,
-            spec.key_truth,
-            now=datetime.now(UTC),
-            grace=spec.freshness.grace,
-            **kw,
-        )
-    finally:
-        pair.close()
 
 
 @pytest.mark.parametrize("engines", PAIRS, ids="-".join)
@@ -67,7 +47,7 @@ def test_same_findings_as_streaming_and_buckets_skipped(
     auto = audit(Context.of(AuditStore(f"sqlite:///{tmp_path / 'auto.db'}")), spec)
     assert auto.strategy == "checksum" and view(auto) == view(c)
 
-    got = _checksum(spec, first_bits=10)
+    got = run_checksum(spec, first_bits=10)
     assert got is not None and got.stats.buckets == "hash"  # a text first key column
     # Numbers, texts, NULLs and '' hash alike on both engines: only the drifted rows' buckets differ.
     assert got.stats.fetched_truth < 400 and got.stats.skipped_rows > 3500
@@ -88,7 +68,7 @@ def test_shared_scenario_forced_checksum(
     assert (s.summary.compared, s.summary.pending, s.summary.drift) == (22, 1, 4)
     assert audit(Context.of(st[0]), spec).strategy == "stream"
     with pytest.raises(SpecError, match="key ranges cannot run"):
-        _checksum(spec, buckets="range")
+        run_checksum(spec, buckets="range")
 
 
 def test_types_hash_alike_across_engines(tmp_path: Path, make_pg_db, make_mysql_db) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +121,7 @@ def test_types_hash_alike_across_engines(tmp_path: Path, make_pg_db, make_mysql_
             "columns": {"qty": {}, "price": {}, "note": {}, "flag": {}, "at": {}},
         }
     )
-    got = _checksum(spec, first_bits=8)
+    got = run_checksum(spec, first_bits=8)
     assert got is not None
     assert got.outcome.findings == [] and got.stats.skipped_rows == 2000
     assert got.stats.fetched_truth == 0 and got.outcome.compared == 2000
@@ -208,13 +188,13 @@ def test_integer_keys_use_spans(
     sm = s.summary
     assert (sm.missing, sm.orphan, sm.mismatch) == (3, 2, 3)
 
-    got = _checksum(spec, first_bits=8)
+    got = run_checksum(spec, first_bits=8)
     assert got.stats.buckets == "range" and got.stats.why_hash is None
     assert len(got.outcome.findings) == 8 and got.stats.fetched_truth < 200
     # Refined to spans of one key, then fetched by many spans (or, past MAX_SPANS, by bucket id).
     monkeypatch.setattr(checksum, "REFINE_ROWS", 5)
     monkeypatch.setattr(checksum._IntRanges, "MAX_SPANS", 3)
-    fine = _checksum(spec, first_bits=6)
+    fine = run_checksum(spec, first_bits=6)
     assert len(fine.stats.levels) >= 2 and fine.stats.fetched_truth <= 8
     assert sorted(map(repr, fine.outcome.findings)) == sorted(map(repr, got.outcome.findings))
-    assert len(_checksum(spec, buckets="hash").outcome.findings) == 8
+    assert len(run_checksum(spec, buckets="hash").outcome.findings) == 8

@@ -193,10 +193,6 @@ class ChecksumResult:
 
 
 # -- SQL expressions ---------------------------------------------------------------------------
-def _is_bool(t: Any) -> bool:
-    return isinstance(t, sa.Boolean) or (isinstance(t, type) and issubclass(t, bool))
-
-
 def _same_type(a: Any, b: Any) -> bool:
     if isinstance(a, sa.types.TypeEngine) and isinstance(b, sa.types.TypeEngine):
         return type(a) is type(b) and repr(a) == repr(b)
@@ -224,7 +220,7 @@ def _canon_key(col: sa.ColumnElement[Any], mine: Any, kind: str) -> sa.ColumnEle
     """One key column in the form both sides share (mirrors compare.key_part)."""
     own = _type_kind(mine)
     if kind == "int":
-        return col if own == "int" and not _is_bool(mine) else sa.cast(col, sa.BigInteger)
+        return col if own == "int" and not portable.is_bool(mine) else sa.cast(col, sa.BigInteger)
     if kind == "number":
         return sa.func.trim_scale(sa.cast(col, sa.Numeric))
     if kind == "datetime":
@@ -236,7 +232,7 @@ def _canon_value(col: sa.ColumnElement[Any], mine: Any, other: Any) -> tuple[sa.
     """One compared value, canonical where the two sides' types differ, and its hash family."""
     if _same_type(mine, other):
         return col, _family(mine)
-    if _is_bool(mine):
+    if portable.is_bool(mine):
         return sa.cast(col, sa.Integer), "int"
     own = _type_kind(mine)
     if own in ("int", "number"):
@@ -546,7 +542,7 @@ def _int_ranges(ts: _Side, ps: _Side, bits: int) -> _IntRanges | None:
     if ts.plan.kinds[0] != "int":
         return None
     types = (ts._key_types[0], ps._key_types[0])
-    if not all(isinstance(t, sa.Integer) and not _is_bool(t) for t in types):
+    if not all(isinstance(t, sa.Integer) and not portable.is_bool(t) for t in types):
         return None
 
     def bounds(side: _Side) -> tuple[Any, Any]:

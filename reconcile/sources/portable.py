@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from .sql import _type_kind
 
-__all__ = ["DIALECTS", "portable", "row_hash", "value_text", "unsigned"]
+__all__ = ["DIALECTS", "is_bool", "portable", "row_hash", "value_text", "unsigned"]
 
 DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 MASK64 = (1 << 64) - 1
@@ -56,7 +56,8 @@ def _mysql(dialect: str) -> bool:
     return dialect in ("mysql", "mariadb")
 
 
-def _is_bool(t: Any) -> bool:
+def is_bool(t: Any) -> bool:
+    """A boolean column type (or a bool sampled from a query's row)."""
     return isinstance(t, sa.Boolean) or (isinstance(t, type) and issubclass(t, bool))
 
 
@@ -92,7 +93,7 @@ def _time_text(col: Expr, t: Any, dialect: str) -> Expr:
 def value_text(col: Expr, mine: Any, other: Any, dialect: str) -> Expr:
     """One value's canonical text on this side (``mine``: its type; ``other``: the other side's)."""
     kinds = {_type_kind(mine), _type_kind(other)}
-    if _is_bool(mine):
+    if is_bool(mine):
         return _text(sa.cast(col, sa.Integer), dialect)
     if kinds <= {"int"} and not (_is_exact(mine) and _type_kind(mine) != "int"):
         return _text(col, dialect)
