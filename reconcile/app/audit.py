@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..compare import ColumnRule, jsonable, key_part
 from ..diff import DiffOutcome, diff_rows
@@ -33,9 +33,9 @@ from ..sources.sql import ReadPlan, SqlSource, key_kind
 from ..spec import Spec
 from ..store import Store
 from .context import Context
-from .path import PathRun, finish_stream
-from .path import begin as begin_path
-from .path import finish as finish_path
+
+if TYPE_CHECKING:  # the event path (causes, the topic reader) loads only for a spec with `path:`
+    from .path import PathRun
 
 
 # A topic side needs msgspec and the Kafka reader: imported only when a spec has one, so a plain
@@ -306,7 +306,11 @@ def audit(
     try:
         canon = canonical_keys(keys, pair.kinds) if keys is not None else None
         with ctx.store.audit_lock(spec.name, wait=wait):
-            path_run = begin_path(ctx, spec, settle) if spec.path is not None else None
+            path_run = None
+            if spec.path is not None:
+                from .path import begin as begin_path
+
+                path_run = begin_path(ctx, spec, settle)
             try:
                 return _audit(ctx, spec, pair, canon, where, now, on_row, strategy, path_run)
             finally:
@@ -349,6 +353,8 @@ def _audit(
                 if k in watch:
                     held.add(watch[k])
 
+            from .path import finish_stream
+
             seen = finish_stream(
                 ctx, path_run, seen, spill.keys, pair.kinds, on_pending, truth=_sql_truth(pair)
             )
@@ -358,6 +364,8 @@ def _audit(
         outcome = _recheck(pair, outcome, where, set(watch))
         outcome.findings = locate(outcome.findings, sides, spec.key_truth)
         if path_run is not None:
+            from .path import finish as finish_path
+
             got = finish_path(ctx, path_run, outcome.findings, pair.kinds, truth=_sql_truth(pair))
             outcome.findings = got.findings
             outcome.pending += len(got.pending)

@@ -190,6 +190,11 @@ class Incident:
         at = time.monotonic()
         result = audit(self.ctx, self.spec)
         found = {(f.key["warehouse"], f.key["sku"]) for f in result.findings}
+        with self.truth.lock:
+            lost = list(self.truth.lost_events)
+        # A produce reported failed may have been written all the same (a timeout is ambiguous):
+        # what the projector applied was not lost.
+        self.truth.arrived_after_all(e for e in lost if self.projector.applied([e]) == 1)
         return result, self.truth.score(found, grace_s, at)
 
     def heal(self, timeout: timedelta = timedelta(seconds=60), *, force: bool = False) -> HealResult:

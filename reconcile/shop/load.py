@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .service import OrderService, PlacedOrder
@@ -55,6 +56,7 @@ class GroundTruth:
     lost_events: list[str] = field(default_factory=list)
     lost_orders: list[int] = field(default_factory=list)  # the orders of the lost events
     lost_entities: set[Entity] = field(default_factory=set)
+    lost_lines: dict[str, list[Entity]] = field(default_factory=dict)  # lost event id -> its entities
     last_change: dict[Entity, float] = field(default_factory=dict)  # time.monotonic()
     events_of: dict[Entity, list[str]] = field(default_factory=dict)  # event ids, in order
     delivered: dict[str, bool] = field(default_factory=dict)  # event id -> broker confirmed
@@ -75,8 +77,27 @@ class GroundTruth:
                 return
             self.lost_events.append(order.event_id)
             self.lost_orders.append(order.order_id)
-            for sku, _qty, _v in order.lines:
-                self.lost_entities.add((order.warehouse, sku))
+            self.lost_lines[order.event_id] = [(order.warehouse, sku) for sku, _qty, _v in order.lines]
+            self.lost_entities.update(self.lost_lines[order.event_id])
+
+    def arrived_after_all(self, event_ids: Iterable[str]) -> None:
+        """These events were reported lost but reached the projection anyway.
+
+        A produce that timed out on the client may still have been written by the broker: Kafka
+        cannot tell the producer which (without idempotence). Such an event is not lost, and its
+        entities stay lost only through another lost event.
+        """
+        with self.lock:
+            arrived = set(event_ids) & set(self.lost_lines)
+            if not arrived:
+                return
+            pairs = zip(self.lost_events, self.lost_orders, strict=True)
+            kept = [(e, o) for e, o in pairs if e not in arrived]
+            self.lost_events = [e for e, _ in kept]
+            self.lost_orders = [o for _, o in kept]
+            for e in arrived:
+                del self.lost_lines[e]
+            self.lost_entities = {x for lines in self.lost_lines.values() for x in lines}
 
     def score(self, found: set[Entity], grace_s: float, at: float) -> Score:
         """Precision/recall of the entities an audit that started at ``at`` reported.

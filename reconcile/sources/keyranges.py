@@ -190,8 +190,8 @@ class RangeKey:
     ) -> sa.Subquery:
         """The rows of ``base`` that fall in these buckets, found through the key index.
 
-        Each bucket is a key range; a nested loop over the ranges (``unnest`` of the bounds)
-        probes the index once per range. Ranges with no upper bound (a text prefix of U+10FFFF
+        Each bucket is a key range; a nested loop over the ranges (``unnest`` of the bounds,
+        joined LATERAL) probes the index once per range. Ranges with no upper bound (a text prefix of U+10FFFF
         only) are joined apart. Comparisons use the column's own collation, the index's, which
         sorts like Python by the rule of :func:`range_key`.
         """
@@ -243,7 +243,12 @@ class RangeKey:
         conds.append(k >= param(grain.col, g.c.lo))
         if upper:
             conds.append(k <= g.c.hi if self.kinds[grain.col] == "int" else k < param(grain.col, g.c.hi))
-        return sa.select(*base.c).select_from(g.join(base, sa.and_(*conds)))
+        # LATERAL, fenced by OFFSET 0 so it is not flattened into a plain join: the planner must
+        # loop over the ranges and probe the index once per range. As a plain join it may walk
+        # the whole key index in order instead, testing every row against every range (on 20M
+        # rows and 300 ranges, minutes instead of 0.1 s).
+        rows = sa.select(*base.c).where(*conds).offset(0).lateral("r")
+        return sa.select(*rows.c).select_from(g.join(rows, sa.true()))
 
     def _array(self, j: int, values: list[Any]) -> sa.BindParameter[Any]:
         t: Any = sa.BigInteger if self.kinds[j] == "int" else sa.Text
