@@ -1,6 +1,7 @@
 """Memory and recording speed with many findings (issue 15, case 7).
 
     PYTHONPATH=$PWD .venv/bin/python bench/memory.py --findings 200000 [--heal] [--skip-record]
+    PYTHONPATH=$PWD .venv/bin/python bench/memory.py --findings 1000000 --record-only
 
 Builds a truth of N rows and an empty projection (every row a `missing` finding) in fresh
 PostgreSQL databases, a third one for the audit store, and runs the real CLI in child
@@ -147,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         help="only correct and relay (implies --heal, --skip-record): the audit's findings are "
         "recorded directly instead of audited",
     )
+    ap.add_argument(
+        "--record-only",
+        action="store_true",
+        help="only the record stage (store.record_run of N new, then N seen-again findings)",
+    )
     a = ap.parse_args(argv)
+    if a.record_only and (a.heal or a.skip_record or a.heal_only):
+        ap.error("--record-only leaves out every other stage")
     if a.heal_only:
         a.heal = a.skip_record = True
     n = a.findings
@@ -212,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         cli = [*py, "-m", "reconcile"]
-        if a.heal_only:
+        if a.record_only:
+            pass
+        elif a.heal_only:
             wall, rss, code, out, _ = run_child([*py, "-c", RECORD_FOR_HEAL, str(n), store], env)
             assert code == 0, code
             rows.append(("findings recorded", wall, rss, f"{n:,} `missing` findings of the spec, no audit"))

@@ -5,13 +5,19 @@ module carries it out without deciding finding by finding in Python (issue 15: r
 8-10k findings/s when the plan ran in Python batch by batch). Inside the caller's transaction,
 which already holds the spec's lock row:
 
-1. the run's findings go into a temporary table by ``COPY`` (their order kept in ``ord``);
+1. the run's findings go into a temporary table by ``COPY`` (their order kept in ``ord``), as
+   text built in blocks of rows, the JSON values parsed by the server as they arrive;
 2. one statement moves the findings seen again (this run's values, one more sighting; status,
    first seen, note and episode stay: ``plan_run``'s ``again``) and inserts the others as new
    findings, each the next episode of its entity (``plan_run``'s ``new`` with
    ``last_episode``), and hands back counts by (kind, status, times seen) for the summary;
 3. the first ``keep`` findings read back their lifecycle, so the caller returns them exactly
    as ``plan_run`` would have built them.
+
+A spec with no finding stored at all (its first audit) skips all three: every finding is new,
+open, seen once, its entity's first episode, so the COPY goes straight into the findings
+table and the server inserts while the client encodes the next rows; the counts and the first
+``keep`` findings are known without asking.
 
 Resolving the active findings the run did not see is the caller's (already set-wise) step.
 ``tests/test_record_equivalence.py`` holds this path equal to ``plan_run`` on random cases.
@@ -33,20 +39,29 @@ from typing import Any
 from ..compare import json_text
 from ..findings import Finding, FindingKind, FindingStatus
 from ..lifecycle import is_confirmed
-from .bulk import COMPACT, cursor
+from .bulk import cursor
 from .schema import ACTIVE_STATUSES
 
 __all__ = ["Recorded", "record_findings"]
 
 _ACTIVE = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 
+# JSON columns typed json: the server parses them during the COPY, while the client is still
+# encoding, instead of in the statement after it. ``ord`` numbers the rows as they come, from 0.
 _SEEN = """
 CREATE TEMPORARY TABLE reconcile_seen (
-  ord bigint, key_id text, entity_key text, kind text, columns text, truth text, projection text,
-  copies integer, cause text, evidence text
+  key_id text, entity_key json, kind text, columns json, truth json, projection json,
+  copies integer, cause text, evidence json,
+  ord bigint GENERATED ALWAYS AS IDENTITY (MINVALUE 0 START WITH 0)
 ) ON COMMIT DROP
 """
-_SEEN_COLUMNS = "ord, key_id, entity_key, kind, columns, truth, projection, copies, cause, evidence"
+# What each COPY row carries, in this order, on both paths.
+_ROW_COLUMNS = "key_id, entity_key, kind, columns, truth, projection, copies, cause, evidence"
+# A first audit's COPY into the findings table: the same, then what every new finding shares.
+_FIRST_COLUMNS = (
+    _ROW_COLUMNS + ", spec, status, times_seen, first_seen, last_seen, first_run_id, last_run_id, episode"
+)
+_ANY_FINDING = "SELECT EXISTS (SELECT 1 FROM reconcile_findings WHERE spec = %(spec)s)"
 
 # One statement: the findings seen again move (``u``), the others are inserted as new (``i``),
 # and what both wrote comes back counted by what the summary needs. Both parts read the table
@@ -54,9 +69,8 @@ _SEEN_COLUMNS = "ord, key_id, entity_key, kind, columns, truth, projection, copi
 _RECORD = f"""
 WITH u AS (
   UPDATE reconcile_findings AS f
-  SET kind = s.kind, columns = s.columns::json, truth = s.truth::json,
-      projection = s.projection::json, copies = s.copies, cause = s.cause,
-      evidence = s.evidence::json, times_seen = f.times_seen + 1,
+  SET kind = s.kind, columns = s.columns, truth = s.truth, projection = s.projection,
+      copies = s.copies, cause = s.cause, evidence = s.evidence, times_seen = f.times_seen + 1,
       last_seen = %(now)s, last_run_id = %(run_id)s
   FROM reconcile_seen AS s
   WHERE f.spec = %(spec)s AND f.key_id = s.key_id AND f.status IN {_ACTIVE}
@@ -65,8 +79,8 @@ WITH u AS (
   INSERT INTO reconcile_findings (spec, key_id, entity_key, kind, columns, truth, projection,
     copies, cause, evidence, status, times_seen, first_seen, last_seen, first_run_id, last_run_id,
     episode)
-  SELECT %(spec)s, s.key_id, s.entity_key::json, s.kind, s.columns::json, s.truth::json,
-    s.projection::json, s.copies, s.cause, s.evidence::json, 'open', 1, %(now)s, %(now)s,
+  SELECT %(spec)s, s.key_id, s.entity_key, s.kind, s.columns, s.truth,
+    s.projection, s.copies, s.cause, s.evidence, 'open', 1, %(now)s, %(now)s,
     %(run_id)s, %(run_id)s, {{episode}}
   FROM reconcile_seen AS s
   WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.ord = s.ord)
@@ -150,10 +164,14 @@ def record_findings(
     held: list[Finding] = []
     params = {"spec": spec, "run_id": run_id, "now": now, "keep": keep, "confirm_runs": confirm_runs}
     with cursor(conn) as cur:
+        cur.execute(_ANY_FINDING, params, prepare=False)
+        (stored,) = cur.fetchone()
+        if not stored:
+            return _record_first(cur, params, seen, keep)
         cur.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)")
         cur.execute("DROP TABLE IF EXISTS reconcile_seen")
         cur.execute(_SEEN)
-        n = _copy(cur, seen, held, keep)
+        n, _ = _copy(cur, f"COPY reconcile_seen ({_ROW_COLUMNS}) FROM STDIN", "", seen, held, keep)
         if n == 0:
             return out
         cur.execute("ANALYZE reconcile_seen")
@@ -190,37 +208,101 @@ def record_findings(
     return out
 
 
-def _copy(cur: Any, seen: Iterable[Finding], held: list[Finding], keep: int) -> int:
-    """COPY the findings into ``reconcile_seen``; the first ``keep`` into ``held``. How many."""
-    encode = COMPACT.encode
+def _record_first(cur: Any, params: dict[str, Any], seen: Iterable[Finding], keep: int) -> Recorded:
+    """A spec's first findings: COPY them straight into the findings table (what ``_RECORD``
+    would insert: open, seen once, first episode, first and last seen now, by this run)."""
+    out = Recorded()
+    held: list[Finding] = []
+    # ``now`` as the server reads and returns it (a naive datetime in the session's time zone)
+    cur.execute("SELECT %(now)s::timestamptz, %(now)s::timestamptz::text", params, prepare=False)
+    first_seen, now_text = cur.fetchone()
+    run_id = _escape(params["run_id"])
+    tail = f"\t{_escape(params['spec'])}\topen\t1\t{now_text}\t{now_text}\t{run_id}\t{run_id}\t1"
+    _, kinds = _copy(cur, f"COPY reconcile_findings ({_FIRST_COLUMNS}) FROM STDIN", tail, seen, held, keep)
+    for kind, count in kinds.items():
+        out.counts[(kind, FindingStatus.OPEN, 1)] = count
+    confirmed = is_confirmed(1, params["confirm_runs"])
+    got = out.confirmed if confirmed else out.unconfirmed
+    lifecycle = {"status": FindingStatus.OPEN, "times_seen": 1, "first_seen": first_seen, "note": None}
+    got += (f.with_lifecycle(**lifecycle, episode=1, confirmed=confirmed) for f in held)
+    return out
+
+
+_BLOCK = 2_000  # rows per write to the COPY: about 200 KiB
+
+
+def _copy(
+    cur: Any, statement: str, tail: str, seen: Iterable[Finding], held: list[Finding], keep: int
+) -> tuple[int, dict[FindingKind, int]]:
+    """COPY the findings' :data:`_ROW_COLUMNS` (then ``tail``, text of the statement's other
+    columns) by ``statement``; the first ``keep`` findings into ``held``. (How many, how many of
+    each kind.)
+
+    The rows are COPY text built by hand, one f-string a row, and written in blocks: psycopg's
+    ``write_row`` converts every value on its own. The JSON is ASCII (``json_text``), with no tab
+    or line break in it, so a backslash is all that needs escaping.
+    """
+    text = json_text
     columns: dict[tuple[str, ...], str] = {}  # a spec's findings share a few column tuples
+    causes: dict[str, str] = {}
+    kinds: dict[FindingKind, int] = {}
+    block: list[str] = []
     n = 0
-    with cur.copy(f"COPY reconcile_seen ({_SEEN_COLUMNS}) FROM STDIN") as copy:
-        write = copy.write_row
+    with cur.copy(statement) as copy:
         for f in seen:
             if n < keep:
                 held.append(f)
+            kind, key, truth, projection, cause = f.kind, f.key, f.truth, f.projection, f.cause
+            kinds[kind] = kinds.get(kind, 0) + 1
+            key_id = f.key_id
+            if "\\" in key_id:
+                key_id = key_id.replace("\\", "\\\\")
+            if len(key) == 1:  # one part: sorted or not, the same
+                entity_key = key_id
+            else:
+                entity_key = text(key)
+                if "\\" in entity_key:
+                    entity_key = entity_key.replace("\\", "\\\\")
             cols = columns.get(f.columns)
             if cols is None:
-                cols = columns[f.columns] = encode(list(f.columns))
-            key, truth, projection = f.key, f.truth, f.projection
-            key_id = f.key_id
-            write(
-                (
-                    n,
-                    key_id,
-                    key_id if len(key) == 1 else json_text(key),  # one part: sorted or not, the same
-                    f.kind.value,
-                    cols,
-                    None if truth is None else json_text(truth),
-                    None if projection is None else json_text(projection),
-                    f.copies,
-                    f.cause,
-                    json_text(list(f.evidence)) if f.cause is not None else None,
-                )
+                cols = columns[f.columns] = _escape(text(list(f.columns)))
+            if truth is None:
+                truth_text = _NULL
+            else:
+                truth_text = text(truth)
+                if "\\" in truth_text:
+                    truth_text = truth_text.replace("\\", "\\\\")
+            if projection is None:
+                projection_text = _NULL
+            else:
+                projection_text = text(projection)
+                if "\\" in projection_text:
+                    projection_text = projection_text.replace("\\", "\\\\")
+            if cause is None:
+                cause_text = evidence = _NULL
+            else:
+                cause_text = causes.get(cause) or causes.setdefault(cause, _escape(cause))
+                evidence = _escape(text(list(f.evidence)))
+            block.append(
+                f"{key_id}\t{entity_key}\t{kind}\t{cols}\t{truth_text}\t{projection_text}\t{int(f.copies)}"
+                f"\t{cause_text}\t{evidence}{tail}\n"
             )
             n += 1
-    return n
+            if len(block) == _BLOCK:
+                copy.write("".join(block))
+                block.clear()
+        if block:
+            copy.write("".join(block))
+    return n, kinds
+
+
+_NULL = "\\N"  # COPY text's NULL
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(value: str) -> str:
+    """A value as a field of COPY text."""
+    return value.translate(_COPY_ESCAPES)
 
 
 class _Row:
