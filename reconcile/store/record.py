@@ -52,7 +52,7 @@ _SEEN = """
 CREATE TEMPORARY TABLE reconcile_seen (
   key_id text, entity_key json, kind text, columns json, truth json, projection json,
   copies integer, cause text, evidence json,
-  ord bigint GENERATED ALWAYS AS IDENTITY (MINVALUE 0 START WITH 0)
+  ord bigint GENERATED ALWAYS AS IDENTITY (MINVALUE 0 START WITH 0) PRIMARY KEY
 ) ON COMMIT DROP
 """
 # What each COPY row carries, in this order, on both paths.
@@ -64,8 +64,10 @@ _FIRST_COLUMNS = (
 _ANY_FINDING = "SELECT EXISTS (SELECT 1 FROM reconcile_findings WHERE spec = %(spec)s)"
 
 # One statement: the findings seen again move (``u``), the others are inserted as new (``i``),
-# and what both wrote comes back counted by what the summary needs. Both parts read the table
-# as it was before the statement, so ``i`` tells the seen-again ones by ``u``'s output.
+# and what both wrote comes back counted by what the summary needs (rows with a NULL ``ord``),
+# followed by the lifecycle of the seen-again ones among the first ``keep`` (by ``ord``). Both
+# parts read the table as it was before the statement, so ``i`` tells the seen-again ones by
+# ``u``'s output.
 _RECORD = f"""
 WITH u AS (
   UPDATE reconcile_findings AS f
@@ -74,7 +76,7 @@ WITH u AS (
       last_seen = %(now)s, last_run_id = %(run_id)s
   FROM reconcile_seen AS s
   WHERE f.spec = %(spec)s AND f.key_id = s.key_id AND f.status IN {_ACTIVE}
-  RETURNING s.ord, f.kind, f.status, f.times_seen
+  RETURNING s.ord, f.kind, f.status, f.times_seen, f.first_seen, f.note, f.episode
 ), i AS (
   INSERT INTO reconcile_findings (spec, key_id, entity_key, kind, columns, truth, projection,
     copies, cause, evidence, status, times_seen, first_seen, last_seen, first_run_id, last_run_id,
@@ -87,9 +89,11 @@ WITH u AS (
   ORDER BY s.ord
   RETURNING kind, status, times_seen
 )
-SELECT kind, status, times_seen, count(*)
+SELECT kind, status, times_seen, count(*), NULL::bigint, NULL::timestamptz, NULL::text, NULL::integer
 FROM (SELECT kind, status, times_seen FROM u UNION ALL SELECT kind, status, times_seen FROM i) w
 GROUP BY kind, status, times_seen
+UNION ALL
+SELECT kind, status, times_seen, NULL, ord, first_seen, note, episode FROM u WHERE ord < %(keep)s
 """
 
 # A new finding's episode: one more than the last its entity had (every finding of an entity
@@ -100,10 +104,12 @@ _NEXT_EPISODE = (
     " WHERE h.spec = %(spec)s AND h.key_id = s.key_id), 0) + 1"
 )
 _ANY_RESOLVED = (
-    "SELECT EXISTS (SELECT 1 FROM reconcile_findings WHERE spec = %(spec)s AND status = 'resolved')"
+    "SELECT EXISTS (SELECT 1 FROM reconcile_findings WHERE spec = %(spec)s AND status = 'resolved'),"
+    " %(now)s::timestamptz"
 )
 
-# The stored lifecycle of some of the run's findings (each now has exactly one active row).
+# The stored lifecycle of some of the run's findings (each now has exactly one active row): the
+# first ``keep`` when some may be an entity's next episode.
 _LIFECYCLE = f"""
 SELECT s.ord, a.id, a.status, a.times_seen, a.first_seen, a.note, a.episode
 FROM reconcile_seen AS s
@@ -176,13 +182,20 @@ def record_findings(
             return out
         cur.execute("ANALYZE reconcile_seen")
         cur.execute(_ANY_RESOLVED, params, prepare=False)
-        (history,) = cur.fetchone()
+        history, now_read = cur.fetchone()
         cur.execute(_RECORD.format(episode=_NEXT_EPISODE if history else "1"), params, prepare=False)
-        for kind, status, times_seen, count in cur.fetchall():
-            out.counts[(FindingKind(kind), FindingStatus(status), int(times_seen))] = int(count)
-        cur.execute(_LIFECYCLE, params, prepare=False)
-        rows = cur.fetchall()
-        for f, (_, _, status, times_seen, first_seen, note, episode) in zip(held, rows, strict=True):
+        again: dict[int, tuple[Any, ...]] = {}
+        for kind, status, times_seen, count, ord_, first_seen, note, episode in cur.fetchall():
+            if ord_ is None:
+                out.counts[(FindingKind(kind), FindingStatus(status), int(times_seen))] = int(count)
+            else:
+                again[ord_] = (status, times_seen, first_seen, note, episode)
+        if history and len(again) < len(held):  # some of the first are new: which episode
+            cur.execute(_LIFECYCLE, params, prepare=False)
+            again = {r[0]: r[2:] for r in cur.fetchall()}
+        new = (FindingStatus.OPEN.value, 1, now_read, None, 1)  # _RECORD's new finding
+        for i, f in enumerate(held):
+            status, times_seen, first_seen, note, episode = again.get(i, new)
             f = f.with_lifecycle(
                 status=FindingStatus(status),
                 times_seen=times_seen,
