@@ -146,6 +146,7 @@ class Recorded:
     counts: dict[tuple[FindingKind, FindingStatus, int], int] = field(default_factory=dict)
     confirmed: list[Finding] = field(default_factory=list)
     unconfirmed: list[Finding] = field(default_factory=list)
+    first: bool = False  # nothing of the spec was stored before: no finding to resolve
 
 
 def record_findings(
@@ -224,7 +225,7 @@ def record_findings(
 def _record_first(cur: Any, params: dict[str, Any], seen: Iterable[Finding], keep: int) -> Recorded:
     """A spec's first findings: COPY them straight into the findings table (what ``_RECORD``
     would insert: open, seen once, first episode, first and last seen now, by this run)."""
-    out = Recorded()
+    out = Recorded(first=True)
     held: list[Finding] = []
     # ``now`` as the server reads and returns it (a naive datetime in the session's time zone)
     cur.execute("SELECT %(now)s::timestamptz, %(now)s::timestamptz::text", params, prepare=False)
