@@ -67,7 +67,8 @@ _ANY_FINDING = "SELECT EXISTS (SELECT 1 FROM reconcile_findings WHERE spec = %(s
 # and what both wrote comes back counted by what the summary needs (rows with a NULL ``ord``),
 # followed by the lifecycle of the seen-again ones among the first ``keep`` (by ``ord``). Both
 # parts read the table as it was before the statement, so ``i`` tells the seen-again ones by
-# ``u``'s output.
+# ``u``'s output; when ``u`` moved all ``n`` of them, ``i`` does not look (a run that finds
+# the same drift as the last: the usual one).
 _RECORD = f"""
 WITH u AS (
   UPDATE reconcile_findings AS f
@@ -85,7 +86,7 @@ WITH u AS (
     s.projection, s.copies, s.cause, s.evidence, 'open', 1, %(now)s, %(now)s,
     %(run_id)s, %(run_id)s, {{episode}}
   FROM reconcile_seen AS s
-  WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.ord = s.ord)
+  WHERE (SELECT count(*) FROM u) < %(n)s AND NOT EXISTS (SELECT 1 FROM u WHERE u.ord = s.ord)
   ORDER BY s.ord
   RETURNING kind, status, times_seen
 )
@@ -184,7 +185,8 @@ def record_findings(
         cur.execute("ANALYZE reconcile_seen")
         cur.execute(_ANY_RESOLVED, params, prepare=False)
         history, now_read = cur.fetchone()
-        cur.execute(_RECORD.format(episode=_NEXT_EPISODE if history else "1"), params, prepare=False)
+        statement = _RECORD.format(episode=_NEXT_EPISODE if history else "1")
+        cur.execute(statement, {**params, "n": n}, prepare=False)
         again: dict[int, tuple[Any, ...]] = {}
         for kind, status, times_seen, count, ord_, first_seen, note, episode in cur.fetchall():
             if ord_ is None:
