@@ -10,9 +10,11 @@ which already holds the spec's lock row:
 2. one statement moves the findings seen again (this run's values, one more sighting; status,
    first seen, note and episode stay: ``plan_run``'s ``again``) and inserts the others as new
    findings, each the next episode of its entity (``plan_run``'s ``new`` with
-   ``last_episode``), and hands back counts by (kind, status, times seen) for the summary;
-3. the first ``keep`` findings read back their lifecycle, so the caller returns them exactly
-   as ``plan_run`` would have built them.
+   ``last_episode``), and hands back counts by (kind, status, times seen) for the summary
+   and the lifecycle of the seen-again ones among the first ``keep``;
+3. the first ``keep`` findings are returned exactly as ``plan_run`` would have built them: a
+   new one is open, seen once, first seen now; only when the spec has resolved findings (a new
+   one may be an entity's next episode) do they read their lifecycle back.
 
 A spec with no finding stored at all (its first audit) skips all three: every finding is new,
 open, seen once, its entity's first episode, so the COPY goes straight into the findings
