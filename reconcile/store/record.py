@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain, islice
 from typing import Any
 
 from ..compare import json_text
@@ -264,52 +265,52 @@ def _copy(
     columns: dict[tuple[str, ...], str] = {}  # a spec's findings share a few column tuples
     causes: dict[str, str] = {}
     kinds: dict[FindingKind, int] = {}
-    block: list[str] = []
     n = 0
+    rows = iter(seen)
+    held += islice(rows, keep)
+    rows = chain(held, rows)
     with cur.copy(statement) as copy:
-        for f in seen:
-            if n < keep:
-                held.append(f)
-            kind, key, truth, projection, cause = f.kind, f.key, f.truth, f.projection, f.cause
-            kinds[kind] = kinds.get(kind, 0) + 1
-            key_id = f.key_id
-            if "\\" in key_id:
-                key_id = key_id.replace("\\", "\\\\")
-            if len(key) == 1:  # one part: sorted or not, the same
-                entity_key = key_id
-            else:
-                entity_key = text(key)
-                if "\\" in entity_key:
-                    entity_key = entity_key.replace("\\", "\\\\")
-            cols = columns.get(f.columns)
-            if cols is None:
-                cols = columns[f.columns] = _escape(text(list(f.columns)))
-            if truth is None:
-                truth_text = _NULL
-            else:
-                truth_text = text(truth)
-                if "\\" in truth_text:
-                    truth_text = truth_text.replace("\\", "\\\\")
-            if projection is None:
-                projection_text = _NULL
-            else:
-                projection_text = text(projection)
-                if "\\" in projection_text:
-                    projection_text = projection_text.replace("\\", "\\\\")
-            if cause is None:
-                cause_text = evidence = _NULL
-            else:
-                cause_text = causes.get(cause) or causes.setdefault(cause, _escape(cause))
-                evidence = _escape(text(list(f.evidence)))
-            block.append(
-                f"{key_id}\t{entity_key}\t{kind}\t{cols}\t{truth_text}\t{projection_text}\t{int(f.copies)}"
-                f"\t{cause_text}\t{evidence}{tail}\n"
-            )
-            n += 1
-            if len(block) == _BLOCK:
-                copy.write("".join(block))
-                block.clear()
-        if block:
+        while True:
+            block = []
+            for f in islice(rows, _BLOCK):
+                kind, key, truth, projection, cause = f.kind, f.key, f.truth, f.projection, f.cause
+                kinds[kind] = kinds.get(kind, 0) + 1
+                key_id = f.key_id
+                if "\\" in key_id:
+                    key_id = key_id.replace("\\", "\\\\")
+                if len(key) == 1:  # one part: sorted or not, the same
+                    entity_key = key_id
+                else:
+                    entity_key = text(key)
+                    if "\\" in entity_key:
+                        entity_key = entity_key.replace("\\", "\\\\")
+                cols = columns.get(f.columns)
+                if cols is None:
+                    cols = columns[f.columns] = _escape(text(list(f.columns)))
+                if truth is None:
+                    truth_text = _NULL
+                else:
+                    truth_text = text(truth)
+                    if "\\" in truth_text:
+                        truth_text = truth_text.replace("\\", "\\\\")
+                if projection is None:
+                    projection_text = _NULL
+                else:
+                    projection_text = text(projection)
+                    if "\\" in projection_text:
+                        projection_text = projection_text.replace("\\", "\\\\")
+                if cause is None:
+                    cause_text = evidence = _NULL
+                else:
+                    cause_text = causes.get(cause) or causes.setdefault(cause, _escape(cause))
+                    evidence = _escape(text(list(f.evidence)))
+                block.append(
+                    f"{key_id}\t{entity_key}\t{kind}\t{cols}\t{truth_text}\t{projection_text}\t{int(f.copies)}"
+                    f"\t{cause_text}\t{evidence}{tail}\n"
+                )
+            if not block:
+                break
+            n += len(block)
             copy.write("".join(block))
     return n, kinds
 
