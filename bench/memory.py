@@ -1,14 +1,16 @@
 """Memory and recording speed with many findings (issue 15, case 7).
 
     PYTHONPATH=$PWD .venv/bin/python bench/memory.py --findings 200000 [--heal] [--skip-record]
+    PYTHONPATH=$PWD .venv/bin/python bench/memory.py --findings 1000000 --record-only
 
 Builds a truth of N rows and an empty projection (every row a `missing` finding) in fresh
 PostgreSQL databases, a third one for the audit store, and runs the real CLI in child
 processes, each measured on its own (peak RSS from wait4, wall time):
 
 * ``record``  -- store.record_run of N synthetic findings alone, twice (all new, then all seen
-  again): findings recorded per second, and the CPU seconds of the recording process (on a
-  loaded machine the wall time says more about the load; the RSS is that of the child doing both)
+  again): findings recorded per second, and the CPU seconds of the recording process and of
+  the store database's PostgreSQL backends (from /proc, when the server runs on this host): on
+  a loaded machine the wall time says more about the load; the RSS is that of the child
 * ``audit``   -- `reconcile audit --format json --strategy stream` (the JSON goes to /dev/null)
 * ``correct`` / ``relay`` (with --heal) -- `reconcile correct --force`, `reconcile relay` to Kafka
 
@@ -41,14 +43,29 @@ store.migrate()
 def seen():
     for i in range(n):
         yield Finding(FindingKind.MISSING, {"sku": f"R{i:08d}"}, truth={"on_hand": i, "title": f"item {i}"})
+import os
+import sqlalchemy as sa
+def server_cpu():  # CPU seconds of this database's backends, when PostgreSQL runs on this host
+    with store.engine.connect() as c:
+        q = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        pids = c.execute(sa.text(q)).scalars()
+        total = 0.0
+        for pid in pids:
+            try:
+                f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                return float("nan")
+            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 took = []
 for _ in range(2):  # first every finding is new, then every one is seen again
+    s0 = server_cpu()
     t0, c0 = time.monotonic(), time.process_time()
     store.record_run(run_id=str(uuid.uuid4()), spec="bench-record", started_at=datetime.now(UTC),
         finished_at=datetime.now(UTC), strategy="stream", scope={"keys": None, "where": None},
         summary=Summary(compared=n), seen=seen(), clean=set(), pending=set(), resolve_unseen=True,
         confirm_runs=1)
-    took += [time.monotonic() - t0, time.process_time() - c0]
+    took += [time.monotonic() - t0, time.process_time() - c0, server_cpu() - s0]
 print(" ".join(f"{t:.3f}" for t in took))
 """
 
@@ -147,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         help="only correct and relay (implies --heal, --skip-record): the audit's findings are "
         "recorded directly instead of audited",
     )
+    ap.add_argument(
+        "--record-only",
+        action="store_true",
+        help="only the record stage (store.record_run of N new, then N seen-again findings)",
+    )
     a = ap.parse_args(argv)
+    if a.record_only and (a.heal or a.skip_record or a.heal_only):
+        ap.error("--record-only leaves out every other stage")
     if a.heal_only:
         a.heal = a.skip_record = True
     n = a.findings
@@ -194,13 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         py = [sys.executable]
         if not a.skip_record:
             wall, rss, code, out, _ = run_child([*py, "-c", RECORD, str(n), store], env)
-            new, new_cpu, again, again_cpu = (float(t) for t in (out.split() or ["nan"] * 4))
+            new, new_cpu, new_server, again, again_cpu, again_server = (
+                float(t) for t in (out.split() or ["nan"] * 6)
+            )
             rows.append(
                 (
                     "record new",
                     new,
                     rss,
-                    f"{n / new:,.0f} findings/s (CPU of this process {new_cpu:.1f} s): all new",
+                    f"{n / new:,.0f} findings/s (CPU of this process {new_cpu:.1f} s, "
+                    f"of its PostgreSQL backends {new_server:.1f} s): all new",
                 )
             )
             rows.append(
@@ -208,11 +235,14 @@ def main(argv: list[str] | None = None) -> int:
                     "record again",
                     again,
                     rss,
-                    f"{n / again:,.0f} findings/s (CPU {again_cpu:.1f} s): all seen again",
+                    f"{n / again:,.0f} findings/s (CPU {again_cpu:.1f} s, "
+                    f"backends {again_server:.1f} s): all seen again",
                 )
             )
         cli = [*py, "-m", "reconcile"]
-        if a.heal_only:
+        if a.record_only:
+            pass
+        elif a.heal_only:
             wall, rss, code, out, _ = run_child([*py, "-c", RECORD_FOR_HEAL, str(n), store], env)
             assert code == 0, code
             rows.append(("findings recorded", wall, rss, f"{n:,} `missing` findings of the spec, no audit"))

@@ -254,8 +254,22 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_COMPACT_SORTED = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True)
+def _one_shot(sort_keys: bool) -> Callable[[Any, int], Any]:
+    """What ``json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=...).encode``
+    runs, built once: ``encode`` builds a new C encoder (and a dict of the containers it is in)
+    on every call, half the cost of a small value's JSON. Without that dict a value that
+    contains itself recurses until RecursionError, as ``jsonable`` of it always did."""
+    enc = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=sort_keys)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the encoder as it is
+        return lambda value, _level: (enc.encode(value),)
+    return make(  # type: ignore[no-any-return]
+        None, enc.default, json.encoder.encode_basestring_ascii, None, ":", ",", sort_keys, False, False
+    )
+
+
+_COMPACT = _one_shot(False)
+_COMPACT_SORTED = _one_shot(True)
 
 
 def json_text(value: Any, *, sort_keys: bool = False) -> str:
@@ -265,6 +279,6 @@ def json_text(value: Any, *, sort_keys: bool = False) -> str:
     strings it is exactly ``json.dumps(jsonable(value), separators=(",", ":"), sort_keys=...)``."""
     enc = _COMPACT_SORTED if sort_keys else _COMPACT
     try:
-        return enc.encode(value)
+        return "".join(enc(value, 0))
     except (TypeError, ValueError):  # Decimal, datetime, NaN...: their canonical forms
-        return enc.encode(jsonable(value))
+        return "".join(enc(jsonable(value), 0))

@@ -57,7 +57,8 @@ def finding(rnd: random.Random, sku: str) -> Finding:
 def make_case(rnd: random.Random) -> Case:
     skus = [f"k{i:02d}" for i in range(rnd.randrange(1, 16))]
     rows: list[dict[str, Any]] = []
-    for sku in skus:
+    first_audit = rnd.random() < 0.25  # nothing stored yet: PostgreSQL COPYs into the findings
+    for sku in [] if first_audit else skus:
         episodes = rnd.randrange(0, 3)  # resolved episodes before
         active = rnd.random() < 0.5
         for ep in range(1, episodes + 1 + active):
@@ -227,3 +228,58 @@ def store(request, tmp_path: Path) -> Iterator[AuditStore]:  # type: ignore[no-u
 def test_recording_follows_plan_run(store: AuditStore, rnd: random.Random) -> None:
     # one spec per example: the examples of a test share its store
     check(store, make_case(rnd))
+
+
+def test_values_survive_recording(store: AuditStore) -> None:
+    """Keys and values with what COPY text escapes (backslash, tab, line breaks), quotes, other
+    scripts, several key parts, causes and evidence come back as recorded: on a spec's first
+    audit (COPY into the findings table on PostgreSQL) and seen again with new values."""
+    odd = ["back\\slash", "tab\there", "line\nbreak\r", 'quote"s', "naïve ☃", "\\N", "", "a\\tb"]
+
+    def run(version: int) -> list[Finding]:
+        return [
+            Finding(
+                KINDS[i % len(KINDS)],
+                {"sku": v, "part": i} if i % 2 else {"sku": v},
+                columns=("on_hand", v),
+                truth=None if i % 4 == 1 else {"on_hand": version, "title": v},
+                projection=None if i % 4 == 0 else {"title": f"{v}\\{version}"},
+                copies=2 + i,
+                cause=None if i % 3 == 0 else f"cause\t{v}",
+                evidence=({"event": v, "n": version},) if i % 3 else (),
+            )
+            for i, v in enumerate(odd)
+        ]
+
+    spec = f"odd-{uuid.uuid4().hex[:8]}\\\t"
+    for version in (1, 2):
+        seen = run(version)
+        store.record_run(
+            run_id=str(uuid.uuid4()),
+            spec=spec,
+            started_at=NOW,
+            finished_at=NOW + timedelta(minutes=version),
+            strategy="stream",
+            scope={},
+            summary=Summary(),
+            seen=iter(seen),
+            clean=set(),
+            pending=set(),
+            resolve_unseen=True,
+            confirm_runs=1,
+        )
+        got = {f.key_id: f for f in store.findings(spec)}
+        assert len(got) == len(seen)
+        for f in seen:
+            g = got[f.key_id]
+            assert (g.kind, g.key, g.columns, g.truth, g.projection, g.copies, g.cause, g.evidence) == (
+                f.kind,
+                f.key,
+                f.columns,
+                f.truth,
+                f.projection,
+                f.copies,
+                f.cause,
+                f.evidence if f.cause is not None else (),
+            )
+            assert (g.times_seen, g.first_seen, g.episode) == (version, NOW + timedelta(minutes=1), 1)

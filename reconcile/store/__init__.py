@@ -272,10 +272,11 @@ class AuditStore(Store):
         confirmed: list[Finding] = []
         unconfirmed: list[Finding] = []
         drift = False
+        first = False  # the spec had no finding stored: none to resolve
         with self._begin() as conn:
             conn.execute(L.update().where(L.c.name == lock).values(acquired_at=now))
             if self._psycopg(conn):
-                confirmed, unconfirmed, drift = self._record_set_based(
+                confirmed, unconfirmed, drift, first = self._record_set_based(
                     conn, spec, run_id, seen, now, confirm_runs, keep, summary
                 )
             else:
@@ -290,9 +291,9 @@ class AuditStore(Store):
             # the rule of lifecycle.plan_run, carried out set-wise.
             unseen = [F.c.spec == spec, F.c.status.in_(ACTIVE), F.c.last_run_id != run_id]
             done = {"status": FindingStatus.RESOLVED.value, "resolved_at": now, "last_run_id": run_id}
-            for cond in self._id_chunks(F.c.key_id, sorted(clean)):
+            for cond in () if first else self._id_chunks(F.c.key_id, sorted(clean)):
                 conn.execute(F.update().where(*unseen, cond).values(done))
-            if resolve_unseen:
+            if resolve_unseen and not first:
                 conn.execute(
                     F.update().where(*unseen, *self._not_in(F.c.key_id, sorted(pending))).values(done)
                 )
@@ -321,10 +322,11 @@ class AuditStore(Store):
         confirm_runs: int,
         keep: int,
         summary: Summary,
-    ) -> tuple[list[Finding], list[Finding], bool]:
+    ) -> tuple[list[Finding], list[Finding], bool, bool]:
         """PostgreSQL: the run's findings by COPY, their lifecycle decided by a few set-based
         statements (:mod:`reconcile.store.record`, held equal to :func:`lifecycle.plan_run` by
-        ``tests/test_record_equivalence.py``); (confirmed, unconfirmed, drift)."""
+        ``tests/test_record_equivalence.py``); (confirmed, unconfirmed, drift, whether the spec
+        had no finding stored before)."""
         from .record import record_findings
 
         got = record_findings(
@@ -341,7 +343,7 @@ class AuditStore(Store):
         for (kind, status, times_seen), n in sorted(got.counts.items()):
             ok = lifecycle.is_confirmed(times_seen, confirm_runs)
             drift |= lifecycle.tally(summary, kind, status, confirmed=ok, count=n)
-        return got.confirmed, got.unconfirmed, drift
+        return got.confirmed, got.unconfirmed, drift, got.first
 
     def _record_batch(
         self, conn: Connection, spec: str, run_id: str, batch: list[Finding], now: datetime, confirm_runs: int
