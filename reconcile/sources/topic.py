@@ -399,7 +399,7 @@ class TopicSource(SqlSource):
             ):
                 conn.execute(f"PRAGMA {pragma}")
             with fewer_collections():  # a few tuples per message, none of them in a cycle
-                self._fill(conn, layout)
+                self._fill(conn, layout, plan.values)
         except sqlite3.Error as e:
             raise SourceError(f"{self.where}: cannot spill rows to {self.path}: {e}") from None
         finally:
@@ -413,7 +413,7 @@ class TopicSource(SqlSource):
                 types[name] = _KIND_TYPES[kind]()
         self._types = types
 
-    def _fill(self, conn: sqlite3.Connection, layout: _Layout) -> None:
+    def _fill(self, conn: sqlite3.Connection, layout: _Layout, values: Sequence[str] = ()) -> None:
         side, stats = self.topic_side, self.stats
         latest = side.latest_per_key
         # Timestamp fields are computed from the stored milliseconds when read, unless one is
@@ -492,7 +492,15 @@ class TopicSource(SqlSource):
         if latest:
             conn.execute(f"DELETE FROM {_TABLE} WHERE {_TOMB} = 1")
         key_cols = ", ".join(_q(k) for k in layout.key)
-        conn.execute(f"CREATE INDEX {_TABLE}_key ON {_TABLE} ({key_cols}, _partition, _offset)")
+        # The index also holds the compared values and the change time (a covering index): the
+        # rows then come back in key order from the index alone, not by a table lookup per row
+        # (about 1 s per million rows). Other columns (a later plan's, a where: filter's) are
+        # still read, from the table.
+        covered = [n for n in dict.fromkeys(values) if n in stored and n not in layout.key]
+        if any(n == "_timestamp" or n in generated for n in values):
+            covered.append(_TS)
+        extra = "".join(f", {_q(n)}" for n in [*covered, _CHANGED])
+        conn.execute(f"CREATE INDEX {_TABLE}_key ON {_TABLE} ({key_cols}, _partition, _offset{extra})")
         nulls = " OR ".join(f"{_q(k)} IS NULL" for k in layout.key)
         stats.no_key = int(conn.execute(f"SELECT count(*) FROM {_TABLE} WHERE {nulls}").fetchone()[0])
         stats.rows = int(conn.execute(f"SELECT count(*) FROM {_TABLE}").fetchone()[0]) - stats.no_key
