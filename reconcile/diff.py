@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, NamedTuple
 
-from .compare import ColumnRule, to_utc, values_equal
+from .compare import ColumnRule, same_text, to_utc, values_equal
 from .errors import SourceError
 from .findings import Finding, FindingKind
 from .gcpause import fewer_collections
@@ -73,58 +74,43 @@ def compare_values(
     """The names of the columns whose values differ by meaning."""
     differ: tuple[str, ...] = ()
     for r, a, b in zip(rules, truth, projection, strict=True):
-        if not (a.__class__ is b.__class__ and a == b) and not values_equal(a, b, r):
+        t = a.__class__
+        if t is b.__class__:
+            if a == b:
+                continue
+        elif t is Decimal and b.__class__ is float and same_text(a, b):  # numeric facing JSON
+            continue
+        if not values_equal(a, b, r):
             differ += (r.name,)
     return differ
 
 
-class _Ordered:
-    """One side's rows, checked on the way: a stream not ordered by key fails loudly.
+class _Counts:
+    """Rows handed out per side (set when the merge is done)."""
 
-    A generator (one resume per row is the cheapest way Python has to hand rows over) that
-    counts the rows it handed out in :attr:`count`.
-    """
+    __slots__ = ("truth", "projection")
 
-    def __init__(self, rows: Iterable[Row], side: str, strict: bool, on_row: Callable[[], None] | None):
-        self._side = side
-        self._strict = strict
-        self.count = 0
-        self.rows: Iterator[Row] = self._checked(iter(rows), on_row)
+    def __init__(self) -> None:
+        self.truth = 0
+        self.projection = 0
 
-    def _checked(self, rows: Iterator[Row], on_row: Callable[[], None] | None) -> Iterator[Row]:
-        strict = self._strict
-        last: Key | None = None
-        n = 0
-        try:
-            for row in rows:
-                n += 1
-                if on_row is not None:
-                    on_row()
-                key = row.key
-                if last is not None:
-                    try:
-                        # One comparison per row: strictly increasing (truth), or never decreasing.
-                        bad = not last < key if strict else key < last
-                    except TypeError as e:
-                        raise SourceError(
-                            f"{self._side}: key values of different types cannot be ordered: {e}"
-                        ) from None
-                    if bad:
-                        self._refuse(key, last)
-                last = key
-                yield row
-        finally:
-            self.count = n
 
-    def _refuse(self, key: Key, last: Key) -> None:
-        if self._strict and key == last:
-            raise SourceError(
-                f"{self._side}: key {key!r} appears more than once; the truth key must be unique"
-            )
-        raise SourceError(
-            f"{self._side}: rows are not ordered by key ({key!r} came after {last!r}); "
-            "the database's sort order differs from reconcile's (check the key columns' types)"
-        )
+def _out_of_order(side: str, strict: bool, key: Key, last: Key) -> SourceError:
+    """The error for a side whose rows are not ordered by key (or a truth key seen twice)."""
+    try:
+        twice = strict and key == last
+    except TypeError:
+        twice = False
+    if twice:
+        return SourceError(f"{side}: key {key!r} appears more than once; the truth key must be unique")
+    return SourceError(
+        f"{side}: rows are not ordered by key ({key!r} came after {last!r}); "
+        "the database's sort order differs from reconcile's (check the key columns' types)"
+    )
+
+
+def _unorderable(side: str, e: TypeError) -> SourceError:
+    return SourceError(f"{side}: key values of different types cannot be ordered: {e}")
 
 
 def diff_rows(
@@ -164,8 +150,7 @@ def _merge(
     now = to_utc(now)
     names = [r.name for r in rules]
     out = DiffOutcome()
-    t = _Ordered(truth, "truth", strict=True, on_row=on_row)
-    p = _Ordered(projection, "projection", strict=False, on_row=on_row)
+    counts = _Counts()
 
     def fresh(row: Row | None) -> bool:
         return row is not None and row.changed_at is not None and now - to_utc(row.changed_at) < grace
@@ -173,7 +158,7 @@ def _merge(
     def as_dict(values: Sequence[Any]) -> dict[str, Any]:
         return dict(zip(names, values, strict=True))
 
-    for key, trow, prows in _groups(t, p):
+    for key, trow, prows in _groups(truth, projection, on_row, counts):
         out.compared += 1
         watched = key in watch
         if trow is not None and len(prows) == 1:  # the common case: one row each side
@@ -216,28 +201,91 @@ def _merge(
             sink(finding)
         else:
             out.findings.append(finding)
-    out.truth_rows, out.projection_rows = t.count, p.count
+    out.truth_rows, out.projection_rows = counts.truth, counts.projection
     return out
 
 
-def _groups(t: _Ordered, p: _Ordered) -> Iterator[tuple[Key, Row | None, list[Row]]]:
-    """Yield (key, truth row or None, projection rows with that key) in key order."""
-    trows, prows_ = t.rows, p.rows
-    th, ph = next(trows, None), next(prows_, None)
-    while th is not None or ph is not None:
-        if ph is None or (th is not None and th.key < ph.key):
-            assert th is not None
-            yield th.key, th, []
-            th = next(trows, None)
-            continue
-        key = ph.key
-        prows: list[Row] = [ph]
+def _groups(
+    truth: Iterable[Row], projection: Iterable[Row], on_row: Callable[[], None] | None, counts: _Counts
+) -> Iterator[tuple[Key, Row | None, list[Row]]]:
+    """Yield (key, truth row or None, projection rows with that key) in key order.
+
+    Each side is checked as it is read — truth keys strictly increasing, projection keys never
+    decreasing — so a stream not ordered by key fails loudly. The checks are inline (one
+    comparison per row), not a generator per side: a resume per row per side was a sixth of
+    the merge.
+    """
+    trows, prows_ = iter(truth), iter(projection)
+    nt = np_ = 0
+    tlast: Key | None = None
+    plast: Key | None = None
+    try:
+        th = next(trows, None)
+        if th is not None:
+            nt += 1
+            if on_row is not None:
+                on_row()
+            tlast = th.key
         ph = next(prows_, None)
-        while ph is not None and ph.key == key:
-            prows.append(ph)
-            ph = next(prows_, None)
-        trow = None
-        if th is not None and th.key == key:
-            trow = th
-            th = next(trows, None)
-        yield key, trow, prows
+        if ph is not None:
+            np_ += 1
+            if on_row is not None:
+                on_row()
+            plast = ph.key
+        while th is not None or ph is not None:
+            if ph is None or (th is not None and th.key < ph.key):
+                assert th is not None
+                yield th.key, th, []
+                th = next(trows, None)
+                if th is not None:
+                    nt += 1
+                    if on_row is not None:
+                        on_row()
+                    k = th.key
+                    try:
+                        bad = not tlast < k  # type: ignore[operator]
+                    except TypeError as e:
+                        raise _unorderable("truth", e) from None
+                    if bad:
+                        raise _out_of_order("truth", True, k, tlast)  # type: ignore[arg-type]
+                    tlast = k
+                continue
+            key = ph.key
+            prows: list[Row] = [ph]
+            while True:
+                ph = next(prows_, None)
+                if ph is None:
+                    break
+                np_ += 1
+                if on_row is not None:
+                    on_row()
+                k = ph.key
+                try:
+                    bad = k < plast  # type: ignore[operator]
+                except TypeError as e:
+                    raise _unorderable("projection", e) from None
+                if bad:
+                    raise _out_of_order("projection", False, k, plast)  # type: ignore[arg-type]
+                plast = k
+                if k != key:
+                    break
+                prows.append(ph)
+            trow = None
+            if th is not None and th.key == key:
+                trow = th
+                th = next(trows, None)
+                if th is not None:
+                    nt += 1
+                    if on_row is not None:
+                        on_row()
+                    k = th.key
+                    try:
+                        bad = not tlast < k  # type: ignore[operator]
+                    except TypeError as e:
+                        raise _unorderable("truth", e) from None
+                    if bad:
+                        raise _out_of_order("truth", True, k, tlast)  # type: ignore[arg-type]
+                    tlast = k
+            yield key, trow, prows
+    finally:
+        counts.truth, counts.projection = nt, np_

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconcile.compare import ColumnRule, json_text, jsonable, key_part, normalize_text, values_equal
+from reconcile.compare import (
+    ColumnRule,
+    _numbers_equal,
+    json_text,
+    jsonable,
+    key_part,
+    normalize_text,
+    same_text,
+    values_equal,
+)
+from reconcile.diff import compare_values
 
 EXACT = ColumnRule("c")
 
@@ -94,6 +104,29 @@ def test_decimal_equals_its_float_and_text_forms(d: Decimal) -> None:
     assert values_equal(d, str(d), EXACT)
     assert values_equal(d, d.normalize(), EXACT)
     assert values_equal(d, float(d), ColumnRule("c", tolerance=1e-6 * max(1, abs(float(d)))))
+
+
+_DECIMALS = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=True),  # NaN facing a number raises either way
+    st.decimals(allow_nan=False, allow_infinity=False, places=2, min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: Decimal(repr(f))),
+)
+_FLOATS = st.one_of(st.floats(), st.decimals(places=2, allow_nan=False, allow_infinity=False).map(float))
+
+
+@given(_DECIMALS, _FLOATS, st.sampled_from([None, 0.0, 0.01, 1.0]))
+def test_text_fast_path_agrees_with_the_decimal_rule(d: Decimal, f: float, tolerance: float | None) -> None:
+    """A numeric column facing JSON numbers: deciding by the texts never contradicts Decimals."""
+    rule = ColumnRule("x", tolerance)
+    if same_text(d, f):
+        assert Decimal(repr(f)) == d
+    assert values_equal(d, f, rule) == _numbers_equal(d, f, rule)
+    assert (compare_values((d,), (f,), [rule]) == ()) == _numbers_equal(d, f, rule)
+    # The form a numeric(12,2) column hands back (9.50), facing the JSON number of the amount.
+    if d.is_finite() and abs(d) < 10**12:
+        q = d.quantize(Decimal("0.01"))
+        assert values_equal(q, float(q), rule) == _numbers_equal(q, float(q), rule)
+        assert same_text(q, float(q)) or "E" in str(q) or len(str(q).lstrip("-").replace(".", "")) > 15
 
 
 @given(st.integers(min_value=-(2**62), max_value=2**62))

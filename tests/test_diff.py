@@ -100,3 +100,45 @@ def test_merge_agrees_with_set_arithmetic(tkeys: list[int], pkeys: list[int], da
     want |= {(FindingKind.MISMATCH, k) for k in set(tkeys) & set(pkeys) if tvals[k] != pvals[k]}
     assert got == want
     assert out.compared == len(set(tkeys) | set(pkeys))
+
+
+@settings(max_examples=200)
+@given(keys, st.lists(st.integers(0, 200)).map(sorted), st.data())
+def test_copies_counts_and_rows_seen(tkeys: list[int], pkeys: list[int], data: st.DataObject) -> None:
+    """Projection copies make duplicates; every row of both sides is counted and seen once."""
+    tvals = {k: data.draw(st.integers(0, 2)) for k in tkeys}
+    seen: list[int] = []
+    out = diff_rows(
+        [Row((k,), (tvals[k],), OLD) for k in tkeys],
+        [Row((k,), (tvals.get(k, 0),)) for k in pkeys],
+        RULES,
+        ["id"],
+        now=NOW,
+        grace=timedelta(minutes=5),
+        on_row=lambda: seen.append(1),
+    )
+    copies = {k: pkeys.count(k) for k in pkeys}
+    got = {(f.kind, f.key["id"]): f.copies for f in out.findings if f.kind is FindingKind.DUPLICATE}
+    assert got == {(FindingKind.DUPLICATE, k): n for k, n in copies.items() if n > 1 and k in tvals}
+    assert (out.truth_rows, out.projection_rows) == (len(tkeys), len(pkeys)) and len(seen) == len(
+        tkeys
+    ) + len(pkeys)
+
+
+@pytest.mark.parametrize(
+    ("truth", "proj", "match"),
+    [
+        ([], [Row(("b",), (1,)), Row(("a",), (1,))], "projection: rows are not ordered by key"),
+        (
+            [Row(("a",), (1,)), Row(("c",), (1,)), Row(("b",), (1,))],
+            [Row(("c",), (1,))],
+            "truth: rows are not",
+        ),
+        ([Row(("a",), (1,)), Row(("a",), (1,))], [Row(("a",), (1,))], "truth: key .* more than once"),
+        ([Row(("a",), (1,)), Row((1,), (1,))], [], "truth: key values of different types"),
+        ([], [Row(("a",), (1,)), Row((1,), (1,))], "projection: key values of different types"),
+    ],
+)
+def test_each_side_is_checked_as_it_is_read(truth: list[Row], proj: list[Row], match: str) -> None:
+    with pytest.raises(SourceError, match=match):
+        run(truth, proj)
