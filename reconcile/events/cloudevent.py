@@ -292,6 +292,11 @@ def decode_headers(
     headers: Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None,
 ) -> dict[str, str]:
     """Kafka headers (list of (name, bytes)) as a dict of text."""
+    if type(headers) is list:  # what a consumer gets: bytes values, decoded in one comprehension
+        try:
+            return {name: value.decode() for name, value in headers if value is not None}  # type: ignore[union-attr]
+        except AttributeError:  # some value is text already: the loop below
+            pass
     out: dict[str, str] = {}
     items = headers.items() if isinstance(headers, Mapping) else (headers or ())
     for name, value in items:
