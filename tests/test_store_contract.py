@@ -92,6 +92,20 @@ class StoreContract:
             store.correct("s", run, refuse, note="n")
         assert store.outbox_events("s") == [] and store.findings("s", ["open"])
 
+    def test_finding_keys_are_what_findings_give(self, store: Store) -> None:
+        # the lean read of verify and of an audit's watched keys: same keys, same key ids, same
+        # order as the full findings, for keys that are not plain ASCII text too
+        odd = [
+            Finding(FindingKind.MISSING, {"sku": s, "n": n}, truth={"on_hand": 1})
+            for s, n in (("a", 1), ('é\u2603"x', -2), ("b", 10**15), ("", 0))
+        ]
+        run = record(store, "s", odd)
+        store.correct("s", run, lambda found: entries(found[:2]), note="n")
+        for statuses in (["open"], ["correcting"], ["open", "correcting", "acknowledged"], ["resolved"]):
+            full = [(f.key_id, f.key) for f in store.findings("s", statuses)]
+            assert store.finding_keys("s", statuses) == full
+        assert len(store.finding_keys("s", ["open", "correcting"])) == 4
+
     # -- issue 15, case 7: a correction pages its findings inside its one transaction --------
     def test_correct_counts_first_then_pages_writing_each_page(
         self, store: Store, monkeypatch: pytest.MonkeyPatch
@@ -279,3 +293,40 @@ class TestPostgresStore(StoreContract):
         s = AuditStore(make_pg_db("store"))
         yield s
         s.dispose()
+
+    def test_a_claim_after_an_id_takes_only_later_rows(self, store: Store) -> None:
+        run = record(store, "s", [finding(f"k{i}") for i in range(6)])
+        store.correct("s", run, entries, note="n")
+        ids = [r.id for r in store.outbox_events("s")]
+        held = store.claim(10, "s", after=ids[1])
+        try:
+            assert [r.id for r in held.rows] == ids[2:]
+            assert store.claim(10, "s", after=ids[-1]).rows == []
+        finally:
+            held.close()
+
+    def test_relay_sends_rows_its_keyset_claims_passed_by(self, store: Store) -> None:
+        # Another relay holds the two oldest rows while this one claims on from the last id it
+        # took; they are released mid-pass, and the claim from the start that ends the pass
+        # takes them: one pass sends everything.
+        from reconcile.app import Context, relay
+
+        run = record(store, "s", [finding(f"k{i}") for i in range(7)])
+        store.correct("s", run, entries, note="n")
+        other = store.claim(2, "s")
+        assert len(other.rows) == 2
+        released: list[int] = []
+
+        def on_batch(sent: int) -> None:
+            if not released:
+                other.close()
+                released.append(sent)
+
+        ctx = Context.of(store)
+        try:
+            got = relay(ctx, spec_name="s", batch_size=2, on_batch=on_batch)
+        finally:
+            other.close()
+            ctx.close()
+        assert released and got.sent == 7
+        assert store.outbox_backlog("s")[0] == 0 and len(store.outbox_events("s", sent=True)) == 7

@@ -31,7 +31,7 @@ from ..keys import canonical_keys
 from ..sources.ranges import KeyRange, range_filter, split_ranges
 from ..sources.sql import ReadPlan, SqlSource, key_kind
 from ..spec import Spec
-from ..store import Store
+from ..store import ACTIVE, Store
 from .context import Context
 
 if TYPE_CHECKING:  # the event path (causes, the topic reader) loads only for a spec with `path:`
@@ -576,8 +576,8 @@ def _watch(store: Store, spec: Spec, kinds: Sequence[str]) -> dict[tuple[Any, ..
     """Canonical key -> key id of the spec's active findings (their keys are always re-judged)."""
     names = spec.key_truth
     return {
-        tuple(key_part(f.key.get(n), k) for n, k in zip(names, kinds, strict=True)): f.key_id
-        for f in store.active_findings(spec.name)
+        tuple(key_part(key.get(n), k) for n, k in zip(names, kinds, strict=True)): kid
+        for kid, key in store.finding_keys(spec.name, ACTIVE)
     }
 
 

@@ -275,7 +275,12 @@ def relay(
     # after the previous batch's committed, and an error in them stops the relay.
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
     marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
-    ahead: Future[Claim] | None = reader.submit(store.claim, batch_size, spec_name)
+    # Claims go on from the last id claimed (keyset): the next claim starts past the rows this
+    # relay still publishes or marks instead of stepping over each of them. When one comes back
+    # empty, a claim from the start takes what it passed by (rows another relay held then, or
+    # that were older); only an empty claim from the start means the outbox is empty.
+    after = 0
+    ahead: Future[Claim] | None = reader.submit(store.claim, batch_size, spec_name, after=after)
     marking: Future[None] | None = None
     try:
         while not (should_stop and should_stop()):
@@ -285,12 +290,17 @@ def relay(
             handed = False
             try:
                 if not claim.rows:
+                    if after:
+                        after = 0
+                        ahead = reader.submit(store.claim, batch_size, spec_name, after=after)
+                        continue
                     if once:
                         break
                     time.sleep(idle_s)
-                    ahead = reader.submit(store.claim, batch_size, spec_name)
+                    ahead = reader.submit(store.claim, batch_size, spec_name, after=after)
                     continue
-                ahead = reader.submit(store.claim, batch_size, spec_name)
+                after = max(r.id for r in claim.rows)
+                ahead = reader.submit(store.claim, batch_size, spec_name, after=after)
                 confirmed = _publish(ctx, claim, result, max_attempts)
                 if marking is not None:
                     marking.result()  # the previous batch's marks are committed (or raise here)
@@ -454,7 +464,8 @@ def verify(
     timeout = timeout if timeout is not None else spec.correction.verify_timeout
     store = ctx.store
     out = VerifyResult(spec.name)
-    correcting = store.findings(spec.name, [FindingStatus.CORRECTING.value])
+    # (key id, key) only: the findings' values are not needed to re-audit their keys
+    correcting = store.finding_keys(spec.name, [FindingStatus.CORRECTING.value])
     if not correcting:
         return out
     unsent, _ = store.outbox_backlog(spec.name)
@@ -477,11 +488,11 @@ def verify(
             f"message(s) behind on {c.topic} after {out.waited_s:.0f}s; {len(correcting):,} correction(s) "
             "stay `correcting` (is the projector running?)"
         )
-    keys = [tuple(f.key[n] for n in spec.key_truth) for f in correcting]
+    keys = [tuple(key[n] for n in spec.key_truth) for _, key in correcting]
     result = audit(ctx, spec, keys=keys, wait=True)  # a scheduled audit running now: after it
     out.run_id, out.checked = result.run_id, len(correcting)
     plan = plan_verify(
-        (f.key_id for f in store.findings(spec.name, [FindingStatus.CORRECTING.value])),
+        (kid for kid, _ in store.finding_keys(spec.name, [FindingStatus.CORRECTING.value])),
         (f.key_id for f in result.findings),
     )
     why = "projector consumed the correction but the projection still differs"

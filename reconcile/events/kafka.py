@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..errors import PublishError, VerifyError
@@ -125,19 +126,17 @@ class KafkaTransport(Transport):
 
         report = PublishReport()
 
-        def on_delivery(row_id: int):  # type: ignore[no-untyped-def]
-            def done(err, _msg) -> None:  # type: ignore[no-untyped-def]
-                if err is None:
-                    report.confirmed.append(row_id)
-                elif _permanent(err):
-                    report.rejected[row_id] = f"kafka refused it: {err.str()}"
-                else:
-                    report.failed.append(row_id)
-                    report.first_error = report.first_error or str(err.str())
+        def done(row_id: int, err, _msg) -> None:  # type: ignore[no-untyped-def]
+            if err is None:
+                report.confirmed.append(row_id)
+            elif _permanent(err):
+                report.rejected[row_id] = f"kafka refused it: {err.str()}"
+            else:
+                report.failed.append(row_id)
+                report.first_error = report.first_error or str(err.str())
 
-            return done
-
-        # str key/value and a dict of str headers go out as their UTF-8 bytes, in order: the
+        # Each row's report names its row id (partial: no closure made per row). str key/value
+        # and a dict of str headers go out as their UTF-8 bytes, in order: the
         # same message as encoding them here, without a Python loop per header.
         produce, poll = self.producer.produce, self.producer.poll
         for n, row in enumerate(rows, start=1):
@@ -148,7 +147,7 @@ class KafkaTransport(Transport):
                         key=row.message_key,
                         value=row.payload,
                         headers=row.headers,  # type: ignore[arg-type]  # dict[str, str] is read-only here
-                        on_delivery=on_delivery(row.id),
+                        on_delivery=partial(done, row.id),
                     )
                     break
                 except BufferError:  # local queue full: serve callbacks, then retry

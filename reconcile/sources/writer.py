@@ -86,15 +86,7 @@ class ProjectionWriter:
         stats.messages += len(batch)
         with self.engine.begin() as conn:
             ids = list(dict.fromkeys(ev.event_id for ev in batch))
-            done: set[str] = set()
-            for i in range(0, len(ids), 1000):
-                done.update(
-                    conn.execute(
-                        sa.select(applied_events.c.event_id).where(
-                            applied_events.c.event_id.in_(ids[i : i + 1000])
-                        )
-                    ).scalars()
-                )
+            done = self._applied(conn, ids)
             latest: dict[tuple[Any, ...], Incoming] = {}
             fresh: list[str] = []
             for ev in batch:
@@ -109,7 +101,11 @@ class ProjectionWriter:
                 latest[key] = ev
             if not fresh:
                 return
-            conn.execute(applied_events.insert(), [{"event_id": i} for i in fresh])
+            pg = conn.dialect.name == "postgresql"
+            if pg:  # one array parameter, not a statement per id (psycopg's executemany)
+                conn.execute(_insert_arrays(applied_events, {"event_id": fresh}))
+            else:
+                conn.execute(applied_events.insert(), [{"event_id": i} for i in fresh])
             todo = list(latest.values())
             if self.version_field:
                 todo = self._drop_stale(conn, todo, stats)
@@ -117,20 +113,41 @@ class ProjectionWriter:
                 names = list(group[0].key)
                 cols = [t.c[n] for n in names]
                 keys = [tuple(_coerce(ev.key[n], t.c[n]) for n in names) for ev in group]
+                if len(cols) == 1 and pg:
+                    # one array parameter: no IN list of 500 values to render and parse per chunk
+                    conn.execute(t.delete().where(cols[0] == sa.any_(_array(cols[0], [k[0] for k in keys]))))
+                    continue
                 for i in range(0, len(keys), 500):
                     chunk = keys[i : i + 500]
                     cond = (
                         cols[0].in_([k[0] for k in chunk]) if len(cols) == 1 else sa.tuple_(*cols).in_(chunk)
                     )
                     conn.execute(t.delete().where(cond))
-            rows = [
-                {k: _coerce(v, t.c[k]) for k, v in {**ev.key, **ev.state}.items()}
-                for ev in todo
-                if ev.state is not None
-            ]
-            if rows:
-                conn.execute(t.insert(), rows)
+            # Rows by shape (the same columns): an executemany takes its columns from the first
+            # row. On PostgreSQL a shape's rows go in as one array parameter per column (psycopg's
+            # executemany is a statement per row) unless a column's type cannot be an array's.
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for ev in todo:
+                if ev.state is not None:
+                    row = {k: _coerce(v, t.c[k]) for k, v in {**ev.key, **ev.state}.items()}
+                    shapes.setdefault(tuple(row), []).append(row)
+            for shape, rows in shapes.items():
+                if pg and all(_arrayable(t.c[n]) for n in shape):
+                    conn.execute(_insert_arrays(t, {n: [r[n] for r in rows] for n in shape}))
+                else:
+                    conn.execute(t.insert(), rows)
             stats.applied += len(todo)
+
+    @staticmethod
+    def _applied(conn: sa.Connection, ids: list[str]) -> set[str]:
+        """Which of these event ids this projection applied before."""
+        col = applied_events.c.event_id
+        if conn.dialect.name == "postgresql":
+            return set(conn.execute(sa.select(col).where(col == sa.any_(_array(col, ids)))).scalars())
+        done: set[str] = set()
+        for i in range(0, len(ids), 1000):
+            done.update(conn.execute(sa.select(col).where(col.in_(ids[i : i + 1000]))).scalars())
+        return done
 
     def _drop_stale(self, conn: sa.Connection, todo: list[Incoming], stats: ProjectorStats) -> list[Incoming]:
         """Events whose state is older than the row's version are skipped (counted stale)."""
@@ -150,6 +167,26 @@ class ProjectionWriter:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _arrayable(column: sa.Column[Any]) -> bool:
+    """Whether the column's values travel as a PostgreSQL array of its type (not JSON, arrays)."""
+    return not isinstance(column.type, (sa.JSON, sa.ARRAY, sa.types.NullType))
+
+
+def _insert_arrays(table: sa.Table, columns: dict[str, list[Any]]) -> Any:
+    """``INSERT INTO table (columns) SELECT unnest(...), unnest(...)``: the rows as one array
+    per column (equal lengths: unnest zips them)."""
+    cols = [table.c[n] for n in columns]
+    unnest = [sa.func.unnest(_array(c, v)) for c, v in zip(cols, columns.values(), strict=True)]
+    return table.insert().from_select(cols, sa.select(*unnest))
+
+
+def _array(column: sa.Column[Any], values: list[Any]) -> Any:
+    """``values`` as one PostgreSQL array parameter of the column's type."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return sa.bindparam(None, values, type_=ARRAY(column.type))
 
 
 def _by_key_shape(events: list[Incoming]) -> list[list[Incoming]]:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -234,6 +235,24 @@ class AuditStore(Store):
                 sa.select(F).where(F.c.spec == spec, F.c.status.in_(list(statuses))).order_by(F.c.id)
             )
             return [_finding(r, confirm_runs) for r in rows]
+
+    def finding_keys(self, spec: str, statuses: Sequence[str] = ACTIVE) -> list[tuple[str, dict[str, Any]]]:
+        """(key id, key) of a spec's findings in the given statuses, oldest first.
+
+        Verify and every audit read the keys of 100,000s of findings; :meth:`findings` parses
+        three JSON columns and builds a Finding per row for that (most of a 100k verify). The
+        key id is the stored one (the one every finding was recorded and is moved by).
+        """
+        with self._begin() as conn:
+            where = (F.c.spec == spec, F.c.status.in_(list(statuses)))
+            if self._psycopg(conn):  # the keys as text, a whole read parsed in one call
+                rows = conn.execute(
+                    sa.select(F.c.key_id, sa.cast(F.c.entity_key, sa.Text)).where(*where).order_by(F.c.id)
+                ).all()
+                keys = json.loads("[" + ",".join([k for _, k in rows]) + "]")
+                return [(r[0], dict(k)) for r, k in zip(rows, keys, strict=True)]
+            rows = conn.execute(sa.select(F.c.key_id, F.c.entity_key).where(*where).order_by(F.c.id)).all()
+            return [(kid, dict(k)) for kid, k in rows]
 
     def record_run(
         self,
@@ -642,9 +661,10 @@ class AuditStore(Store):
         counted first and ``guard`` gets the count before anything is written; then they are read
         page by page (:data:`BATCH`, oldest first) and ``decide`` gets each page and returns the
         corrective events to write, each naming its finding's key id. Each page's outbox rows and
-        finding moves are written before the next page is read, so memory stays flat; raising (the
-        guard) rolls everything back. Events whose id is already in the outbox are skipped.
-        Returns (events ``decide`` returned, rows written).
+        finding moves are written while the next page is decided (PostgreSQL) or before it is read,
+        so memory stays flat (two pages at most); raising (the guard) rolls everything back.
+        Events whose id is already in the outbox are skipped. Returns (events ``decide``
+        returned, rows written).
         """
         decided = written = 0
         with self._begin() as conn:
@@ -663,31 +683,55 @@ class AuditStore(Store):
             # parse per value and column cost more than building the events)
             as_text = self._psycopg(conn)
             columns = _CORRECTABLE_TEXT if as_text else _CORRECTABLE
-            while True:
+
+            def read() -> Sequence[Any]:
                 # keyset pages by row id: a page's findings leave `open` before the next is read,
                 # and `id > after` keeps the ones refused by decide (still open) from coming back
-                page = conn.execute(
+                return conn.execute(
                     sa.select(*columns).where(*opened, F.c.id > after).order_by(F.c.id).limit(BATCH)
                 ).all()
-                if not page:
-                    break
-                after = page[-1].id
-                if as_text:
-                    values = json.loads(
-                        "[" + ",".join([t for r in page for t in (r.entity_key, r.truth or "null")]) + "]"
-                    )
-                    found = [
-                        (r.id, _correctable(r, values[2 * i], values[2 * i + 1], confirm_runs))
-                        for i, r in enumerate(page)
-                    ]
-                else:
-                    found = [(r.id, _correctable(r, r.entity_key, r.truth, confirm_runs)) for r in page]
-                del page
-                entries = decide([f for _, f in found])
-                decided += len(entries)
-                written += self._write_correction(
-                    conn, spec, run_id, {f.key_id: fid for fid, f in found}, entries, note
-                )
+
+            # PostgreSQL: a page's writes (outbox COPY, findings' move: server time) run on a
+            # thread while the next page's events are built (Python time), one after the other on
+            # the one connection: the next page is read after the writes before it, and before
+            # its own writes start (its rows have ids above every page before it).
+            writer = (
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="correct-write") if as_text else None
+            )
+            writing: Future[int] | None = None
+            try:
+                page = read()
+                while page:
+                    after = page[-1].id
+                    if as_text:
+                        values = json.loads(
+                            "[" + ",".join([t for r in page for t in (r.entity_key, r.truth or "null")]) + "]"
+                        )
+                        found = [
+                            (r.id, _correctable(r, values[2 * i], values[2 * i + 1], confirm_runs))
+                            for i, r in enumerate(page)
+                        ]
+                    else:
+                        found = [(r.id, _correctable(r, r.entity_key, r.truth, confirm_runs)) for r in page]
+                    del page
+                    entries = decide([f for _, f in found])
+                    decided += len(entries)
+                    ids = {f.key_id: fid for fid, f in found}
+                    if writer is None:
+                        written += self._write_correction(conn, spec, run_id, ids, entries, note)
+                        page = read()
+                        continue
+                    if writing is not None:
+                        written += writing.result()
+                        writing = None
+                    page = read()
+                    writing = writer.submit(self._write_correction, conn, spec, run_id, ids, entries, note)
+                if writing is not None:
+                    written += writing.result()
+                    writing = None
+            finally:
+                if writer is not None:
+                    writer.shutdown(wait=True)  # an error (the guard): its writes end before the rollback
         return decided, written
 
     def _write_correction(
@@ -884,7 +928,7 @@ class AuditStore(Store):
             n = int(conn.execute(q).scalar() or 0)
             return n, [_outbox_row(r) for r in conn.execute(rows.order_by(O.c.id).limit(limit)).all()]
 
-    def claim(self, limit: int, spec: str | None = None) -> Claim:
+    def claim(self, limit: int, spec: str | None = None, *, after: int = 0) -> Claim:
         """Take up to ``limit`` unsent rows for one relay, so no other relay takes them too.
 
         PostgreSQL/MySQL: the rows are locked (``FOR UPDATE SKIP LOCKED``) in a transaction the
@@ -895,7 +939,7 @@ class AuditStore(Store):
         from .claims import open_claim
 
         self.migrate()
-        return open_claim(self, limit, spec)
+        return open_claim(self, limit, spec, after)
 
     def _reject(
         self, conn: Connection, errors: dict[int, str], max_attempts: int, now: datetime

@@ -30,10 +30,10 @@ __all__ = ["open_claim"]
 _memory = threading.Lock()
 
 
-def open_claim(store: AuditStore, limit: int, spec: str | None) -> Claim:
+def open_claim(store: AuditStore, limit: int, spec: str | None, after: int = 0) -> Claim:
     if store.engine.dialect.name in ("postgresql", "mysql", "mariadb"):
-        return _RowLockClaim(store, limit, spec)
-    return _TurnClaim(store, limit, spec)
+        return _RowLockClaim(store, limit, spec, after)
+    return _TurnClaim(store, limit, spec, after)
 
 
 # What a relay reads of a claimed row: not sent_at / dead_at, NULL in every unsent row.
@@ -53,22 +53,28 @@ _CLAIMED = (
 )
 
 
-def _unsent(spec: str | None, limit: int) -> sa.Select[Any]:
+def _unsent(spec: str | None, limit: int, after: int = 0) -> sa.Select[Any]:
     q = sa.select(*_CLAIMED).where(O.c.sent_at.is_(None), O.c.dead_at.is_(None))
+    if after:
+        q = q.where(O.c.id > after)
     if spec:
         q = q.where(O.c.spec == spec)
     return q.order_by(O.c.id).limit(limit)
 
 
-def _locked_then_read(spec: str | None, limit: int) -> sa.Select[Any]:
+def _locked_then_read(spec: str | None, limit: int, after: int = 0) -> sa.Select[Any]:
     """PostgreSQL's claim: lock the ids first, then read the rows they name.
 
     Locking ``SELECT *`` sorted the wide rows of every unsent candidate (headers, payload) to
     keep the first ``limit``; here only ids are sorted, and in the unsent index's own order
     (``sent_at`` is NULL in every one of them, so ``sent_at, id`` is id order) a scan can stop
-    at ``limit``. The headers come as text, for a claim's to be parsed in one call.
+    at ``limit``; with ``after`` (the last id a relay claimed) it starts past the rows that
+    relay still holds or is marking, instead of stepping over each of their index entries. The
+    headers come as text, for a claim's to be parsed in one call.
     """
     unsent = [O.c.sent_at.is_(None), O.c.dead_at.is_(None)] + ([O.c.spec == spec] if spec else [])
+    if after:
+        unsent.append(O.c.id > after)
     ids = (
         sa.select(O.c.id)
         .where(*unsent)
@@ -104,21 +110,23 @@ def _claimed(r: Any) -> OutboxRow:
 
 
 class _RowLockClaim(Claim):
-    def __init__(self, store: AuditStore, limit: int, spec: str | None):
+    def __init__(self, store: AuditStore, limit: int, spec: str | None, after: int = 0):
         self.store = store
         with store._errors():
             self.conn = store.engine.connect()
             try:
                 self.tx = self.conn.begin()
                 if self.conn.dialect.name == "postgresql":
-                    got = self.conn.execute(_locked_then_read(spec, limit)).all()
+                    got = self.conn.execute(_locked_then_read(spec, limit, after)).all()
                     headers = json.loads("[" + ",".join([r.headers or "null" for r in got]) + "]")
                     self.rows: list[OutboxRow] = [
                         OutboxRow(i, e, sp, run, t, tr, key, h or {}, p, at, None, n or 0, err, None)
                         for (i, e, sp, run, t, tr, key, _, p, at, n, err), h in zip(got, headers, strict=True)
                     ]
                 else:  # MySQL takes no LIMIT in an IN subquery
-                    got = self.conn.execute(_unsent(spec, limit).with_for_update(skip_locked=True)).all()
+                    got = self.conn.execute(
+                        _unsent(spec, limit, after).with_for_update(skip_locked=True)
+                    ).all()
                     self.rows = [_claimed(r) for r in got]
             except BaseException:
                 self.conn.close()
@@ -146,7 +154,7 @@ class _RowLockClaim(Claim):
 
 
 class _TurnClaim(Claim):
-    def __init__(self, store: AuditStore, limit: int, spec: str | None):
+    def __init__(self, store: AuditStore, limit: int, spec: str | None, after: int = 0):
         import fcntl
 
         self.store = store
@@ -162,7 +170,7 @@ class _TurnClaim(Claim):
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # our turn: the claim before ours was closed
         try:
             with store._begin() as conn:
-                self.rows = [_claimed(r) for r in conn.execute(_unsent(spec, limit)).all()]
+                self.rows = [_claimed(r) for r in conn.execute(_unsent(spec, limit, after)).all()]
         except BaseException:
             self.close()
             raise

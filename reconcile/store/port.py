@@ -180,6 +180,11 @@ class Store(ABC):
     def findings(self, spec: str, statuses: Sequence[str], confirm_runs: int = 1) -> list[Finding]:
         """Findings of a spec in the given statuses, oldest first."""
 
+    def finding_keys(self, spec: str, statuses: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """(key id, key) of a spec's findings in the given statuses, oldest first: what
+        :meth:`findings` reads, without the values (verify and an audit's watched keys)."""
+        return [(f.key_id, f.key) for f in self.findings(spec, statuses)]
+
     @abstractmethod
     def record_run(
         self,
@@ -279,8 +284,8 @@ class Store(ABC):
         """(parked rows: refused by the broker for good, the oldest ``limit`` of them)."""
 
     @abstractmethod
-    def claim(self, limit: int, spec: str | None = None) -> Claim:
-        """Take up to ``limit`` unsent, unparked rows (oldest first) for one relay."""
+    def claim(self, limit: int, spec: str | None = None, *, after: int = 0) -> Claim:
+        """Take up to ``limit`` unsent, unparked rows (oldest first, ids above ``after``) for one relay."""
 
     # -- preflight gates -----------------------------------------------------------------
     @abstractmethod
