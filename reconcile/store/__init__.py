@@ -65,7 +65,7 @@ _MIGRATE_LOCK = threading.Lock()
 _MIGRATE_KEY = 0x7265636F6E63696C  # "reconcil": the advisory lock of store migrations
 BATCH = 5_000  # findings (and outbox rows) written per statement batch
 KEEP_FINDINGS = 10_000  # findings a run hands back in memory; the rest stay in the store
-ANALYZE_AFTER = 10_000  # findings in one run after which PostgreSQL re-analyzes the findings table
+ANALYZE_AFTER = 10_000  # new findings in one run after which PostgreSQL re-analyzes the findings table
 ACTIVE = tuple(s.value for s in lifecycle.ACTIVE)
 
 
@@ -147,18 +147,6 @@ def _correctable(row: Any, key: Any, truth: Any, confirm_runs: int) -> Finding:
         episode=row.episode or 1,
         _key_id=row.key_id,
     )
-
-
-class _Counted(Iterator[Finding]):
-    """The findings of a run as they go by, counted."""
-
-    def __init__(self, findings: Iterable[Finding]):
-        self._it, self.n = iter(findings), 0
-
-    def __next__(self) -> Finding:
-        f = next(self._it)
-        self.n += 1
-        return f
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -305,15 +293,15 @@ class AuditStore(Store):
         unconfirmed: list[Finding] = []
         drift = False
         first = False  # the spec had no finding stored: none to resolve
-        counted = _Counted(seen)
+        inserted = 0  # new finding rows (PostgreSQL)
         with self._begin() as conn:
             conn.execute(L.update().where(L.c.name == lock).values(acquired_at=now))
             if self._psycopg(conn):
-                confirmed, unconfirmed, drift, first = self._record_set_based(
-                    conn, spec, run_id, counted, now, confirm_runs, keep, summary
+                confirmed, unconfirmed, drift, first, inserted = self._record_set_based(
+                    conn, spec, run_id, seen, now, confirm_runs, keep, summary
                 )
             else:
-                for batch in _batches(counted, BATCH):
+                for batch in _batches(seen, BATCH):
                     plan = self._record_batch(conn, spec, run_id, batch, now, confirm_runs)
                     for f in plan.confirmed:
                         drift |= lifecycle.tally(summary, f.kind, f.status, confirmed=True)
@@ -343,7 +331,7 @@ class AuditStore(Store):
                     cut=_json(cut),
                 )
             )
-        if counted.n >= ANALYZE_AFTER and self.engine.dialect.name == "postgresql":
+        if inserted >= ANALYZE_AFTER:
             # Fresh statistics now, not when autovacuum next looks: planned on a findings table
             # it has never analyzed (estimated at one row), the next run's statements by key
             # (resolving 100k clean keys) test every finding against every key, for minutes.
@@ -361,11 +349,11 @@ class AuditStore(Store):
         confirm_runs: int,
         keep: int,
         summary: Summary,
-    ) -> tuple[list[Finding], list[Finding], bool, bool]:
+    ) -> tuple[list[Finding], list[Finding], bool, bool, int]:
         """PostgreSQL: the run's findings by COPY, their lifecycle decided by a few set-based
         statements (:mod:`reconcile.store.record`, held equal to :func:`lifecycle.plan_run` by
         ``tests/test_record_equivalence.py``); (confirmed, unconfirmed, drift, whether the spec
-        had no finding stored before)."""
+        had no finding stored before, how many finding rows were inserted)."""
         from .record import record_findings
 
         got = record_findings(
@@ -379,10 +367,12 @@ class AuditStore(Store):
             rebuild=_finding,
         )
         drift = False
+        inserted = 0
         for (kind, status, times_seen), n in sorted(got.counts.items()):
             ok = lifecycle.is_confirmed(times_seen, confirm_runs)
             drift |= lifecycle.tally(summary, kind, status, confirmed=ok, count=n)
-        return got.confirmed, got.unconfirmed, drift, got.first
+            inserted += n if times_seen == 1 else 0  # seen once: a new row (or a new episode's)
+        return got.confirmed, got.unconfirmed, drift, got.first, inserted
 
     def _record_batch(
         self, conn: Connection, spec: str, run_id: str, batch: list[Finding], now: datetime, confirm_runs: int
