@@ -578,6 +578,7 @@ def test_differing_ranges_are_probed_through_the_key_index_on_a_big_table(make_p
     loop = next(n for n in nodes if n["Node Type"] == "Nested Loop")
     outer, inner = loop["Plans"]
     assert outer["Node Type"] == "Function Scan", plan  # the ranges drive the loop
-    assert "Index" in inner["Node Type"] and ">=" in inner.get("Index Cond", ""), plan
+    probes = [n for n in _nodes(inner) if ">=" in n.get("Index Cond", "")]  # an index scan, or a bitmap one
+    assert probes, plan
     assert not any("Join Filter" in n for n in nodes), plan
     assert got == [k for (b,) in buckets for k in range(4 * b, 4 * b + 4) if 1 <= k <= 100_000]
