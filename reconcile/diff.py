@@ -233,46 +233,33 @@ def _groups(
                 on_row()
             plast = ph.key
         while th is not None or ph is not None:
+            trow: Row | None
+            prows: list[Row]
             if ph is None or (th is not None and th.key < ph.key):
                 assert th is not None
-                yield th.key, th, []
-                th = next(trows, None)
-                if th is not None:
-                    nt += 1
+                key, trow, prows = th.key, th, []  # truth only
+            else:
+                key, prows = ph.key, [ph]
+                while True:
+                    ph = next(prows_, None)
+                    if ph is None:
+                        break
+                    np_ += 1
                     if on_row is not None:
                         on_row()
-                    k = th.key
+                    k = ph.key
                     try:
-                        bad = not tlast < k  # type: ignore[operator]
+                        bad = k < plast  # type: ignore[operator]
                     except TypeError as e:
-                        raise _unorderable("truth", e) from None
+                        raise _unorderable("projection", e) from None
                     if bad:
-                        raise _out_of_order("truth", True, k, tlast)  # type: ignore[arg-type]
-                    tlast = k
-                continue
-            key = ph.key
-            prows: list[Row] = [ph]
-            while True:
-                ph = next(prows_, None)
-                if ph is None:
-                    break
-                np_ += 1
-                if on_row is not None:
-                    on_row()
-                k = ph.key
-                try:
-                    bad = k < plast  # type: ignore[operator]
-                except TypeError as e:
-                    raise _unorderable("projection", e) from None
-                if bad:
-                    raise _out_of_order("projection", False, k, plast)  # type: ignore[arg-type]
-                plast = k
-                if k != key:
-                    break
-                prows.append(ph)
-            trow = None
-            if th is not None and th.key == key:
-                trow = th
+                        raise _out_of_order("projection", False, k, plast)  # type: ignore[arg-type]
+                    plast = k
+                    if k != key:
+                        break
+                    prows.append(ph)
+                trow = th if th is not None and th.key == key else None
+            if trow is not None:  # the truth row is taken: read the next one
                 th = next(trows, None)
                 if th is not None:
                     nt += 1
