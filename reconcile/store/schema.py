@@ -142,7 +142,8 @@ def _v2(conn: Connection) -> None:
 
 
 # Counting findings by status for every spec at once (/metrics, the dashboard) reads this index
-# alone instead of every finding's row with its JSON values.
+# alone instead of every finding's row with its JSON values. On PostgreSQL migration 8 moves
+# the count onto the unique index of active findings and drops this one.
 findings_by_status = sa.Index(
     "ix_reconcile_findings_status_spec_kind", findings.c.status, findings.c.spec, findings.c.kind
 )
@@ -236,7 +237,38 @@ def _v7(conn: Connection) -> None:
         conn.execute(sa.text(f"DROP INDEX ix_reconcile_findings_spec_status{on}"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: Connection) -> None:
+    """One index fewer to keep up for every new finding (PostgreSQL).
+
+    Counting active findings by (spec, kind, status) for /metrics and the dashboard needs an
+    index holding those three for the active findings only; the unique index on active
+    findings already has one entry per active finding, so it carries kind and status as
+    INCLUDE columns and ``(status, spec, kind)`` goes. Measured with COPY of 100,000 new
+    findings (backend CPU, median of five): 2.07 s with five indexes, 1.70 s with four. The
+    count still reads only active entries (an index-only scan of the partial index); the
+    time-to-heal histograms find resolved findings through ``(spec, status, id)``.
+    SQLite keeps both (no INCLUDE there); MariaDB has no partial indexes and keeps its own.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    names = {i["name"] for i in sa.inspect(conn).get_indexes("reconcile_findings")}
+    statuses = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+    conn.execute(sa.text("DROP INDEX IF EXISTS ux_reconcile_findings_active_v8"))
+    conn.execute(
+        sa.text(
+            "CREATE UNIQUE INDEX ux_reconcile_findings_active_v8 ON reconcile_findings (spec, key_id) "
+            f"INCLUDE (kind, status) WHERE status IN ({statuses})"
+        )
+    )
+    if "ux_reconcile_findings_active" in names:
+        conn.execute(sa.text("DROP INDEX ux_reconcile_findings_active"))
+    conn.execute(
+        sa.text("ALTER INDEX ux_reconcile_findings_active_v8 RENAME TO ux_reconcile_findings_active")
+    )
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_reconcile_findings_status_spec_kind"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def migrate(conn: Connection) -> int:
