@@ -60,7 +60,7 @@ def test_a_new_store_has_only_the_new_index(tmp_path: Path) -> None:
 def _seed(store: AuditStore) -> None:
     """Findings of two specs in every status, straight into the table."""
     now = "2026-11-28 10:00:00+00:00"
-    rows = []
+    rows: list[dict[str, object]] = []
     for spec in ("a", "b"):
         for i, status in enumerate(["open", "open", "correcting", "acknowledged", "resolved", "resolved"]):
             rows.append(
