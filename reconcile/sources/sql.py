@@ -339,6 +339,7 @@ class SqlSource:
         single = nk == 1
         kind0, ready0 = kinds[0], ready[0]
         has_changed = plan.changed_at is not None
+        make_row = tuple.__new__  # Row(...) without its Python-level __new__: a row per row read
         batches = [None] if keys is None else [keys[i : i + 1000] for i in range(0, len(keys), 1000)]
         with self.errors(), self.engine.connect() as conn:
             for sql in session:
@@ -378,7 +379,7 @@ class SqlSource:
                         if asked is not None and key not in asked:
                             continue
                         changed = _as_time(r[nk + nv]) if has_changed else None
-                        yield Row(key, tuple(r[nk : nk + nv]), changed)
+                        yield make_row(Row, (key, tuple(r[nk : nk + nv]), changed))
                 except BaseException:  # an error, Ctrl-C, or the merge stopped early
                     if result is not None:
                         self._abandon(conn, result)

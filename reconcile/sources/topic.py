@@ -318,6 +318,7 @@ class TopicSource(SqlSource):
             stored = [tuple(_store_key(v, k) for v, k in zip(key, kinds, strict=True)) for key in keys]
             batches = [stored[i : i + 500] for i in range(0, len(stored), 500)]
         last: tuple[Any, ...] | None = None
+        make_row = tuple.__new__  # Row(...) without its Python-level __new__: a row per message
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             for batch in batches:
@@ -347,7 +348,7 @@ class TopicSource(SqlSource):
                         if convert is not None:
                             values = convert(values)
                         changed = r[nk + nv]
-                        yield Row(key, values, None if changed is None else _as_time(changed))
+                        yield make_row(Row, (key, values, None if changed is None else _as_time(changed)))
         finally:
             conn.close()
 
