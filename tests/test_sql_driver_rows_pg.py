@@ -10,8 +10,9 @@ type. A failing statement is still one SourceError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -104,4 +105,18 @@ def test_a_failing_statement_on_the_fast_path_is_a_source_error(table: str) -> N
         with pytest.raises(SourceError, match="truth: query failed on .*division by zero"):
             list(src.stream(plan, extra_filter=lambda t: sa.text("1 / (id - id) = 1")))
     finally:
+        src.dispose()
+
+
+def test_a_reader_stopped_early_leaves_no_fetching_thread(table: str) -> None:
+    src = SqlSource(Side(url=table, table="items"), "truth", chunk_rows=100)
+    try:
+        rows = cast(Generator[Any, None, None], src.stream(ReadPlan(["id"], ["int"], ["name"], None)))
+        first = [next(rows) for _ in range(450)]  # into the prefetched chunks
+        assert [r.key for r in first] == [(i,) for i in range(1, 451)]
+        assert any(t.name == "reconcile-prefetch" for t in threading.enumerate())
+        rows.close()  # what the merge does when it stops early
+        assert not any(t.name == "reconcile-prefetch" for t in threading.enumerate())
+        assert len(list(src.stream(ReadPlan(["id"], ["int"], ["name"], None)))) == 2500  # the pool's
+    finally:  # connection is clean
         src.dispose()

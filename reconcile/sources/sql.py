@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -472,8 +474,10 @@ def _driver_rows(conn: sa.Connection, stmt: sa.Select[Any], size: int) -> Iterat
         cursor = driver.cursor(name=f"reconcile_{uuid.uuid4().hex[:12]}")
         try:
             cursor.execute(sql, params)
-            while chunk := cursor.fetchmany(size):
-                yield from chunk
+            first = cursor.fetchmany(size)
+            yield from first
+            if len(first) == size:  # more to come: the next chunks are fetched while these are used
+                yield from _prefetched(cursor, size)
         except psycopg.Error as e:
             raise sa.exc.DBAPIError.instance(sql, params, e, psycopg.Error) from None
         finally:
@@ -483,6 +487,49 @@ def _driver_rows(conn: sa.Connection, stmt: sa.Select[Any], size: int) -> Iterat
                 pass  # the connection broke: the error above says why
 
     return rows()
+
+
+def _prefetched(cursor: Any, size: int, ahead: int = 2) -> Iterator[Any]:
+    """The cursor's remaining rows, fetched ``size`` at a time by a thread at most ``ahead``
+    chunks ahead of the caller.
+
+    A fetch is mostly the server's work (reading the index, sending the rows) and waiting for
+    it, during which psycopg releases the GIL: the thread overlaps it with what the caller does
+    with the rows before (the merge), on another core. Memory stays bounded by ``ahead`` chunks.
+    A driver error in the thread is raised here; when the caller stops early the thread ends
+    after its current fetch.
+    """
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                chunk = cursor.fetchmany(size)
+                chunks.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # handed to the caller, raised there
+            chunks.put(e)
+
+    thread = threading.Thread(target=fetch, name="reconcile-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk = chunks.get()
+            if isinstance(chunk, BaseException):
+                raise chunk
+            if not chunk:
+                return
+            yield from chunk
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a waiting put() through, then the thread sees stop
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
 
 
 def _as_time(value: Any) -> datetime | None:
