@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import queue
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -338,6 +341,7 @@ class SqlSource:
         single = nk == 1
         kind0, ready0 = kinds[0], ready[0]
         has_changed = plan.changed_at is not None
+        make_row = tuple.__new__  # Row(...) without its Python-level __new__: a row per row read
         batches = [None] if keys is None else [keys[i : i + 1000] for i in range(0, len(keys), 1000)]
         with self.errors(), self.engine.connect() as conn:
             for sql in session:
@@ -350,10 +354,13 @@ class SqlSource:
                 # are other entities (and may sort outside this batch), so only asked keys pass.
                 asked = set(batch) if batch is not None and self._mysql else None
                 stmt = self.select(plan, where=where, keys=batch, extra_filter=extra_filter)
+                result = None
                 if self.throttle is None:
-                    opts = conn.execution_options(stream_results=True, yield_per=self.chunk_rows)
-                    result = opts.execute(stmt)
-                    rows: Iterator[Any] = iter(result)
+                    rows: Iterator[Any] | None = _driver_rows(conn, stmt, self.chunk_rows)
+                    if rows is None:
+                        opts = conn.execution_options(stream_results=True, yield_per=self.chunk_rows)
+                        result = opts.execute(stmt)
+                        rows = iter(result)
                 else:
                     result = conn.execution_options(stream_results=True).execute(stmt)
                     rows = self._paced(result, self.throttle)
@@ -374,9 +381,10 @@ class SqlSource:
                         if asked is not None and key not in asked:
                             continue
                         changed = _as_time(r[nk + nv]) if has_changed else None
-                        yield Row(key, tuple(r[nk : nk + nv]), changed)
+                        yield make_row(Row, (key, tuple(r[nk : nk + nv]), changed))
                 except BaseException:  # an error, Ctrl-C, or the merge stopped early
-                    self._abandon(conn, result)
+                    if result is not None:
+                        self._abandon(conn, result)
                     raise
 
     @staticmethod
@@ -440,6 +448,88 @@ class SqlSource:
 
 
 _READY_KEY_TYPES: dict[str, type] = {"text": str, "int": int}
+
+
+def _driver_rows(conn: sa.Connection, stmt: sa.Select[Any], size: int) -> Iterator[Any] | None:
+    """The statement's rows as psycopg's own tuples, from a server-side cursor of ``conn``'s
+    driver connection; None (run it through SQLAlchemy) on other databases, or when a bound
+    value would be converted on its way to the driver.
+
+    The reader's columns are untyped (``sa.column``), so SQLAlchemy converts no value it reads:
+    its Row objects are the driver's tuples wrapped once more, about 0.5 s per million rows
+    (bench/TOPIC.md). Driver errors are raised as SQLAlchemy's, so the caller's mapping names
+    them like any other.
+    """
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        return None
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    if getattr(compiled, "_bind_processors", None) != {} or conn.dialect.paramstyle != "pyformat":
+        return None  # not known to be free of conversions: SQLAlchemy's own path
+    import psycopg
+
+    sql, params = str(compiled), compiled.params
+    driver: Any = conn.connection.dbapi_connection
+
+    def rows() -> Iterator[Any]:
+        cursor = driver.cursor(name=f"reconcile_{uuid.uuid4().hex[:12]}")
+        try:
+            cursor.execute(sql, params)
+            first = cursor.fetchmany(size)
+            yield from first
+            if len(first) == size:  # more to come: the next chunks are fetched while these are used
+                yield from _prefetched(cursor, size)
+        except psycopg.Error as e:
+            raise sa.exc.DBAPIError.instance(sql, params, e, psycopg.Error) from None
+        finally:
+            try:
+                cursor.close()
+            except psycopg.Error:
+                pass  # the connection broke: the error above says why
+
+    return rows()
+
+
+def _prefetched(cursor: Any, size: int, ahead: int = 2) -> Iterator[Any]:
+    """The cursor's remaining rows, fetched ``size`` at a time by a thread at most ``ahead``
+    chunks ahead of the caller.
+
+    A fetch is mostly the server's work (reading the index, sending the rows) and waiting for
+    it, during which psycopg releases the GIL: the thread overlaps it with what the caller does
+    with the rows before (the merge), on another core. Memory stays bounded by ``ahead`` chunks.
+    A driver error in the thread is raised here; when the caller stops early the thread ends
+    after its current fetch.
+    """
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                chunk = cursor.fetchmany(size)
+                chunks.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # handed to the caller, raised there
+            chunks.put(e)
+
+    thread = threading.Thread(target=fetch, name="reconcile-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk = chunks.get()
+            if isinstance(chunk, BaseException):
+                raise chunk
+            if not chunk:
+                return
+            yield from chunk
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a waiting put() through, then the thread sees stop
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
 
 
 def _as_time(value: Any) -> datetime | None:
