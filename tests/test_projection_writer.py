@@ -39,6 +39,12 @@ def _batches(seed: int, mixed: bool) -> list[list[Incoming]]:
                 ev = Incoming(f"e{b}-{n}", {"product_id": sku}, None)
             elif roll < 0.2 and mixed:
                 ev = Incoming(f"e{b}-{n}", {"product_id": sku}, {"on_hand": 2**40 + n})
+            elif roll < 0.3:  # what an array literal quotes: quotes, backslashes, braces, NULL
+                title = rnd.choice(['q"', "b\\s", "{a,b}", "NULL", "", " sp ", None])
+                tricky = rnd.choice(['"', "\\", ",", "}"])
+                ev = Incoming(
+                    f"e{b}-{n}{tricky}", {"product_id": sku + tricky}, {"on_hand": n, "title": title}
+                )
             else:
                 ev = Incoming(f"e{b}-{n}", {"product_id": sku}, {"on_hand": n, "title": f"t☃{n}"})
             made.append(ev)

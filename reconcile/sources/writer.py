@@ -183,10 +183,36 @@ def _insert_arrays(table: sa.Table, columns: dict[str, list[Any]]) -> Any:
 
 
 def _array(column: sa.Column[Any], values: list[Any]) -> Any:
-    """``values`` as one PostgreSQL array parameter of the column's type."""
+    """``values`` as one PostgreSQL array parameter of the column's type.
+
+    Texts and ints into a text or integer column go as one array literal (:func:`_array_text`)
+    the server reads as the column's array type: psycopg dumps a list in Python one item at a
+    time. The parameter is untyped (no ``::VARCHAR`` cast on it), so the server parses it as the
+    array at bind time, not through a text-to-array cast run as the statement executes."""
     from sqlalchemy.dialects.postgresql import ARRAY
 
-    return sa.bindparam(None, values, type_=ARRAY(column.type))
+    t = column.type
+    if isinstance(t, (sa.String, sa.Integer)) and not isinstance(t, sa.Enum):
+        text = _array_text(values)
+        if text is not None:
+            return sa.cast(sa.bindparam(None, text, type_=sa.types.NullType()), ARRAY(t))
+    return sa.bindparam(None, values, type_=ARRAY(t))
+
+
+def _array_text(values: list[Any]) -> str | None:
+    """A PostgreSQL array literal of texts, ints and NULLs (None: some value is something else)."""
+    out = []
+    for v in values:
+        k = type(v)
+        if k is str:
+            out.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif k is int:
+            out.append(int.__repr__(v))
+        elif v is None:
+            out.append("NULL")
+        else:
+            return None
+    return "{" + ",".join(out) + "}"
 
 
 def _by_key_shape(events: list[Incoming]) -> list[list[Incoming]]:

@@ -149,6 +149,28 @@ def _correctable(row: Any, key: Any, truth: Any, confirm_runs: int) -> Finding:
     )
 
 
+def _outbox_rows(
+    spec: str, run_id: str, ids: dict[str, int], entries: Sequence[OutboxEntry]
+) -> list[tuple[Any, ...]]:
+    """A correction's outbox entries as rows in :data:`bulk.OUTBOX_COLUMNS` order (``ids``: the
+    findings' row ids by key id)."""
+    return [
+        (
+            e.event_id,
+            spec,
+            run_id,
+            ids[e.key_id],
+            e.topic,
+            e.transport,
+            e.message_key,
+            e.headers,
+            e.payload,
+            e.created_at,
+        )
+        for e in entries
+    ]
+
+
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:
@@ -727,15 +749,20 @@ class AuditStore(Store):
                     entries = decide([f for _, f in found])
                     decided += len(entries)
                     ids = {f.key_id: fid for fid, f in found}
+                    rows = _outbox_rows(spec, run_id, ids, entries)
                     if writer is None:
-                        written += self._write_correction(conn, spec, run_id, ids, entries, note)
+                        written += self._write_correction(conn, spec, ids, entries, rows, note)
                         page = read()
                         continue
+                    # the page's COPY text, made here: the writer thread then sends it in one go
+                    lines = bulk.outbox_lines(rows)
                     if writing is not None:
                         written += writing.result()
                         writing = None
                     page = read()
-                    writing = writer.submit(self._write_correction, conn, spec, run_id, ids, entries, note)
+                    writing = writer.submit(
+                        self._write_correction, conn, spec, ids, entries, rows, note, lines
+                    )
                 if writing is not None:
                     written += writing.result()
                     writing = None
@@ -748,32 +775,17 @@ class AuditStore(Store):
         self,
         conn: Connection,
         spec: str,
-        run_id: str,
         ids: dict[str, int],
         entries: Sequence[OutboxEntry],
+        rows: Sequence[tuple[Any, ...]],
         note: str,
+        lines: Sequence[str] | None = None,
     ) -> int:
-        """One page of a correction: its outbox rows, and its findings moved; rows written."""
+        """One page of a correction: its outbox rows (``rows``, :func:`_outbox_rows` of
+        ``entries``; ``lines``: their COPY text), and its findings moved; rows written."""
         if not entries:
             return 0
-        written = self._enqueue(
-            conn,
-            [
-                (
-                    e.event_id,
-                    spec,
-                    run_id,
-                    ids[e.key_id],
-                    e.topic,
-                    e.transport,
-                    e.message_key,
-                    e.headers,
-                    e.payload,
-                    e.created_at,
-                )
-                for e in entries
-            ],
-        )
+        written = self._enqueue(conn, rows, lines)
         if self._psycopg(conn):  # by the findings' row ids: one UPDATE through the primary key
             moving = {"status": FindingStatus.CORRECTING.value, "note": note}
             back = {
@@ -781,8 +793,8 @@ class AuditStore(Store):
                 "note": "its corrective event is parked in the outbox (see `reconcile health`)",
             }
             for values, parked_ones in ((moving, False), (back, True)):
-                rows = [ids[e.key_id] for e in entries if (e.event_id in self._parked) is parked_ones]
-                bulk.set_status(conn, F.name, rows, values, [FindingStatus.OPEN.value])
+                moved = [ids[e.key_id] for e in entries if (e.event_id in self._parked) is parked_ones]
+                bulk.set_status(conn, F.name, moved, values, [FindingStatus.OPEN.value])
             return written
         parked = [e.key_id for e in entries if e.event_id in self._parked]
         self._set_status(
@@ -836,14 +848,17 @@ class AuditStore(Store):
             yield column.in_(values[i : i + 1000])
 
     # -- outbox --------------------------------------------------------------------------
-    def _enqueue(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Insert outbox rows (tuples in :data:`bulk.OUTBOX_COLUMNS` order); rows whose event id
-        is already there are skipped (the unique constraint makes a repeated correction a no-op)."""
+    def _enqueue(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], lines: Sequence[str] | None = None
+    ) -> int:
+        """Insert outbox rows (tuples in :data:`bulk.OUTBOX_COLUMNS` order; ``lines``: their COPY
+        text, PostgreSQL only); rows whose event id is already there are skipped (the unique
+        constraint makes a repeated correction a no-op)."""
         if not rows:
             return 0
         if self._psycopg(conn):
             try:
-                written, self._parked = bulk.enqueue(conn, rows)
+                written, self._parked = bulk.enqueue(conn, rows, lines)
             except IntegrityError as e:  # a concurrent `correct` won the race: nothing is doubled
                 raise StoreError(
                     "outbox: a concurrent correction inserted the same events; rerun `reconcile correct`"
