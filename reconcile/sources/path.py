@@ -14,11 +14,13 @@ Every connection opened here is read-only, like the audit's own.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -170,6 +172,35 @@ def collect(
 
     The source rows stream in a thread while the topic is read: each pass mostly waits for its
     server, and the collector merges what both find about one event in either order."""
+    with _collector_paused():
+        return _collect(path, collector, reader, truth_url, projection_url, resolve_conn, now, committed)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the pass. A window's million messages and rows each
+    make a few short-lived tuples and lists (freed by their reference counts, never in a cycle),
+    and every few thousand of them would start a collection that walks the objects the audit
+    holds: that was 40% of the pass's CPU on the 1M-event benchmark. It is on again after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _collect(
+    path: EventPath,
+    collector: Collector,
+    reader: TopicReader,
+    truth_url: str | None,
+    projection_url: str | None,
+    resolve_conn: Callable[[str], str],
+    now: datetime,
+    committed: dict[int, int],
+) -> tuple[Positions, PathStats]:
     started, cpu = time.monotonic(), time.process_time()
     since = now - path.window
     window_start: datetime | None = since
