@@ -193,6 +193,10 @@ class KafkaTopicReader(TopicReader):
                     "auto.offset.reset": "earliest",
                     "queued.max.messages.kbytes": 32768,
                     "fetch.max.bytes": 52428800,
+                    # librdkafka's default (1 MB per partition per fetch) made reading a
+                    # 1M-message topic wait on the broker twice as long as 8 MB does; the queue
+                    # above still bounds memory.
+                    "max.partition.fetch.bytes": 8388608,
                     "socket.connection.setup.timeout.ms": max(1000, int(self.timeout_s * 1000)),
                 }
             )
