@@ -295,7 +295,9 @@ class EntityExtractor:
         self._walks = [(i, _walk(p)) for i, p in self.absolute]
         self._rel = [(i, _walk(p)) for i, p in self.relative]
         self._each = _elements(self.each) if self.each is not None else None
-        self.maybe = _text_filter([self.allowed[i] for i, t in enumerate(self.texts) if t])
+        # ``needles``: the values whose presence in a raw text ``maybe`` looks for (see _text_filter)
+        self.needles = _needles([self.allowed[i] for i, t in enumerate(self.texts) if t])
+        self.maybe = _text_filter(self.needles) if self.needles is not None else None
 
     def touching(self, value: Any) -> tuple[Key, ...]:
         """The entities of :meth:`restrict`'s keys this event value touches (usually none): the
@@ -350,20 +352,25 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def _text_filter(allowed: Sequence[set[Any]]) -> Callable[[Any], bool] | None:
+def _needles(allowed: Sequence[set[Any]]) -> frozenset[str] | None:
+    """The values of the text key part with only :func:`_plain` values and the most of them (it
+    rejects the most events); None when no text key part has only plain values."""
+    best: set[Any] | None = None
+    for vals in allowed:
+        if all(_plain(v) for v in vals) and (best is None or len(vals) > len(best)):
+            best = vals
+    return frozenset(best) if best is not None else None
+
+
+def _text_filter(needles: frozenset[str]) -> Callable[[Any], bool]:
     """A test on an event's raw JSON text (str or bytes) that is False only when the decoded value
-    cannot touch the keys: it holds none of one text key part's values as a string. None when no
-    text key part has only :func:`_plain` values.
+    cannot touch the keys: it holds none of ``needles`` (one text key part's values) as a string.
 
     Why it is exact: JSON text without a backslash has no escapes, so every ``"`` in it delimits a
     string and each string's content is a piece of ``text.split('"')``, as the decoder returns it.
-    A touched entity's key part is one of ``allowed``, and a plain value can only come from a JSON
+    A touched entity's key part is one of the needles, and a plain value can only come from a JSON
     string equal to it. A text with a backslash is let through (an escape may spell the value)."""
-    plain = [vals for vals in allowed if all(_plain(v) for v in vals)]
-    if not plain:
-        return None
-    best = max(plain, key=len)  # the part with the most distinct values rejects the most events
-    as_str, as_bytes = frozenset(best), frozenset(v.encode("utf-8") for v in best)
+    as_str, as_bytes = needles, frozenset(v.encode("utf-8") for v in needles)
     str_disjoint, bytes_disjoint = as_str.isdisjoint, as_bytes.isdisjoint
 
     def maybe(raw: Any) -> bool:

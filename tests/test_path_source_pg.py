@@ -1,6 +1,7 @@
-"""The source table's pass of cause attribution on PostgreSQL (a psycopg cursor, rows rejected by
-their payload's text) keeps exactly the events the row-by-row decoded check keeps: text, json and
-jsonb payload columns, tricky payloads, rows outside the window; and SQLite (SQLAlchemy's rows)."""
+"""The source table's pass of cause attribution on PostgreSQL (rows rejected by their payload's
+text in the statement, the rest through a psycopg cursor) keeps exactly the events the row-by-row
+decoded check keeps: text, json and jsonb payload columns, tricky payloads, rows outside the
+window; and on SQLite (SQLAlchemy's rows, filtered in Python)."""
 
 from __future__ import annotations
 
@@ -117,10 +118,21 @@ def _same(url: str) -> None:
 
 
 @pytest.mark.parametrize("column_type", ["text", "json", "jsonb"])
-def test_pg_source_pass_keeps_what_the_decoded_check_keeps(make_pg_db, column_type: str) -> None:  # type: ignore[no-untyped-def]
+def test_pg_source_pass_keeps_what_the_decoded_check_keeps(make_pg_db, monkeypatch, column_type: str) -> None:  # type: ignore[no-untyped-def]
+    from reconcile.sources import path as source_path
+
+    pushed: list[int] = []
+    real = source_path._pushed_down
+
+    def spy(*args: Any) -> Any:
+        pushed.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(source_path, "_pushed_down", spy)
     url = make_pg_db()
     _fill(url, column_type, ['{"warehouse":"W1","lines":[{"sku":"S1"}],"n":123456789012345678901234567890}'])
     _same(url)
+    assert pushed == [1]  # PostgreSQL did the filtering
 
 
 def test_sqlite_source_pass_keeps_what_the_decoded_check_keeps(tmp_path: Path) -> None:

@@ -320,29 +320,40 @@ def _read_source(
             iu = at_.get(published) if published is not None else None
             pg = engine.dialect.driver == "psycopg"
             decode: Callable[[Any], Any] = _as_doc
+            text = payload is not None and isinstance(payload.type, sa.String | sa.JSON)
             if pg and payload is not None and isinstance(payload.type, sa.JSON):
                 # json/jsonb: read its text, so that rows touching no finding are rejected by it
                 # undecoded; the others are decoded by json.loads, as psycopg would have.
                 cols[ip] = sa.cast(payload, sa.Text)  # type: ignore[index]
                 decode = _json_text
-            stmt = sa.select(*cols)
+            window: list[Any] = []
             if written_col is not None:  # rows still unpublished are judged whatever their age
                 unpublished = [published.is_(None)] if published is not None else []
-                stmt = stmt.where(sa.or_(written_col >= since, written_col.is_(None), *unpublished))
+                window.append(sa.or_(written_col >= since, written_col.is_(None), *unpublished))
+            stmt: Any = sa.select(*cols).where(*window)
+            needles = collector.extract.needles
+            counted = False
             touching = collector.touching
             maybe = collector.extract.maybe or _anything
             rows = 0
             with engine.connect() as conn:
+                if pg and text and needles is not None and _utf8(conn):
+                    stmt = _pushed_down(cols, ip, window, needles, conn)  # type: ignore[arg-type]
+                    counted = True
                 batches = _pg_batches(conn, stmt) if pg else _sa_batches(conn, stmt)
                 for batch in batches:
                     if snapshot is not None:  # the statement runs: its snapshot is taken
                         snapshot.set()
                         snapshot = None
-                    rows += len(batch)
+                    if not counted:
+                        rows += len(batch)
                     if ip is None:  # no payload: no row names an entity
                         continue
                     # Most rows touch no drifted entity: decide that first, with as little work as possible.
                     for row in batch:
+                        if counted and row[-1] is not None:  # the count of the window's rows
+                            rows += row[-1]
+                            continue
                         raw = row[ip]
                         if not maybe(raw):
                             continue
@@ -373,6 +384,37 @@ def _read_source(
         engine.dispose()
 
 
+def _utf8(conn: sa.Connection) -> bool:
+    return conn.exec_driver_sql("SHOW server_encoding").scalar() == "UTF8"
+
+
+def _pushed_down(
+    cols: list[Any], ip: int, window: list[Any], needles: frozenset[str], conn: sa.Connection
+) -> Any:
+    """The source statement with :func:`~reconcile.causes._text_filter`'s test done by PostgreSQL:
+    only rows whose payload text has a backslash, or a piece between two ``"`` equal to a needle,
+    come back (the same test, so they are a superset of the rows that touch a finding; each is
+    checked again here). A last column counts every row of the window, in one more row of the same
+    statement (one snapshot): ``source_rows`` stays what was read, not what was kept."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    text = cols[ip]
+    quote = sa.literal('"')
+    if (conn.dialect.server_version_info or (0,)) >= (14,):
+        split: Any = sa.func.string_to_table(text, quote)
+    else:  # PostgreSQL 13 and older: the same pieces through an array
+        split = sa.func.unnest(sa.func.string_to_array(text, quote))
+    pieces = split.table_valued("piece").render_derived(name="p")
+    wanted = sa.bindparam("reconcile_needles", sorted(needles), type_=ARRAY(sa.Text))
+    named = sa.exists(sa.select(sa.literal(1)).select_from(pieces).where(pieces.c.piece == sa.any_(wanted)))
+    escaped = sa.func.strpos(text, sa.literal("\\")) > 0
+    kept = sa.select(*cols, sa.null().label("reconcile_rows")).where(*window, sa.or_(escaped, named))
+    every = sa.select(*[sa.null() for _ in cols], sa.func.count().label("reconcile_rows")).where(*window)
+    if not window:
+        every = every.select_from(cols[0].table)
+    return sa.union_all(kept, every)
+
+
 def _anything(raw: Any) -> bool:
     return True
 
@@ -386,6 +428,7 @@ _BATCH = 10_000
 
 def _sa_batches(conn: sa.Connection, stmt: sa.Select[Any]) -> Iterator[Sequence[Any]]:
     result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(stmt)
+    yield []  # the statement runs (its snapshot is taken) before its first rows arrive
     yield from result.partitions()
 
 
@@ -401,6 +444,7 @@ def _pg_batches(conn: sa.Connection, stmt: sa.Select[Any]) -> Iterator[Sequence[
         assert raw is not None
         with raw.cursor(name=f"reconcile_path_source_{uuid.uuid4().hex[:8]}", binary=True) as cur:
             cur.execute(str(compiled), compiled.params)
+            yield []  # the statement runs (its snapshot is taken) before its first rows arrive
             while batch := cur.fetchmany(_BATCH):
                 yield batch
     except psycopg.Error as e:
