@@ -106,15 +106,18 @@ def _path() -> EventPath:
     )
 
 
-def _same(url: str) -> None:
+def _same(url: str) -> Collector:
     since = NOW - timedelta(days=1)
     fast = Collector(KEYS, _extractor(texts=True))
     assert fast.extract.maybe is not None
     _read_source(_path(), url, fast, since)
     ref = _reference(url, since)
     assert fast.events == ref.events
-    assert fast.source_rows == ref.source_rows > len(PAYLOADS)  # every row of the window, kept or not
-    assert {"e0", "e1", "e2", "e3", "e4", "e5", "e6", "e9", "old-unpublished"} <= set(fast.events)
+    assert fast.source_rows == ref.source_rows  # every row of the window, kept or not
+    return fast
+
+
+KEPT = {"e0", "e1", "e2", "e3", "e4", "e5", "e6", "e9", "old-unpublished"}
 
 
 @pytest.mark.parametrize("column_type", ["text", "json", "jsonb"])
@@ -131,11 +134,33 @@ def test_pg_source_pass_keeps_what_the_decoded_check_keeps(make_pg_db, monkeypat
     monkeypatch.setattr(source_path, "_pushed_down", spy)
     url = make_pg_db()
     _fill(url, column_type, ['{"warehouse":"W1","lines":[{"sku":"S1"}],"n":123456789012345678901234567890}'])
-    _same(url)
+    assert KEPT <= set(_same(url).events)
     assert pushed == [1]  # PostgreSQL did the filtering
 
 
 def test_sqlite_source_pass_keeps_what_the_decoded_check_keeps(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'src.db'}"
     _fill(url, "text", ['{"warehouse":"W1","lines":[{"sku":"S1"}]', json.dumps({"warehouse": "W1"})])
-    _same(url)
+    assert KEPT <= set(_same(url).events)
+
+
+def test_pg_source_pass_reads_an_enum_event_id_as_text(make_pg_db) -> None:  # type: ignore[no-untyped-def]
+    # psycopg hands an enum over as bytes in binary, as str in text: such a table is read in text.
+    url = make_pg_db()
+    engine = sa.create_engine(normalize_url(url))
+    hour = NOW - timedelta(hours=1)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TYPE ev AS ENUM ('e0', 'e1')"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE outbox (event_id ev, payload text, "
+                "created_at timestamptz, published_at timestamptz)"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO outbox VALUES ('e0', :a, :t, :t), ('e1', :b, :t, NULL)"),
+            {"a": PAYLOADS[0], "b": PAYLOADS[1], "t": hour},
+        )
+    engine.dispose()
+    fast = _same(url)
+    assert {e.source_row["event_id"] for e in fast.events.values() if e.source_row} == {"e0", "e1"}

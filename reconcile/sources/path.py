@@ -340,7 +340,7 @@ def _read_source(
                 if pg and text and needles is not None and _utf8(conn):
                     stmt = _pushed_down(cols, ip, window, needles, conn)  # type: ignore[arg-type]
                     counted = True
-                batches = _pg_batches(conn, stmt) if pg else _sa_batches(conn, stmt)
+                batches = _pg_batches(conn, stmt, _binary(cols)) if pg else _sa_batches(conn, stmt)
                 for batch in batches:
                     if snapshot is not None:  # the statement runs: its snapshot is taken
                         snapshot.set()
@@ -432,17 +432,24 @@ def _sa_batches(conn: sa.Connection, stmt: sa.Select[Any]) -> Iterator[Sequence[
     yield from result.partitions()
 
 
-def _pg_batches(conn: sa.Connection, stmt: sa.Select[Any]) -> Iterator[Sequence[Any]]:
-    """The statement's rows through a psycopg server-side cursor in binary: a million rows come
-    as plain tuples (no SQLAlchemy row each), timestamps without parsing their text. Its errors
-    come out as SQLAlchemy's, like any other statement's."""
+def _binary(cols: Sequence[Any]) -> bool:
+    """Whether psycopg returns these columns' values alike in binary and in text: true of the types
+    SQLAlchemy knows (psycopg loads every builtin type either way), not of an enum, an extension's
+    or a user-defined type (bytes in binary, str in text)."""
+    return not any(isinstance(c.type, sa.types.NullType | sa.Enum | sa.types.UserDefinedType) for c in cols)
+
+
+def _pg_batches(conn: sa.Connection, stmt: Any, binary: bool) -> Iterator[Sequence[Any]]:
+    """The statement's rows through a psycopg server-side cursor: a million rows come as plain
+    tuples (no SQLAlchemy row each), in binary when ``binary`` (timestamps without parsing their
+    text). Its errors come out as SQLAlchemy's, like any other statement's."""
     import psycopg
 
     compiled = stmt.compile(dialect=conn.dialect)
     try:
         raw = conn.connection.driver_connection
         assert raw is not None
-        with raw.cursor(name=f"reconcile_path_source_{uuid.uuid4().hex[:8]}", binary=True) as cur:
+        with raw.cursor(name=f"reconcile_path_source_{uuid.uuid4().hex[:8]}", binary=binary) as cur:
             cur.execute(str(compiled), compiled.params)
             yield []  # the statement runs (its snapshot is taken) before its first rows arrive
             while batch := cur.fetchmany(_BATCH):
