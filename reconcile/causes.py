@@ -231,6 +231,7 @@ class EntityExtractor:
         each: str | None = None,
         canon: Callable[[Sequence[Any]], Key] | None = None,
         simple: Sequence[type | None] | None = None,
+        texts: Sequence[bool] | None = None,
     ):
         self.each: JsonPath | None = compile_path(each) if each else None
         self.names = list(key_names)
@@ -247,6 +248,9 @@ class EntityExtractor:
         self.wrap = "data" in heads
         self.canon = canon or tuple
         self.simple_types = list(simple) if simple is not None else None
+        # Per key part: its canonical form is the value's text (a str as it is, str(v) otherwise),
+        # as ``canon`` makes it for a text key. Only such parts can reject a raw event by its text.
+        self.texts = list(texts) if texts is not None else [False] * len(self.names)
         self.restrict(set())
 
     def __call__(self, value: Any) -> list[Key]:
@@ -291,6 +295,9 @@ class EntityExtractor:
         self._walks = [(i, _walk(p)) for i, p in self.absolute]
         self._rel = [(i, _walk(p)) for i, p in self.relative]
         self._each = _elements(self.each) if self.each is not None else None
+        # ``needles``: the values whose presence in a raw text ``maybe`` looks for (see _text_filter)
+        self.needles = _needles([self.allowed[i] for i, t in enumerate(self.texts) if t])
+        self.maybe = _text_filter(self.needles) if self.needles is not None else None
 
     def touching(self, value: Any) -> tuple[Key, ...]:
         """The entities of :meth:`restrict`'s keys this event value touches (usually none): the
@@ -331,6 +338,49 @@ class EntityExtractor:
             return [self.canon(parts)]
         except (ValueError, TypeError):
             return []
+
+
+def _plain(value: Any) -> bool:
+    """Whether a text key value can only be the canonical form of a JSON *string* (never the
+    ``str()`` of a number, a boolean, an array or an object that a text key would also accept)."""
+    if value.__class__ is not str or value in ("True", "False") or value[:1] in ("[", "{"):
+        return False
+    try:
+        float(value)  # every str() of an int or a float parses: "12", "1.5", "1e+20", "inf", "nan"
+    except ValueError:
+        return True
+    return False
+
+
+def _needles(allowed: Sequence[set[Any]]) -> frozenset[str] | None:
+    """The values of the text key part with only :func:`_plain` values and the most of them (it
+    rejects the most events); None when no text key part has only plain values."""
+    best: set[Any] | None = None
+    for vals in allowed:
+        if all(_plain(v) for v in vals) and (best is None or len(vals) > len(best)):
+            best = vals
+    return frozenset(best) if best is not None else None
+
+
+def _text_filter(needles: frozenset[str]) -> Callable[[Any], bool]:
+    """A test on an event's raw JSON text (str or bytes) that is False only when the decoded value
+    cannot touch the keys: it holds none of ``needles`` (one text key part's values) as a string.
+
+    Why it is exact: JSON text without a backslash has no escapes, so every ``"`` in it delimits a
+    string and each string's content is a piece of ``text.split('"')``, as the decoder returns it.
+    A touched entity's key part is one of the needles, and a plain value can only come from a JSON
+    string equal to it. A text with a backslash is let through (an escape may spell the value)."""
+    as_str, as_bytes = needles, frozenset(v.encode("utf-8") for v in needles)
+    str_disjoint, bytes_disjoint = as_str.isdisjoint, as_bytes.isdisjoint
+
+    def maybe(raw: Any) -> bool:
+        if raw.__class__ is bytes:
+            return b"\\" in raw or not bytes_disjoint(raw.split(b'"'))
+        if raw.__class__ is str:
+            return "\\" in raw or not str_disjoint(raw.split('"'))
+        return True  # already decoded, or some other shape: not decided here
+
+    return maybe
 
 
 def _walk(path: JsonPath) -> Callable[[Any], Any]:
@@ -379,6 +429,10 @@ def _elements(path: JsonPath) -> Callable[[Any], list[Any]]:
         return [] if got is MISSING else [got]
 
     return one
+
+
+def _anything(raw: Any) -> bool:
+    return True
 
 
 @dataclass
@@ -463,11 +517,14 @@ class Collector:
         :meth:`message` without a call per message (a window holds millions). ``decode`` turns a
         raw value into the event value; it is called only for events not known already."""
         events, touching = self.events, self.extract.touching
+        maybe = self.extract.maybe or _anything
         n = 0
         for eid, p, o, ms, raw in batch:
             n += 1
             ev = events.get(eid) if eid is not None else None
             if ev is None:
+                if not maybe(raw):  # touches no drifted entity, by its text: not decoded
+                    continue
                 touched = touching(decode(raw))
                 if not touched:
                     continue

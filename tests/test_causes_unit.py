@@ -275,3 +275,87 @@ def test_settle_waits_for_the_group_to_reach_the_cut_and_records_it() -> None:
     never = settle(cut(0), _Group(-100), 0.0, sleep=lambda s: None)  # type: ignore[arg-type]
     assert not never.reached and never.projection_committed == {0: 0, 1: -1}
     assert never.to_dict()["end_offsets"] == {"0": 5, "1": 0}
+
+
+# The text pre-filter: an event whose raw JSON holds none of a text key part's values as a string
+# is rejected undecoded. It must never reject one the decoded check would keep.
+TRICKY = [
+    '{"warehouse":"W1","lines":[{"sku":"S1","quantity":1}]}',
+    '{ "warehouse" : "W1" , "lines" : [ { "sku" : "S1" } ] }',
+    '{"warehouse":"W1","lines":[{"sku":"\\u00531"}]}',  # S1 spelled with an escape
+    '{"warehouse":"W1","lines":[{"sku":"S\\u00e9"}]}',  # Sé escaped
+    '{"warehouse":"W1","lines":[{"sku":"Sé"}]}',  # Sé as it is
+    '{"warehouse":"W1","lines":[{"sku":"a\\"b"}]}',  # a"b
+    '{"data":{"warehouse":"W1","lines":[{"sku":"S2"}]}}',  # a structured CloudEvent
+    '{"warehouse":"W1","lines":[{"sku":12}]}',  # a number for a text key: "12"
+    '{"warehouse":"W1","lines":[{"sku":12.0}]}',  # "12.0"
+    '{"warehouse":"W1","lines":[{"sku":1e2}]}',  # "100.0"
+    '{"warehouse":"W1","lines":[{"sku":true}]}',  # "True"
+    '{"warehouse":"W1","lines":[{"sku":["S1"]}]}',  # "['S1']"
+    '{"warehouse":"W1","lines":[{"sku":"S1 "}, {"sku":"xS1"}, {"S1": "sku"}]}',
+    '{"warehouse":"W1","lines":[{"sku":"S3"},{"sku":"S1"}]}',
+    '{"warehouse":"W2","lines":[{"sku":"S1"}]}',
+    '{"warehouse":"W1","lines":[{"sku":"S1"}]',  # not JSON
+    '"S1"',
+    "",
+]
+
+
+def _extractor(texts: bool = True) -> EntityExtractor:
+    from reconcile.app.path import canon_for
+
+    return EntityExtractor(
+        {"warehouse": "$.data.warehouse", "sku": "sku"},
+        KEY,
+        each="$.data.lines[*]",
+        canon=canon_for(["text", "text"]),
+        simple=[str, str],
+        texts=[True, True] if texts else None,
+    )
+
+
+@pytest.mark.parametrize(
+    "skus",
+    [
+        {"S1", "S2", "Sé", 'a"b'},  # sku values all plain: the filter reads sku
+        {"S1", "12", "True", "100.0", "['S1']"},  # not plain (the text of a number...): reads warehouse
+        {"S1", "100.0"},  # the text of a float is not plain either
+    ],
+)
+def test_text_prefilter_never_rejects_what_the_decoded_check_keeps(skus: set[str]) -> None:
+    import msgspec
+
+    def decode(raw: Any) -> Any:
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            return None
+
+    ex = _extractor()
+    ex.restrict({("W1", s) for s in skus}, [str, str])
+    assert ex.maybe is not None
+    kept = 0
+    for text in TRICKY:
+        for raw in (text, text.encode()):
+            touched = ex.touching(decode(raw))
+            kept += bool(touched)
+            if not ex.maybe(raw):
+                assert touched == (), raw
+    assert kept >= 8  # the set exercises both outcomes
+    # and the collector gives the same events with the filter as without it
+    keys = {("W1", s) for s in skus}
+    fast, slow = Collector(keys, _extractor()), Collector(keys, _extractor(texts=False))
+    assert slow.extract.maybe is None
+    batch = [(f"e{i}", 0, i, -1, t.encode()) for i, t in enumerate(TRICKY)]
+    fast.message_batch(batch, decode)
+    slow.message_batch(batch, decode)
+    assert fast.events == slow.events and fast.messages == slow.messages == len(TRICKY)
+
+
+def test_text_prefilter_off_without_plain_text_parts() -> None:
+    ex = _extractor()
+    ex.restrict({("W1", "12")}, [str, str])
+    assert ex.maybe is not None  # warehouse "W1" is plain
+    ex.restrict({("1", "12")}, [str, str])
+    assert ex.maybe is None  # neither part is
+    assert collector("S1").extract.maybe is None  # canon unknown (no texts): never filtered

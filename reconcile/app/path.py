@@ -97,7 +97,10 @@ def extractor_for(spec: Spec, kinds: Sequence[str]) -> EntityExtractor:
     assert spec.path is not None
     ent = spec.path.entities
     simple = [{"text": str, "int": int}.get(k) for k in kinds]
-    return EntityExtractor(ent.key, spec.key_truth, each=ent.each, canon=canon_for(kinds), simple=simple)
+    texts = [k == "text" for k in kinds]  # canon_for makes these parts str(v) (a str as it is)
+    return EntityExtractor(
+        ent.key, spec.key_truth, each=ent.each, canon=canon_for(kinds), simple=simple, texts=texts
+    )
 
 
 def collector_for(ctx: Context, spec: Spec, kinds: Sequence[str], keys: set[tuple[Any, ...]]) -> Collector:

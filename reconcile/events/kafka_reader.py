@@ -193,6 +193,10 @@ class KafkaTopicReader(TopicReader):
                     "auto.offset.reset": "earliest",
                     "queued.max.messages.kbytes": 32768,
                     "fetch.max.bytes": 52428800,
+                    # librdkafka's default (1 MB per partition per fetch) left reading a
+                    # 1M-message topic waiting on the broker: 7.2 s, against 4.5 s with 2 MB
+                    # (peak RSS 117 -> 198 MB) and 3.3 s with 8 MB (479 MB: too much memory).
+                    "max.partition.fetch.bytes": 2097152,
                     "socket.connection.setup.timeout.ms": max(1000, int(self.timeout_s * 1000)),
                 }
             )
