@@ -480,11 +480,14 @@ def _driver_rows(conn: sa.Connection, stmt: sa.Select[Any], size: int) -> Iterat
     if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
         return None
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    if getattr(compiled, "_bind_processors", None) != {} or conn.dialect.paramstyle != "pyformat":
-        return None  # not known to be free of conversions: SQLAlchemy's own path
+    procs = getattr(compiled, "_bind_processors", None)
+    if not isinstance(procs, dict) or conn.dialect.paramstyle != "pyformat":
+        return None  # not known how SQLAlchemy would bind them: its own path
     import psycopg
 
-    sql, params = str(compiled), compiled.params
+    # Bound values converted as SQLAlchemy's execution would (the keys' array of a keyed read)
+    sql = str(compiled)
+    params = {k: procs[k](v) if k in procs else v for k, v in compiled.params.items()}
     driver: Any = conn.connection.dbapi_connection
 
     def rows() -> Iterator[Any]:
