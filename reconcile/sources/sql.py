@@ -469,8 +469,8 @@ _READY_KEY_TYPES: dict[str, type] = {"text": str, "int": int}
 
 def _driver_rows(conn: sa.Connection, stmt: sa.Select[Any], size: int) -> Iterator[Any] | None:
     """The statement's rows as psycopg's own tuples, from a server-side cursor of ``conn``'s
-    driver connection; None (run it through SQLAlchemy) on other databases, or when a bound
-    value would be converted on its way to the driver.
+    driver connection; None (run it through SQLAlchemy) on other databases. Bound values go
+    through SQLAlchemy's bind processors first, as its own execution sends them.
 
     The reader's columns are untyped (``sa.column``), so SQLAlchemy converts no value it reads:
     its Row objects are the driver's tuples wrapped once more, about 0.5 s per million rows
