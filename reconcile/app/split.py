@@ -3,8 +3,9 @@
 After a topic side has been read into its SQLite spill, the diff (the spill read back in key
 order, the other side read from its database, the merge) is one Python process's work while
 the machine's other core idles (bench/TOPIC.md). From ``SPLIT_MIN`` spilled rows the key order
-is cut in two at the spill's median first-key value (found through its key index, as fan-out's
-``split_ranges`` finds quantiles); a worker process diffs the upper range while this process
+is cut in two at a first-key value of the spill near its median (found through its key index, as
+fan-out's ``split_ranges`` finds quantiles; this process takes ``WORKER_START_ROWS`` more rows,
+the worker's import time); a worker process diffs the upper range while this process
 diffs the lower one, and the outcomes are joined in key order.
 
 Why the result is the single-process one: both halves run the same ``diff_rows`` over the same
@@ -38,7 +39,7 @@ from ..compare import ColumnRule
 from ..diff import DiffOutcome, diff_rows
 from ..errors import SourceError
 from ..findings import Finding
-from ..sources.ranges import KeyRange, range_filter, split_ranges
+from ..sources.ranges import KeyRange, cut_ranges, range_filter
 from ..sources.sql import ReadPlan, SqlSource, open_engine
 
 __all__ = ["SPLIT_MIN", "split_wanted", "split_diff"]
@@ -46,6 +47,9 @@ __all__ = ["SPLIT_MIN", "split_wanted", "split_diff"]
 # Spilled rows from which the diff is split (about 7 s of diff per million rows; a worker costs
 # ~0.7 s of imports, on the other core). RECONCILE_TOPIC_SPLIT_MIN sets another bound.
 SPLIT_MIN = 200_000
+# The worker first spends ~0.9 s of CPU importing (SQLAlchemy, the spec's models), worth about
+# this many rows of diff: this process takes that many more rows than the worker.
+WORKER_START_ROWS = 120_000
 _BATCH = 1000  # findings per pickle frame in the worker's file
 _KEEP_OUT = ("engine", "throttle", "reader")  # reopened (or not needed) in the worker
 
@@ -87,7 +91,7 @@ def split_diff(
     """Diff the pair in two key ranges, the upper one in a worker; None when no cut exists
     (every row has the same first key value): the caller diffs in one process."""
     tplan, pplan = plans
-    cut = split_ranges(topic, tplan if topic is truth else pplan, 2)
+    cut = cut_ranges(topic, tplan if topic is truth else pplan, _cut_offset)
     if len(cut) != 2:
         return None
     lower, upper = cut
@@ -106,7 +110,11 @@ def split_diff(
             "range": upper,
             "out": out_path,
         }
-        worker = _start(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
+        try:
+            data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError):  # a side that cannot be handed over
+            return None
+        worker = _start(data)
         try:
             mine = _diff_range(
                 truth,
@@ -134,6 +142,11 @@ def split_diff(
         for _ in range(theirs.truth_rows + theirs.projection_rows):
             on_row()
     return mine.merge(theirs)
+
+
+def _cut_offset(total: int) -> list[int]:
+    """Where the worker's range starts: half the rows, plus the worker's start-up, at most 80 %."""
+    return [min((total + WORKER_START_ROWS) // 2, total * 4 // 5)]
 
 
 def _diff_range(
