@@ -214,3 +214,31 @@ def test_a_failing_worker_is_one_source_error(monkeypatch: pytest.MonkeyPatch, t
             ctx.close()
     finally:
         log.dispose()
+
+
+def test_a_worker_that_dies_is_one_source_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from reconcile.errors import SourceError
+
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    log = EmbeddedLog(log_url)
+    try:
+        s = spec(_outbox_vs_topic(log, db, f"t.{uuid.uuid4().hex[:8]}"))
+        monkeypatch.setenv("RECONCILE_TOPIC_SPLIT_MIN", "0")
+
+        def dying(job_path: str, err: Any) -> Any:
+            script = "import sys; print('killed by the test', file=sys.stderr); sys.exit(9)"
+            return subprocess.Popen([sys.executable, "-c", script], stderr=err)
+
+        monkeypatch.setattr(split_mod, "_start", dying)
+        ctx = Context(store_url=f"sqlite:///{tmp_path / 'store.db'}", embedded_url=log_url)
+        try:
+            with pytest.raises(SourceError, match="second process failed: killed by the test"):
+                audit(ctx, s)
+        finally:
+            ctx.close()
+    finally:
+        log.dispose()

@@ -16,7 +16,7 @@ all come before the upper half's, as in one pass; counts add up and watched-key 
 (``DiffOutcome.merge``). Per-row progress ticks for the worker's rows are given after it ends.
 
 The worker is a plain interpreter (``python -m reconcile.app.split``, never fork: librdkafka's
-threads live in this process) fed one pickle on stdin: both sides without their engines
+threads live in this process) given one pickle in a file: both sides without their engines
 (reopened there, the spill read-only), the plans, rules, clock and range. Its findings come back
 through a file, pickled a batch at a time, so memory stays bounded however much drift there is;
 a failure comes back as the exception it raised. The split is not used for ``--keys`` (a few
@@ -95,8 +95,9 @@ def split_diff(
     if len(cut) != 2:
         return None
     lower, upper = cut
-    fd, out_path = tempfile.mkstemp(prefix="reconcile-split-", suffix=".pickle")
+    fd, out_path = tempfile.mkstemp(prefix="reconcile-split-", suffix=".out")
     os.close(fd)
+    job_path = out_path[: -len(".out")] + ".job"
     try:
         job = {
             "sides": [_portable(truth), _portable(projection)],
@@ -114,30 +115,37 @@ def split_diff(
             data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError):  # a side that cannot be handed over
             return None
-        worker = _start(data)
-        try:
-            mine = _diff_range(
-                truth,
-                projection,
-                tplan,
-                pplan,
-                lower,
-                rules,
-                key_names,
-                where,
-                now,
-                grace,
-                watch,
-                on_row,
-                sink,
-            )
-        except BaseException:
-            worker.kill()
-            worker.wait()
-            raise
-        theirs = _finish(worker, out_path, sink)
+        with open(job_path, "wb") as f:
+            f.write(data)
+        with tempfile.TemporaryFile() as err:
+            worker = _start(job_path, err)
+            try:
+                mine = _diff_range(
+                    truth,
+                    projection,
+                    tplan,
+                    pplan,
+                    lower,
+                    rules,
+                    key_names,
+                    where,
+                    now,
+                    grace,
+                    watch,
+                    on_row,
+                    sink,
+                )
+                worker.wait()
+            except BaseException:  # an error or Ctrl-C here: the worker's half is not wanted
+                worker.kill()
+                worker.wait()
+                raise
+            err.seek(0)
+            theirs = _finish(worker.returncode, err.read().decode("utf-8", "replace"), out_path, sink)
     finally:
-        os.unlink(out_path)
+        for path in (out_path, job_path):
+            if os.path.exists(path):
+                os.unlink(path)
     if on_row is not None:  # progress: the worker's rows, now that they are read
         for _ in range(theirs.truth_rows + theirs.projection_rows):
             on_row()
@@ -184,30 +192,21 @@ def _portable(src: SqlSource) -> SqlSource:
     return copy
 
 
-def _start(job: bytes) -> subprocess.Popen[bytes]:
+def _start(job_path: str, err: IO[bytes]) -> subprocess.Popen[bytes]:
+    """The worker process, reading its job from ``job_path`` (a file: never a pipe to wait on)."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "reconcile.app.split"],
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconcile.app.split", job_path],
+        stdin=subprocess.DEVNULL,
+        stderr=err,
         env=env,
     )
-    assert worker.stdin is not None
-    worker.stdin.write(job)  # a few KB: the pipe holds it while the worker imports
-    worker.stdin.close()
-    return worker
 
 
-def _finish(
-    worker: subprocess.Popen[bytes], out_path: str, sink: Callable[[Finding], None] | None
-) -> DiffOutcome:
-    """Wait for the worker, then take its findings (into ``sink`` when given) and its counts."""
-    assert worker.stderr is not None
-    err = worker.stderr.read().decode("utf-8", "replace").strip()
-    worker.stderr.close()
-    code = worker.wait()
+def _finish(code: int, err: str, out_path: str, sink: Callable[[Finding], None] | None) -> DiffOutcome:
+    """Take the ended worker's findings (into ``sink`` when given) and its counts."""
     findings: list[Finding] = []
     with open(out_path, "rb") as f:
         for kind, payload in _frames(f):
@@ -221,7 +220,8 @@ def _finish(
                     sink(finding)
             else:
                 findings.extend(payload)
-    last = err.splitlines()[-1] if err else f"it ended with status {code}"
+    lines = err.strip().splitlines()
+    last = lines[-1] if lines else f"it ended with status {code}"
     raise SourceError(f"the diff's second process failed: {last}")
 
 
@@ -286,4 +286,5 @@ def _work(job: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    _work(pickle.loads(sys.stdin.buffer.read()))  # noqa: S301 - our own parent's job
+    with open(sys.argv[1], "rb") as job_file:
+        _work(pickle.load(job_file))  # noqa: S301 - our own parent's job
