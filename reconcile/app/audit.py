@@ -794,6 +794,27 @@ def _diff(
                         sink(f)
                     got.outcome.findings = []
                 return got.outcome, "checksum"
+    if keys is None and rng is None:  # a large topic spill: the diff on two cores
+        from .split import split_diff, split_wanted
+
+        topic = split_wanted(pair.truth, pair.projection, tplan, pplan)
+        if topic is not None:
+            halves = split_diff(
+                topic,
+                pair.truth,
+                pair.projection,
+                (tplan, pplan),
+                list(pair.rules),
+                list(pair.spec.key_truth),
+                where=where,
+                now=now,
+                grace=_grace(pair.spec),
+                watch=watch,
+                on_row=on_row,
+                sink=sink,
+            )
+            if halves is not None:
+                return halves, "stream"
     tf = None if rng is None else range_filter(pair.truth, tplan, rng)
     pf = None if rng is None else range_filter(pair.projection, pplan, rng)
     return diff_rows(

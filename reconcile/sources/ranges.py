@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from ..compare import jsonable, key_part
 from .sql import ReadPlan, SqlSource
 
-__all__ = ["KeyRange", "split_ranges", "range_filter"]
+__all__ = ["KeyRange", "split_ranges", "cut_ranges", "range_filter"]
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,19 @@ def split_ranges(truth: SqlSource, plan: ReadPlan, n: int) -> list[KeyRange]:
     """Up to ``n`` ranges cut at quantiles of the truth's first key column (fewer when values repeat)."""
     if n <= 1:
         return [KeyRange(0)]
+    return cut_ranges(truth, plan, lambda total: [total * i // n for i in range(1, n)])
+
+
+def cut_ranges(truth: SqlSource, plan: ReadPlan, offsets: Callable[[int], list[int]]) -> list[KeyRange]:
+    """Ranges cut at the first key column's values at these row offsets (given the row count),
+    in key order (fewer ranges when values repeat)."""
     name, kind = plan.key[0], plan.kinds[0]
     base = truth.select(plan).order_by(None).subquery("b")
     expr = _key_expr(truth, base, name, kind)
     bounds: list[Any] = []
     with truth.errors(), truth.engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(base)).scalar_one()
-        for i in range(1, n):
-            offset = total * i // n
+        for offset in offsets(total):
             if offset <= 0 or offset >= total:
                 continue
             value = conn.execute(sa.select(base.c[name]).order_by(expr).offset(offset).limit(1)).scalar()

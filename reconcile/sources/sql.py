@@ -156,6 +156,7 @@ class SqlSource:
         if not self.url:
             raise SpecError(f"{role}: no URL (conn_id {side.conn_id!r} must be resolved by the caller)")
         self.chunk_rows = chunk_rows
+        self.statement_timeout = statement_timeout  # kept for a second process reopening the side
         self.engine = open_engine(self.url, role, statement_timeout)
         self.dialect = self.engine.dialect.name
         self.throttle = Throttle.for_engine(role, self.engine, *throttle) if throttle else None
