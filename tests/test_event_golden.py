@@ -27,7 +27,9 @@ GOLDEN = Path(__file__).parent / "golden" / "corrective_events.json"
 NOW = datetime(2026, 11, 28, 12, 30, 1, 123456, tzinfo=UTC)
 
 
-def _spec(name: str, *, composite: bool, rename: bool, headers: dict[str, str]) -> Spec:
+def _spec(
+    name: str, *, composite: bool, rename: bool, headers: dict[str, str], wh_as: str = "warehouse"
+) -> Spec:
     if composite:
         key: list[Any] = [{"sku": "product_id"}, "wh"] if rename else ["sku", "wh"]
     else:
@@ -43,7 +45,7 @@ def _spec(name: str, *, composite: bool, rename: bool, headers: dict[str, str]) 
                 "topic": "stock.corrections",
                 "event_type": "StockLevelReconciled",
                 "headers": headers,
-                **({"payload": {"title": "name", "wh": "warehouse"}} if rename else {}),
+                **({"payload": {"title": "name", "wh": wh_as}} if rename else {}),
             },
         }
     )
@@ -53,6 +55,8 @@ SPECS = {
     "plain": _spec("inv", composite=False, rename=False, headers={}),
     "composite": _spec("inv-2.a", composite=True, rename=False, headers={"x-team": "stock"}),
     "renamed": _spec("inv", composite=True, rename=True, headers={}),
+    # renamed so that the key's and the state's sorted orders differ from the truth names'
+    "reordered": _spec("inv", composite=True, rename=True, headers={}, wh_as="a_wh"),
     "renamed-single": _spec("stock_x.1", composite=False, rename=True, headers={"x-é": "ü"}),
     "overrides": _spec("inv", composite=True, rename=False, headers={"ce_subject": "fixed", "ce_id": "mine"}),
     "content-type": _spec(
