@@ -31,6 +31,7 @@ __all__ = [
     "latest",
     "validate_datum",
     "datum_validator",
+    "shape_decides",
     "CORRECTIVE_EVENT",
 ]
 
@@ -123,7 +124,7 @@ def datum_validator(subject: str, root: Path | None = None) -> Callable[[Any], i
     is checked, goes through avro as before, and a datum that does not fit raises the same error.
     """
     n, schema = latest(subject, root)
-    by_shape = _shape_decides(schema.to_json(), 0)
+    by_shape = shape_decides(subject, root)
     accepted: set[Any] = set()
 
     def check(datum: Any) -> int:
@@ -138,6 +139,12 @@ def datum_validator(subject: str, root: Path | None = None) -> Callable[[Any], i
         return n
 
     return check
+
+
+def shape_decides(subject: str, root: Path | None = None) -> bool:
+    """Whether the subject's latest schema accepts or refuses a datum by its :func:`_shape`
+    alone (so a caller may remember verdicts by shape, as :func:`datum_validator` does)."""
+    return _shape_decides(latest(subject, root)[1].to_json(), 0)
 
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "string", "bytes"}

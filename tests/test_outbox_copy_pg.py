@@ -114,3 +114,14 @@ def test_any_text_round_trips_like_write_row(store: AuditStore, texts: list[str]
     assert write(store, rows(tag + "x", texts), as_text=False)[0] == len(texts)
     assert write(store, rows(tag + "y", texts), as_text=True)[0] == len(texts)
     assert stored(store, tag + "y") == stored(store, tag + "x")
+
+
+@settings(deadline=None)
+@given(st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=10))
+def test_outbox_lines_headers_json_is_json_dumps(headers: dict[str, str]) -> None:
+    # the COPY text's headers column: the encoder built once gives json.dumps' text, byte for byte
+    assert bulk._dumps(headers) == json.dumps(headers)
+    line = bulk.outbox_lines(
+        [("e", "s", "r", 1, "t", "kafka", "k", headers, None, datetime(2026, 1, 1, tzinfo=UTC))]
+    )
+    assert line[0].split("\t")[7] == bulk.copy_text(json.dumps(headers))

@@ -201,11 +201,17 @@ def event_size(e: CorrectiveEvent) -> int:
 
 def _wire_size(key: str, value: str | None, headers: dict[str, str]) -> int:
     return (
-        len(key.encode())
-        + (len(value.encode()) if value is not None else 0)
-        + len("".join(headers).encode())
-        + len("".join(headers.values()).encode())
+        _utf8_len(key)
+        + (_utf8_len(value) if value is not None else 0)
+        + _utf8_len("".join(headers))
+        + _utf8_len("".join(headers.values()))
     )
+
+
+def _utf8_len(s: str) -> int:
+    """``len(s.encode())`` without the encoded copy when ``s`` is ASCII (an event, nearly always:
+    its JSON escapes whatever is not)."""
+    return len(s) if s.isascii() else len(s.encode())
 
 
 def _jsonable(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
