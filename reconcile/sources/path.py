@@ -14,13 +14,11 @@ Every connection opened here is read-only, like the audit's own.
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +30,7 @@ from ..causes import Collector, Positions
 from ..errors import SpecError, mask_url
 from ..events.reader import NEVER_COMMITTED, TopicReader
 from ..fields import header_value, lookup, parse_field
+from ..gcpause import no_collections
 from ..jsonpath import MISSING, compile_path
 from ..spec import EventPath
 from .sql import _as_time, open_engine, source_errors
@@ -172,23 +171,8 @@ def collect(
 
     The source rows stream in a thread while the topic is read: each pass mostly waits for its
     server, and the collector merges what both find about one event in either order."""
-    with _collector_paused():
+    with no_collections():
         return _collect(path, collector, reader, truth_url, projection_url, resolve_conn, now, committed)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the pass. A window's million messages and rows each
-    make a few short-lived tuples and lists (freed by their reference counts, never in a cycle),
-    and every few thousand of them would start a collection that walks the objects the audit
-    holds: that was 40% of the pass's CPU on the 1M-event benchmark. It is on again after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _collect(
